@@ -1,0 +1,41 @@
+/** The `tierstack` command line. Each subcommand lives in commands/ and is added here. */
+import { Command, InvalidArgumentError } from 'commander';
+import { runDemo } from './commands/demo.js';
+
+export const positiveInt = (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+};
+
+export function buildProgram(): Command {
+  const program = new Command('tierstack')
+    .description('Tiered memory pages (CXL, RDMA pool, Redis, DRAM, files) behind one page-store interface')
+    .showHelpAfterError();
+
+  program
+    .command('demo')
+    .description('build a tier stack of the available tiers, write and read back pages, print per-tier stats')
+    .option('--pages <n>', 'pages to write and read back', positiveInt, 4096)
+    .option('--memory-mib <n>', 'DRAM tier budget in MiB (small, so the file tier is used too)', positiveInt, 4)
+    .option('--dir <path>', 'keep the file tier in this directory instead of a temporary one')
+    .action(async (o: { pages: number; memoryMib: number; dir?: string }) => {
+      const { wrong } = await runDemo({ pages: o.pages, memoryMiB: o.memoryMib, dir: o.dir });
+      if (wrong > 0) process.exitCode = 1;
+    });
+
+  program
+    .command('bench')
+    .description('run benchmark suites (each case against a baseline measured in the same run)')
+    .argument('[suites...]', 'suite names (default: all)')
+    .option('--json', 'one JSON object per case and line')
+    .option('--round-ms <n>', 'milliseconds per measured round', positiveInt)
+    .option('--rounds <n>', 'rounds per side', positiveInt)
+    .action(async (suites: string[], o: { json?: boolean; roundMs?: number; rounds?: number }) => {
+      const { runBenchmarks } = await import('@tierstack/bench');
+      const measure = { ...(o.roundMs ? { roundMs: o.roundMs } : {}), ...(o.rounds ? { rounds: o.rounds } : {}) };
+      await runBenchmarks({ suites, json: o.json === true, measure });
+    });
+
+  return program;
+}

@@ -1,0 +1,108 @@
+/*
+ * tierstack page-store C ABI, version 1.
+ *
+ * The second level of tierstack's page interface (the first is the TypeScript PageStore).
+ * Native tiers (CXL, RDMA pool) implement it; native front-ends (userfaultfd, ublk) call it
+ * from their own threads, so a page held by a native tier is served with no JavaScript on the
+ * path. The TypeScript side only carries a handle: a napi_external holding a `ts_page_store*`,
+ * type-tagged with TS_PAGE_STORE_TYPE_TAG_{LOWER,UPPER}.
+ *
+ * Rules for implementers
+ * - Every function may be called from any thread, concurrently; implementations synchronise.
+ * - No function calls into JavaScript, throws, or blocks on the JS thread.
+ * - Batches: `pages[i]` is a page number of namespace `ns` (a 64-bit id, see
+ *   ts_namespace_id()); `bufs[i]` points at `page_size` bytes for that page.
+ * - get() writes, for each page, status[i] = TS_PAGE_FOUND (bytes copied into bufs[i]),
+ *   TS_PAGE_MISS (bufs[i] untouched), or a negative TS_E_* code for that page alone (for
+ *   example TS_E_CHECKSUM: bytes are never handed out when their checksum fails). It returns
+ *   TS_OK, or a negative TS_E_* code if the whole batch failed (then status[] is undefined).
+ * - put() stores copies of the pages; flags may carry TS_PUT_DIRTY (the data is newer than
+ *   the tiers below). A cache that would have to drop a dirty page to make room and cannot
+ *   hand it to its write-back path from this thread must skip that victim; when nothing can
+ *   be reclaimed it returns TS_E_NO_SPACE and the caller falls back to the JavaScript path.
+ * - remove() forgets pages; removing an absent page is not an error.
+ * - Lifetime: retain()/release() count references. The JS wrapper holds one; a front-end
+ *   that keeps a store for its threads retains it and releases it when its threads stopped.
+ *   After the JS side closes the store, calls return TS_E_CLOSED; memory is freed at the
+ *   last release.
+ */
+#ifndef TIERSTACK_PAGE_STORE_H
+#define TIERSTACK_PAGE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TS_PAGE_STORE_ABI_VERSION 1u
+
+/* Status codes. JavaScript maps them to TS_ERR_* strings (core/src/errors.ts NativeStatus). */
+#define TS_OK 0
+#define TS_E_CLOSED (-1)
+#define TS_E_PAGE_SIZE (-2)
+#define TS_E_BAD_ARGUMENT (-3)
+#define TS_E_NOT_FOUND (-4)
+#define TS_E_CHECKSUM (-5)
+#define TS_E_UNAVAILABLE (-6)
+#define TS_E_CORRUPT (-7)
+#define TS_E_NO_SPACE (-8)
+#define TS_E_IO (-9)
+#define TS_E_UNSUPPORTED (-10)
+#define TS_E_DEADLOCK (-11)
+#define TS_E_TIMEOUT (-12)
+
+/* Per-page status written by get(). */
+#define TS_PAGE_MISS 0
+#define TS_PAGE_FOUND 1
+
+/* put() flags. */
+#define TS_PUT_DIRTY 1u
+
+/* napi type tag of the external that carries a ts_page_store* ("tierstac" "pagestor"). */
+#define TS_PAGE_STORE_TYPE_TAG_LOWER 0x7469657273746163ULL
+#define TS_PAGE_STORE_TYPE_TAG_UPPER 0x7061676573746f72ULL
+
+typedef struct ts_page_store_ops {
+  uint32_t abi_version; /* TS_PAGE_STORE_ABI_VERSION of the implementer */
+  uint32_t struct_size; /* sizeof(ts_page_store_ops) of the implementer, for additive growth */
+  int (*get)(void *self, uint64_t ns, const uint64_t *pages, size_t count, void *const *bufs,
+             int32_t *status);
+  int (*put)(void *self, uint64_t ns, const uint64_t *pages, size_t count,
+             const void *const *bufs, uint32_t flags);
+  int (*remove)(void *self, uint64_t ns, const uint64_t *pages, size_t count);
+  void (*retain)(void *self);
+  void (*release)(void *self);
+} ts_page_store_ops;
+
+typedef struct ts_page_store {
+  uint32_t abi_version; /* TS_PAGE_STORE_ABI_VERSION */
+  uint32_t page_size;   /* bytes per page */
+  const char *name;     /* tier name, for logs and stats */
+  const ts_page_store_ops *ops;
+  void *self;           /* passed as the first argument of every op */
+} ts_page_store;
+
+/* FNV-1a 64 of a namespace's UTF-8 bytes: the same id as namespaceId() in @tierstack/core. */
+static inline uint64_t ts_namespace_id(const char *name, size_t len) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < len; i++) {
+    h ^= (uint8_t)name[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+/* True if a caller built against this header can use `store`. */
+static inline int ts_page_store_compatible(const ts_page_store *store) {
+  return store != NULL && store->abi_version == TS_PAGE_STORE_ABI_VERSION && store->ops != NULL &&
+         store->ops->abi_version == TS_PAGE_STORE_ABI_VERSION &&
+         store->ops->struct_size >= sizeof(ts_page_store_ops);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TIERSTACK_PAGE_STORE_H */

@@ -1,0 +1,21 @@
+export * from './errors.js';
+export * from './keys.js';
+export * from './checksum.js';
+export * from './histogram.js';
+export * from './stats.js';
+export * from './page-store.js';
+export * from './logger.js';
+export * from './metrics.js';
+export * from './native.js';
+export { MemoryTier, type MemoryTierOptions } from './memory-tier.js';
+export { FileTier, type FileTierOptions } from './file-tier.js';
+export {
+  TierStack,
+  createTierStack,
+  type TierStackOptions,
+  type TierStackPolicy,
+  type TierStackStats,
+  type PromotionPolicy,
+  type WritePolicy,
+  type NativeChainDescriptor,
+} from './tier-stack.js';
