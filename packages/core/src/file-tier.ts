@@ -45,6 +45,8 @@ const OPEN_SEGMENTS = 256; // segment files kept open (LRU); busy ones are close
 interface SegmentFiles {
   data: FileHandle;
   meta: FileHandle;
+  /** The meta file's contents: reads consult it instead of issuing a second pread. */
+  metaCache: Buffer;
   dirty: boolean;
   users: number;
   evicted: boolean;
@@ -186,7 +188,9 @@ export class FileTier extends BasePageStore {
           await data.close();
           throw err;
         });
-        return { data, meta, dirty: false, users: 0, evicted: false };
+        const metaCache = Buffer.alloc((await meta.stat()).size);
+        await readFully(meta, metaCache, 0);
+        return { data, meta, metaCache, dirty: false, users: 0, evicted: false };
       })();
       p.catch(() => this.segments.delete(key));
       this.segments.set(key, p);
@@ -230,8 +234,8 @@ export class FileTier extends BasePageStore {
     const ps = this.pageSize;
     let hits = 0;
     await this.forEachRun(ns, pages, async (f, run, first) => {
-        const meta = Buffer.alloc(run.count * META_BYTES);
-        const metaRead = await readFully(f.meta, meta, first * META_BYTES);
+        const meta = f.metaCache.subarray(first * META_BYTES, (first + run.count) * META_BYTES);
+        const metaRead = meta.length;
         const data = Buffer.allocUnsafe(run.count * ps);
         const dataRead = await this.readData(f.data, data, first * ps);
         for (let k = 0; k < run.count; k++) {
@@ -273,6 +277,7 @@ export class FileTier extends BasePageStore {
         }
         await this.writeData(f.data, buf, first * ps);
         await writeFully(f.meta, meta, first * META_BYTES);
+        setMeta(f, meta, first);
     });
   }
 
@@ -280,7 +285,9 @@ export class FileTier extends BasePageStore {
     // Clearing the meta entry is the removal; the data bytes become unreachable garbage.
     await this.forEachRun(ns, pages, async (f, run, first) => {
       f.dirty = true;
-      await writeFully(f.meta, Buffer.alloc(run.count * META_BYTES), first * META_BYTES);
+      const cleared = Buffer.alloc(run.count * META_BYTES);
+      await writeFully(f.meta, cleared, first * META_BYTES);
+      setMeta(f, cleared, first);
     });
   }
 
@@ -339,6 +346,17 @@ export class FileTier extends BasePageStore {
       }
     }
   }
+}
+
+/** Mirrors a meta write into the segment's cache, growing it as the file grew. */
+function setMeta(f: SegmentFiles, meta: Buffer, first: number): void {
+  const end = (first + meta.length / META_BYTES) * META_BYTES;
+  if (end > f.metaCache.length) {
+    const grown = Buffer.alloc(Math.min(SEGMENT_PAGES * META_BYTES, Math.max(end, f.metaCache.length * 2)));
+    f.metaCache.copy(grown);
+    f.metaCache = grown;
+  }
+  meta.copy(f.metaCache, first * META_BYTES);
 }
 
 /** Sorts a batch by page number and cuts it into runs of consecutive pages. */

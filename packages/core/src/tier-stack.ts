@@ -55,8 +55,8 @@ export interface NativeChainDescriptor {
 
 interface InFlight {
   promise: Promise<Buffer | undefined>;
-  /** A put or remove of the key arrived while it was being fetched: do not promote old bytes. */
-  superseded: boolean;
+  /** Write epoch when the fetch started: a later get may join it only if the key was not written since. */
+  since: number;
 }
 
 interface PendingPage {
@@ -73,6 +73,14 @@ export class TierStack extends BasePageStore {
   private readonly writebackBatch: number;
   private readonly closeTiers: boolean;
   private readonly inflight = new Map<string, InFlight>();
+  /**
+   * Write epochs guard promotions: a get remembers the epoch it started at, and bytes it fetched
+   * from below are not promoted for keys written after that (a promotion must never overwrite a
+   * newer page). Only kept while gets are running.
+   */
+  private epoch = 0;
+  private readonly activeGets = new Map<number, number>();
+  private readonly recentWrites = new Map<string, number>();
   /** pending[i]: dirty pages evicted from tier i, not yet written to tier i + 1. */
   private readonly pending: Map<string, PendingPage>[];
   private readonly draining: (Promise<void> | undefined)[];
@@ -131,6 +139,23 @@ export class TierStack extends BasePageStore {
   // ---- reads ----
 
   protected async doGet(ns: string, pages: number[], out: Buffer, found: Uint8Array): Promise<number> {
+    const since = this.epoch;
+    this.activeGets.set(since, (this.activeGets.get(since) ?? 0) + 1);
+    try {
+      return await this.getPages(ns, pages, out, found, since);
+    } finally {
+      const left = this.activeGets.get(since)! - 1;
+      if (left > 0) this.activeGets.set(since, left);
+      else this.activeGets.delete(since);
+      if (this.activeGets.size === 0) this.recentWrites.clear();
+      else if (this.recentWrites.size > 65536) {
+        const oldest = Math.min(...this.activeGets.keys());
+        for (const [k, e] of this.recentWrites) if (e <= oldest) this.recentWrites.delete(k);
+      }
+    }
+  }
+
+  private async getPages(ns: string, pages: number[], out: Buffer, found: Uint8Array, since: number): Promise<number> {
     const ps = this.pageSize;
     const top = await this.tiers[0]!.get(ns, pages);
     let hits = 0;
@@ -153,13 +178,15 @@ export class TierStack extends BasePageStore {
     for (const i of missed) {
       const key = pageKey(ns, pages[i]!);
       const f = this.inflight.get(key);
-      if (f) {
+      if (f && (this.recentWrites.get(key) ?? 0) <= f.since) {
         joins.push([i, f.promise]);
         this.counters.singleFlightJoins++;
+      } else if (f) {
+        mine.push(i); // the running fetch may return bytes older than a write we must see
       } else if (!resolvers.has(key)) {
         let resolve!: (b: Buffer | undefined) => void;
         const promise = new Promise<Buffer | undefined>((r) => (resolve = r));
-        this.inflight.set(key, { promise, superseded: false });
+        this.inflight.set(key, { promise, since });
         resolvers.set(key, resolve);
         mine.push(i);
       } else {
@@ -169,7 +196,7 @@ export class TierStack extends BasePageStore {
 
     const fetched = new Map<string, Buffer>();
     try {
-      if (mine.length > 0) await this.fetchBelow(ns, mine.map((i) => pages[i]!), fetched);
+      if (mine.length > 0) await this.fetchBelow(ns, mine.map((i) => pages[i]!), fetched, since);
     } finally {
       for (const [key, resolve] of resolvers) {
         this.inflight.delete(key);
@@ -196,7 +223,7 @@ export class TierStack extends BasePageStore {
   }
 
   /** Looks pages up below the top tier (and in the write-back queues), promoting hits. */
-  private async fetchBelow(ns: string, pageList: number[], into: Map<string, Buffer>): Promise<void> {
+  private async fetchBelow(ns: string, pageList: number[], into: Map<string, Buffer>, since: number): Promise<void> {
     const ps = this.pageSize;
     let remaining = pageList;
     for (let level = 0; level < this.tiers.length && remaining.length > 0; level++) {
@@ -215,7 +242,7 @@ export class TierStack extends BasePageStore {
         });
         remaining = still;
         hitPages.forEach((p, k) => into.set(pageKey(ns, p), hitBufs[k]!));
-        if (hitPages.length > 0) await this.promote(ns, level, level, hitPages, hitBufs);
+        if (hitPages.length > 0) await this.promote(ns, level, level, hitPages, hitBufs, since);
       }
       // Pages evicted from this level and still on their way down: newer than anything below.
       const queue = this.pending[level]!;
@@ -235,18 +262,18 @@ export class TierStack extends BasePageStore {
         }
         remaining = still;
         // The queued write will land below, so the copy put back up is clean.
-        if (hitPages.length > 0) await this.promote(ns, level + 1, level, hitPages, hitBufs);
+        if (hitPages.length > 0) await this.promote(ns, level + 1, level, hitPages, hitBufs, since);
       }
     }
   }
 
   /**
    * Promotes pages found at `source` into tiers[0 .. upTo - 1] (inclusive), or moves them to the
-   * top (exclusive). Bytes that a put or remove overtook while they were fetched are skipped.
+   * top (exclusive). Bytes that a put or remove overtook since the get began are skipped.
    */
-  private async promote(ns: string, upTo: number, source: number, pages: number[], bufs: Buffer[]): Promise<void> {
+  private async promote(ns: string, upTo: number, source: number, pages: number[], bufs: Buffer[], since: number): Promise<void> {
     if (this.promotion === 'none' || upTo === 0) return;
-    const keep = pages.map((p) => !this.inflight.get(pageKey(ns, p))?.superseded);
+    const keep = pages.map((p) => (this.recentWrites.get(pageKey(ns, p)) ?? 0) <= since);
     const ps = pages.filter((_, k) => keep[k]);
     if (ps.length === 0) return;
     const data = Buffer.concat(bufs.filter((_, k) => keep[k]));
@@ -269,12 +296,11 @@ export class TierStack extends BasePageStore {
 
   // ---- writes ----
 
+  /** Records a write for the promotion guard (see `epoch`). */
   private supersede(ns: string, pages: number[]): void {
-    if (this.inflight.size === 0) return;
-    for (const p of pages) {
-      const f = this.inflight.get(pageKey(ns, p));
-      if (f) f.superseded = true;
-    }
+    this.epoch++;
+    if (this.activeGets.size === 0) return;
+    for (const p of pages) this.recentWrites.set(pageKey(ns, p), this.epoch);
   }
 
   protected async doPut(ns: string, pages: number[], data: Buffer, _options: PutOptions): Promise<void> {
