@@ -152,6 +152,8 @@ export abstract class BasePageStore implements PageStore {
     return undefined;
   }
 
+  /** Copies found pages into `out` (page i at i * pageSize), sets found[i] = 1, returns the hit
+   *  count. Must not write the slots of missing pages. */
   protected abstract doGet(ns: string, pages: number[], out: Buffer, found: Uint8Array): Promise<number>;
   protected abstract doPut(ns: string, pages: number[], data: Buffer, options: PutOptions): Promise<void>;
   protected abstract doRemove(ns: string, pages: number[]): Promise<void>;
@@ -185,7 +187,6 @@ export abstract class BasePageStore implements PageStore {
       assertNamespace(ns);
       const list = checkPages(pages);
       const data = outputBuffer(options.out, list.length, this.pageSize);
-      if (options.out !== undefined) data.fill(0);
       const found = new Uint8Array(list.length);
       const t0 = process.hrtime.bigint();
       let hits = 0;
@@ -196,6 +197,10 @@ export abstract class BasePageStore implements PageStore {
         throw err;
       }
       this.recorder.record('get', t0, list.length, hits, hits * this.pageSize);
+      // A caller's buffer may hold old bytes: zero the misses (doGet writes found pages only).
+      if (options.out !== undefined && hits < list.length) {
+        for (let i = 0; i < list.length; i++) if (!found[i]) data.fill(0, i * this.pageSize, (i + 1) * this.pageSize);
+      }
       return { data, found, hits };
     });
   }
