@@ -19,3 +19,4 @@ export {
   type WritePolicy,
   type NativeChainDescriptor,
 } from './tier-stack.js';
+export { createJsPath, nativeStatusOf, JsPathOp, type JsPath, type JsPathBatch, type JsPathStats } from './js-path.js';

@@ -1,0 +1,189 @@
+// StackClient (include/tierstack/stack_client.hpp) driven from real native threads, over stacks
+// mixing a native C ABI tier (the test addon's MapStore) and JS tiers.
+import { execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  BasePageStore,
+  FileTier,
+  MemoryTier,
+  createJsPath,
+  createTierStack,
+  errorFromNativeStatus,
+  namespaceId,
+  type NativePageStoreHandle,
+  type PageStore,
+  type PutOptions,
+} from '../src/index.js';
+import { makePages, pageMatches } from '../src/testing/index.js';
+
+interface Addon {
+  createMapStore(pageSize: number, name: string): NativePageStoreHandle;
+  mapStoreOp(h: NativePageStoreHandle, op: number, ns: bigint, pages: Float64Array, buf?: Buffer, found?: Uint8Array): number;
+  createClient(jsPath: object, maxBatchPages?: number): object;
+  closeClient(c: object): void;
+  runWorkers(c: object, mode: string, ns: bigint, threads: number, perThread: number, batch: number, version: number): Promise<WorkResult>;
+  getOnJsThread(c: object, ns: bigint, page: number): { rc: number; status: number };
+}
+interface WorkResult {
+  mismatches: number;
+  misses: number;
+  errors: number;
+  found: number;
+  lastError: number;
+  byLevel: number[];
+}
+
+const addonDir = join(import.meta.dirname, 'addon');
+let addon: Addon;
+
+/** A JS PageStore over the addon's native MapStore, with its C ABI handle exposed. */
+class NativeMapTier extends BasePageStore {
+  readonly #handle: NativePageStoreHandle;
+  constructor(name: string, pageSize = 4096) {
+    super(name, pageSize);
+    this.#handle = addon.createMapStore(pageSize, name);
+  }
+  override get nativeHandle(): NativePageStoreHandle {
+    return this.#handle;
+  }
+  #op(op: number, ns: string, pages: number[], buf?: Buffer, found?: Uint8Array): void {
+    const rc = addon.mapStoreOp(this.#handle, op, namespaceId(ns), Float64Array.from(pages), buf, found);
+    if (rc !== 0) throw errorFromNativeStatus(rc, `${this.name} op ${op}`);
+  }
+  protected async doGet(ns: string, pages: number[], out: Buffer, found: Uint8Array): Promise<number> {
+    this.#op(0, ns, pages, out, found);
+    return found.reduce((a, b) => a + b, 0);
+  }
+  protected async doPut(ns: string, pages: number[], data: Buffer, _o: PutOptions): Promise<void> {
+    this.#op(1, ns, pages, data);
+  }
+  protected async doRemove(ns: string, pages: number[]): Promise<void> {
+    this.#op(2, ns, pages);
+  }
+  protected async doClose(): Promise<void> {
+    this.#op(3, 'x', []);
+  }
+}
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'ts-sc-'));
+  dirs.push(d);
+  return d;
+}
+
+beforeAll(() => {
+  execFileSync(process.execPath, [join(import.meta.dirname, '../../../scripts/build-native.mjs')], { cwd: addonDir, stdio: 'inherit' });
+  addon = createRequire(import.meta.url)(join(addonDir, 'build/Release/stack_client_test.node')) as Addon;
+}, 120_000);
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+async function verifyJs(store: PageStore, ns: string, pages: number[], version: number): Promise<number> {
+  const { data, found } = await store.get(ns, pages);
+  let bad = 0;
+  for (let i = 0; i < pages.length; i++) {
+    if (!found[i] || !pageMatches(data.subarray(i * 4096, (i + 1) * 4096), ns, pages[i]!, version)) bad++;
+  }
+  return bad;
+}
+
+describe('StackClient', () => {
+  it('serves a JS-only stack through batched hand-offs from many native threads', async () => {
+    const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 256 * 4096 }), new FileTier({ dir: tempDir() })] });
+    const path = createJsPath(stack);
+    const ns = 'js-only';
+    const id = path.register(ns);
+    const client = addon.createClient(path);
+    expect(path.chain).toHaveLength(0);
+
+    const put = await addon.runWorkers(client, 'put', id, 4, 512, 16, 1);
+    expect(put.errors).toBe(0);
+    // Written by native threads, read back by JS: byte-correct.
+    const all = Array.from({ length: 2048 }, (_, i) => i);
+    expect(await verifyJs(stack, ns, all, 1)).toBe(0);
+
+    const got = await addon.runWorkers(client, 'get', id, 4, 512, 8, 1);
+    expect(got).toMatchObject({ mismatches: 0, misses: 0, errors: 0, found: 2048 });
+    expect(got.byLevel[0]).toBe(2048); // level 0 = the JS path when there is no native tier
+    // Requests of several threads were coalesced: fewer hand-offs than requests.
+    const st = path.stats();
+    expect(st.batches).toBeLessThan(st.requests);
+    expect(st.errors).toBe(0);
+    addon.closeClient(client);
+    await stack.close();
+  });
+
+  it('serves native hits on native threads and misses through JS, with promotion and write-back', async () => {
+    const top = new NativeMapTier('map');
+    const bottom = new FileTier({ dir: tempDir() });
+    const stack = createTierStack({ tiers: [top, bottom] });
+    const path = createJsPath(stack);
+    expect(path.chain).toHaveLength(1);
+    expect(path.hasJsTiers).toBe(true);
+    expect(path.writeNative).toBe(true);
+    const ns = 'mixed';
+    const id = path.register(ns);
+
+    // Pages 512..1023 only in the bottom (JS) tier; 0..511 written natively into the top.
+    const low = Array.from({ length: 512 }, (_, i) => 512 + i);
+    await bottom.put(ns, low, makePages(ns, low, 4096, 2));
+    const client = addon.createClient(path, 64);
+    const put = await addon.runWorkers(client, 'put', id, 2, 256, 32, 2); // pages 0..511
+    expect(put.errors).toBe(0);
+    const before = path.stats().batches;
+    // Native puts into the top tier cost no JS hand-off.
+    expect(before).toBe(0);
+
+    const got = await addon.runWorkers(client, 'get', id, 2, 512, 32, 2);
+    expect(got).toMatchObject({ mismatches: 0, misses: 0, errors: 0, found: 1024 });
+    expect(got.byLevel[0]).toBe(512); // served by the native tier
+    expect(got.byLevel[1]).toBe(512); // fetched through JS (pages 512..1023, thread 1's range)
+    // After the JS path promoted them, a second read is all native.
+    const again = await addon.runWorkers(client, 'get', id, 2, 512, 32, 2);
+    expect(again.byLevel[0]).toBe(1024);
+
+    // flush() from a native thread runs the stack's flush.
+    const fl = await addon.runWorkers(client, 'flush', id, 1, 1, 1, 2);
+    expect(fl.errors).toBe(0);
+    // remove through the JS stack clears both tiers.
+    const rm = await addon.runWorkers(client, 'remove', id, 2, 512, 64, 2);
+    expect(rm.errors).toBe(0);
+    const gone = await addon.runWorkers(client, 'get', id, 2, 512, 64, 2);
+    expect(gone).toMatchObject({ found: 0, misses: 1024, errors: 0 });
+    addon.closeClient(client);
+    await stack.close();
+  });
+
+  it('refuses a blocking JS-path call made on the JS thread (TS_E_DEADLOCK) instead of hanging', async () => {
+    const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 1 << 20 })] });
+    const path = createJsPath(stack);
+    const id = path.register('dl');
+    await stack.put('dl', [7], makePages('dl', [7], 4096));
+    const client = addon.createClient(path);
+    expect(addon.getOnJsThread(client, id, 7).rc).toBe(-11);
+    addon.closeClient(client);
+    await stack.close();
+  });
+
+  it('reports typed per-request failures and fails waiters after close', async () => {
+    const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 1 << 20 })] });
+    const path = createJsPath(stack);
+    const client = addon.createClient(path);
+    // An unregistered namespace id: the request fails with TS_E_BAD_ARGUMENT, nothing hangs.
+    const unknown = await addon.runWorkers(client, 'get', 12345n, 1, 4, 4, 0);
+    expect(unknown.errors).toBe(1);
+    expect(unknown.lastError).toBe(-3);
+    const id = path.register('closing');
+    addon.closeClient(client);
+    const after = await addon.runWorkers(client, 'get', id, 2, 8, 4, 0);
+    expect(after.errors).toBe(4);
+    expect(after.lastError).toBe(-1);
+    await stack.close();
+  });
+});
