@@ -1,0 +1,39 @@
+export { SnapshotManifest, assertSnapshotId, type RegionInfo, type WorkingSetInfo, type SourceKind, type SnapshotSummary } from './manifest.js';
+export {
+  SnapshotCatalog,
+  bottomOf,
+  DEFAULT_CATALOG_NAMESPACE,
+  DEFAULT_KEEP_WORKING_SETS,
+  type SnapshotCatalogOptions,
+} from './catalog.js';
+export { importImage, importRawFile, type ImageSource, type ImageSegment, type ImportOptions, type ImportResult } from './import.js';
+export { importFirecracker, parseFirecrackerRegions, type FirecrackerImportOptions, type RegionDescription } from './import-firecracker.js';
+export {
+  importCriu,
+  criuImageSource,
+  parsePagemap,
+  CRIU_IMG_MAGIC,
+  CRIU_PAGEMAP_MAGIC,
+  PE_PARENT,
+  PE_LAZY,
+  PE_PRESENT,
+  type Pagemap,
+  type PagemapEntry,
+  type CriuImportOptions,
+} from './criu-image.js';
+export { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
+export { fetchSnapshotPages, readSnapshotPages, badPageError, type BadPage, type FetchResult } from './reader.js';
+export { type ProgressEvent, type ProgressCallback, type ProgressOptions } from './progress.js';
+export {
+  serveCriuPages,
+  encodePsHeader,
+  decodePsHeader,
+  ADD_F_PRESENT,
+  PS_IOV_GET,
+  PS_IOV_CLOSE,
+  PS_IOV_FORCE_CLOSE,
+  type CriuPageServer,
+  type CriuPageServerOptions,
+  type CriuPageServerStats,
+  type CriuHeaderLayout,
+} from './criu-page-server.js';
