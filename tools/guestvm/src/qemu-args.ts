@@ -1,0 +1,96 @@
+/** The QEMU command line (REFERENCE.md's shape: q35, TCG, no default devices, 9p shares). */
+import type { KernelLayout, ToolsLayout } from './fetch.js';
+import type { Initramfs } from './initramfs.js';
+import { TAG_JOB, TAG_RESULTS, TAG_ROOT } from './initramfs.js';
+
+export interface QemuPlan {
+  tools: ToolsLayout;
+  kernel: KernelLayout;
+  initramfs: Initramfs;
+  memoryMiB: number;
+  cpus: number;
+  jobDir: string;
+  resultsDir: string;
+  consoleLog: string;
+  /** Extra virtio-blk disk (raw image), /dev/vda in the guest. */
+  diskPath?: string;
+  /** Persistent CXL type-3 device backed by these files. */
+  cxl?: { backingFile: string; sizeMiB: number; lsaFile: string; lsaSizeMiB: number };
+  extraKernelArgs?: readonly string[];
+}
+
+const share = (id: string, path: string, readonly: boolean): string[] => [
+  '-fsdev',
+  // multidevs=remap: the host root spans several devices; without it inode numbers collide
+  // and the guest's view of files gets confused.
+  `local,id=${id},path=${path},security_model=none,multidevs=remap${readonly ? ',readonly=on' : ''}`,
+  '-device',
+  `virtio-9p-pci,fsdev=${id},mount_tag=${id}`,
+];
+
+export function qemuArgs(plan: QemuPlan): string[] {
+  const kernelArgs = [
+    'console=ttyS0',
+    'panic=-1',
+    'rdinit=/init',
+    'quiet',
+    'loglevel=3',
+    'mitigations=off',
+    '8250.nr_uarts=1',
+    'random.trust_cpu=on',
+    ...(plan.cxl ? ['pcie_ports=compat'] : []), // else cxl_pci fails probing the event log
+    ...(plan.extraKernelArgs ?? []),
+  ];
+  const args = [
+    '-machine',
+    plan.cxl ? 'q35,cxl=on' : 'q35',
+    '-accel',
+    'tcg,thread=multi',
+    '-cpu',
+    plan.cxl ? 'max,hypervisor=off' : 'max', // else region commit fails to synchronize CPU caches
+    '-m',
+    plan.cxl ? `${plan.memoryMiB}M,maxmem=16G,slots=8` : `${plan.memoryMiB}M`,
+    '-smp',
+    String(plan.cpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    ...plan.tools.firmwareDirs.flatMap((d) => ['-L', d]),
+    '-kernel',
+    plan.kernel.vmlinuz,
+    '-initrd',
+    plan.initramfs.path,
+    '-append',
+    kernelArgs.join(' '),
+    '-chardev',
+    `file,id=console,path=${plan.consoleLog}`,
+    '-serial',
+    'chardev:console',
+    ...share(TAG_ROOT, '/', true),
+    ...share(TAG_JOB, plan.jobDir, false),
+    ...share(TAG_RESULTS, plan.resultsDir, false),
+  ];
+  if (plan.diskPath) {
+    args.push('-drive', `file=${plan.diskPath},format=raw,if=none,id=disk0,cache=unsafe`, '-device', 'virtio-blk-pci,drive=disk0');
+  }
+  if (plan.cxl) {
+    const c = plan.cxl;
+    args.push(
+      '-object',
+      `memory-backend-file,id=cxl-mem0,share=on,mem-path=${c.backingFile},size=${c.sizeMiB}M`,
+      '-object',
+      `memory-backend-file,id=cxl-lsa0,share=on,mem-path=${c.lsaFile},size=${c.lsaSizeMiB}M`,
+      '-device',
+      'pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.0',
+      '-device',
+      'cxl-rp,port=0,bus=cxl.0,id=rp0,chassis=0,slot=2',
+      '-device',
+      'cxl-type3,bus=rp0,memdev=cxl-mem0,lsa=cxl-lsa0,id=cxl-pmem0',
+      '-M',
+      'cxl-fmw.0.targets.0=cxl.0,cxl-fmw.0.size=4G',
+    );
+  }
+  return args;
+}

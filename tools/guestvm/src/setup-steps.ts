@@ -1,0 +1,34 @@
+/**
+ * Ready-made guest setup steps, run as root in the guest before the command, with the cache's
+ * kmod/cxl/ndctl/daxctl first on PATH. Each is a POSIX sh fragment run under `set -e`.
+ */
+
+export type GuestSetupStep = 'ublk' | 'cxl-devdax';
+
+export const SETUP_STEPS: readonly GuestSetupStep[] = ['ublk', 'cxl-devdax'];
+
+// Waits up to ~10 s for a path; devices appear asynchronously once their driver probes.
+const WAIT_FOR = `wait_for() { i=0; while [ ! -e "$1" ]; do i=$((i+1)); if [ $i -gt 200 ]; then echo "timed out waiting for $1"; return 1; fi; busybox sleep 0.05; done; }`;
+
+const STEPS: Record<GuestSetupStep, string> = {
+  // ublk: the driver creates /dev/ublk-control (devtmpfs) as soon as it is loaded.
+  ublk: `modprobe ublk_drv
+wait_for /dev/ublk-control`,
+  // CXL persistent type-3 device -> region -> devdax namespace (REFERENCE.md). Needs the
+  // runInGuest({ cxl }) option, which also applies the two workarounds (pcie_ports=compat,
+  // -cpu max,hypervisor=off).
+  'cxl-devdax': `modprobe -a cxl_acpi cxl_pci cxl_mem cxl_port cxl_pmem libnvdimm nd_pmem dax_pmem device_dax dax_cxl
+wait_for /sys/bus/cxl/devices/mem0
+wait_for /sys/bus/cxl/devices/decoder0.0
+wait_for /sys/bus/cxl/devices/endpoint2 || true
+cxl create-region -m -d decoder0.0 -t pmem -w 1 -g 256 mem0
+wait_for /sys/bus/nd/devices/region0
+ndctl create-namespace -m devdax -r region0 -a 2M
+wait_for /dev/dax0.0`,
+};
+
+/** The sh text of the given steps, in order. */
+export function setupScript(steps: readonly GuestSetupStep[]): string {
+  if (steps.length === 0) return '';
+  return [WAIT_FOR, ...steps.map((s) => `echo "== guestvm setup: ${s}"\n${STEPS[s]}`)].join('\n');
+}
