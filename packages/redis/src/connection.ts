@@ -59,13 +59,20 @@ export function isClusterInstance(x: RedisClientLike): boolean {
   return typeof c.nodes === 'function' && typeof c.refreshSlotsCache === 'function';
 }
 
-function clientOptions(defaults: ConnectionDefaults): RedisOptions {
+/** Per-connection options shared by standalone clients and the node connections of a Cluster. */
+function nodeOptions(defaults: ConnectionDefaults) {
   return {
-    enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
     commandTimeout: defaults.timeoutMs,
     connectTimeout: defaults.timeoutMs,
+  } satisfies RedisOptions;
+}
+
+function clientOptions(defaults: ConnectionDefaults): RedisOptions {
+  return {
+    ...nodeOptions(defaults),
+    enableOfflineQueue: false,
     retryStrategy: (times: number) => Math.min(times * 50, defaults.maxReconnectDelayMs),
   };
 }
@@ -85,7 +92,7 @@ export function resolveConnection(connection: RedisConnection | undefined, defau
       enableOfflineQueue: false,
       clusterRetryStrategy: (times: number) => Math.min(times * 100, defaults.maxReconnectDelayMs),
       ...options,
-      redisOptions: { ...clientOptions(defaults), ...options.redisOptions },
+      redisOptions: { ...nodeOptions(defaults), ...options.redisOptions },
     });
     resolved = { client, isCluster: true, owned: true };
   } else if (connection !== null && typeof connection === 'object') {
