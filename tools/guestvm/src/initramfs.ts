@@ -36,11 +36,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /etc/guestvm-modules); do insmod "/lib/modules/$m.ko" || fail "insmod $m"; done
+echo "guestvm-init: modules loaded"
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 ${TAG_ROOT} /host || fail "mount host root (9p ${TAG_ROOT})"
 mount -t tmpfs -o mode=0755 overlay-rw /rw || fail "mount tmpfs"
 mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail "mount overlay"
 R=/newroot
+echo "guestvm-init: host root mounted"
 mount -t proc proc $R/proc || fail "mount proc"
 mount -t sysfs sysfs $R/sys || fail "mount sysfs"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fail "mount cgroup2"
