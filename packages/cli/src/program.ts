@@ -1,6 +1,9 @@
 /** The `tierstack` command line. Each subcommand lives in commands/ and is added here. */
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo } from './commands/demo.js';
+import { registerMemdCommand } from './commands/memd.js';
+import { registerSnapshotCommands } from './commands/snapshot.js';
+import { registerRestoreCommand } from './commands/restore.js';
 
 export const positiveInt = (v: string): number => {
   const n = Number(v);
@@ -23,6 +26,11 @@ export function buildProgram(): Command {
       const { wrong } = await runDemo({ pages: o.pages, memoryMiB: o.memoryMib, dir: o.dir });
       if (wrong > 0) process.exitCode = 1;
     });
+
+  registerSnapshotCommands(program);
+  registerRestoreCommand(program);
+
+  registerMemdCommand(program);
 
   program
     .command('bench')

@@ -121,38 +121,76 @@ class Connection {
   private onData(d: Buffer): void {
     if (this.done || this.closing) return;
     this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+    // GETs that arrived together are fetched from the stack with one batched call; their
+    // answers still go out one by one, in order.
+    const gets: Header[] = [];
     try {
       for (;;) {
-        if (this.buf.length < 8) return;
+        if (this.buf.length < 8) break;
         const cmd = this.buf.readUInt32LE(0);
         const code = cmd & 0xffff;
         if (code === PS_IOV_CLOSE || code === PS_IOV_FORCE_CLOSE) {
           // Both layouts: CLOSE carries no payload we need; answer once its shorter form arrived.
-          if (this.buf.length < LEGACY_HEADER) return;
+          if (this.buf.length < LEGACY_HEADER) break;
           this.buf = Buffer.alloc(0);
-          this.enqueue(async () => {
-            const z = Buffer.alloc(4);
-            await this.write(z);
-            this.done = true;
-            this.sock.end();
-          });
           this.closing = true;
-          return;
+          break;
         }
         if (code !== PS_IOV_GET) throw new MalformedHeader(`unexpected command 0x${cmd.toString(16)}`);
         this.layout ??= this.buf.readUInt32LE(4) !== 0 ? 'legacy' : 'v42';
         const size = this.layout === 'v42' ? V42_HEADER : LEGACY_HEADER;
-        if (this.buf.length < size) return;
+        if (this.buf.length < size) break;
         const h = decodePsHeader(this.layout, this.buf.subarray(0, size));
         this.buf = this.buf.subarray(size);
         if (h.nrPages <= 0 || h.nrPages > this.server.maxPages) throw new MalformedHeader(`GET of ${h.nrPages} pages`);
         if (!Number.isSafeInteger(h.vaddr) || h.vaddr % this.server.pageSize !== 0) throw new MalformedHeader(`GET at unaligned vaddr ${h.vaddr}`);
-        const layout = this.layout;
-        this.enqueue(() => this.serveGet(layout, h));
+        gets.push(h);
       }
     } catch (err) {
-      if (err instanceof MalformedHeader) this.reject(`malformed header: ${err.message}`);
-      else this.reject((err as Error).message);
+      // Requests parsed before the bad header are dropped too: the connection is over.
+      this.reject(err instanceof MalformedHeader ? `malformed header: ${err.message}` : (err as Error).message);
+      return;
+    }
+    if (gets.length > 0) this.serveGets(this.layout!, gets);
+    if (this.closing) {
+      this.enqueue(async () => {
+        await this.write(Buffer.alloc(4)); // int32 0
+        this.done = true;
+        this.sock.end();
+      });
+    }
+  }
+
+  /** Resolves each GET to its pages (clamped), fetches all of them at once, answers in order. */
+  private serveGets(layout: 'v42' | 'legacy', gets: Header[]): void {
+    const m = this.server.manifest;
+    const ps = m.pageSize;
+    const plans = gets.map((h) => {
+      const region = this.server.regionFor(h.vaddr, h.dstId);
+      if (!region) return { h, error: `no mapping holds vaddr 0x${h.vaddr.toString(16)} (dst_id ${h.dstId})`, first: 0, n: 0 };
+      const n = Math.min(h.nrPages, (region.base + region.size - h.vaddr) / ps);
+      return { h, error: undefined, first: (region.fileOffset + (h.vaddr - region.base)) / ps, n };
+    });
+    const all: number[] = [];
+    for (const p of plans) for (let i = 0; i < p.n; i++) all.push(p.first + i);
+    const fetched = fetchSnapshotPages(this.server.catalog.stack, m, all);
+    fetched.catch(() => undefined);
+    let at = 0;
+    for (const p of plans) {
+      const start = at;
+      at += p.n;
+      this.enqueue(async () => {
+        if (p.error) throw new Error(p.error);
+        const r = await fetched;
+        if (r.bad.length > 0) {
+          const mine = r.bad.filter((b) => b.page >= p.first && b.page < p.first + p.n);
+          if (mine.length > 0) throw badPageError(m, mine);
+        }
+        const header = encodePsHeader(layout, { cmd: ADD_F_PRESENT, nrPages: p.n, vaddr: p.h.vaddr, dstId: p.h.dstId });
+        await this.write(Buffer.concat([header, r.data.subarray(start * ps, (start + p.n) * ps)]));
+        this.server.counters.gets++;
+        this.server.counters.pagesServed += p.n;
+      });
     }
   }
 
@@ -190,22 +228,6 @@ class Connection {
         this.sock.once('close', onClose);
       }
     });
-  }
-
-  private async serveGet(layout: 'v42' | 'legacy', h: Header): Promise<void> {
-    const m = this.server.manifest;
-    const ps = m.pageSize;
-    const region = this.server.regionFor(h.vaddr, h.dstId);
-    if (!region) throw new Error(`no mapping holds vaddr 0x${h.vaddr.toString(16)} (dst_id ${h.dstId})`);
-    const avail = (region.base + region.size - h.vaddr) / ps;
-    const n = Math.min(h.nrPages, avail);
-    const first = (region.fileOffset + (h.vaddr - region.base)) / ps;
-    const pages = Array.from({ length: n }, (_, i) => first + i);
-    const r = await fetchSnapshotPages(this.server.catalog.stack, m, pages);
-    if (r.bad.length > 0) throw badPageError(m, r.bad);
-    await this.write(Buffer.concat([encodePsHeader(layout, { cmd: ADD_F_PRESENT, nrPages: n, vaddr: h.vaddr, dstId: h.dstId }), r.data]));
-    this.server.counters.gets++;
-    this.server.counters.pagesServed += n;
   }
 }
 

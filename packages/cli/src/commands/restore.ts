@@ -1,0 +1,53 @@
+/**
+ * `tierstack restore --firecracker <socket> | --criu-port <port> <id>`: serves a snapshot from
+ * the stack until interrupted — as a Firecracker UFFD handler or as a CRIU lazy-pages page server.
+ */
+import type { Command } from 'commander';
+import pino from 'pino';
+import { SnapshotCatalog, serveCriuPages, type CriuHeaderLayout } from '@tierstack/faas';
+import { addStackOptions, openStack, type StackCliOptions } from '../stack-options.js';
+
+interface RestoreCliOptions extends StackCliOptions {
+  firecracker?: string;
+  criuPort?: number;
+  host: string;
+  criuLayout: CriuHeaderLayout;
+}
+
+/** Resolves on SIGINT/SIGTERM. */
+const untilSignal = (): Promise<void> =>
+  new Promise((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+
+export function registerRestoreCommand(program: Command, out: (l: string) => void = (l) => console.log(l)): void {
+  addStackOptions(
+    program
+      .command('restore')
+      .description('serve a snapshot to a restoring VM or process: Firecracker UFFD handler or CRIU page server')
+      .argument('<id>', 'snapshot id')
+      .option('--firecracker <socket>', 'listen on this Unix socket as a Firecracker UFFD handler')
+      .option('--criu-port <port>', 'serve CRIU lazy-pages GETs on this TCP port', Number)
+      .option('--host <addr>', 'CRIU: address to bind', '127.0.0.1')
+      .option('--criu-layout <layout>', 'CRIU header layout: v42 (CRIU >= 4.2), legacy (3.x-4.1) or auto', 'auto'),
+  ).action(async (id: string, o: RestoreCliOptions) => {
+    if ((o.firecracker === undefined) === (o.criuPort === undefined)) throw new Error('give exactly one of --firecracker <socket> or --criu-port <port>');
+    const logger = pino({ level: process.env['TIERSTACK_LOG'] ?? 'info' }, pino.destination(2));
+    const stack = await openStack(o, { logger });
+    const catalog = new SnapshotCatalog(stack, { logger });
+    try {
+      if (o.criuPort !== undefined) {
+        const server = await serveCriuPages(catalog, { snapshotId: id, port: o.criuPort, host: o.host, headerLayout: o.criuLayout, logger });
+        out(`serving CRIU pages of ${id} on ${server.host}:${server.port} (layout ${o.criuLayout}); Ctrl-C stops`);
+        await untilSignal();
+        out(JSON.stringify(server.stats()));
+        await server.close();
+      } else {
+        throw new Error('--firecracker needs @tierstack/uffd (not wired yet)');
+      }
+    } finally {
+      await stack.close();
+    }
+  });
+}
