@@ -1,0 +1,111 @@
+/**
+ * RedisTier vs redis-benchmark on the same private redis-server in the same run: 4 KiB pages,
+ * get and put in batches of 1 and 32. The baseline is `redis-benchmark -c 1 -d 4096 -P <batch>
+ * -r <span> -t get|set` — one connection like the tier, <batch> commands per round trip like
+ * one tier call (which sends one MGET/MSET of <batch> keys) — parsed from its --csv output.
+ * Rounds alternate (baseline, case, ...); each side reports the median of its rounds.
+ */
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { LatencyHistogram } from '@tierstack/core';
+import { RedisTier } from '@tierstack/redis';
+import { startRedisServer, type RedisServer } from '@tierstack/redis/testing';
+import { result, rng, randomPages, type Measurement, type Suite, type Op } from '../harness.js';
+
+const execFileP = promisify(execFile);
+const PAGE = 4096;
+const SPAN = 4096; // 16 MiB of pages in Redis
+
+/** Runs `op` for `ms` and measures pages per second and per-call latency (as the harness does). */
+async function measureFor(op: Op, ms: number): Promise<Measurement> {
+  const hist = new LatencyHistogram();
+  let ops = 0;
+  let calls = 0;
+  const start = process.hrtime.bigint();
+  const deadline = start + BigInt(Math.round(ms * 1e6));
+  let now = start;
+  while (now < deadline) {
+    const t0 = now;
+    ops += await op();
+    now = process.hrtime.bigint();
+    hist.record(Number(now - t0));
+    calls++;
+  }
+  const s = hist.summary();
+  return { opsPerSec: ops / (Number(now - start) / 1e9), p50Us: s.p50Us, p99Us: s.p99Us, calls };
+}
+
+/** One redis-benchmark run; its latencies are per request as it reports them. */
+export async function redisBenchmark(server: RedisServer, test: 'get' | 'set', pipeline: number, requests: number): Promise<Measurement> {
+  const args = ['-h', server.host, '-p', String(server.port), '-c', '1', '-d', String(PAGE), '-P', String(pipeline), '-r', String(SPAN), '-t', test, '-n', String(requests), '--csv'];
+  const { stdout } = await execFileP('redis-benchmark', args, { timeout: 60_000 });
+  return parseRedisBenchmarkCsv(stdout, test);
+}
+
+/** Parses `redis-benchmark --csv`: a header line, then "TEST","rps","avg","min","p50","p95","p99","max" (ms). */
+export function parseRedisBenchmarkCsv(csv: string, test: string): Measurement {
+  for (const line of csv.split('\n')) {
+    const cells = line.split(',').map((c) => c.trim().replace(/^"|"$/g, ''));
+    if (cells[0]?.toUpperCase() !== test.toUpperCase()) continue;
+    const rps = Number(cells[1]);
+    if (!Number.isFinite(rps)) break;
+    return { opsPerSec: rps, p50Us: Number(cells[4]) * 1000, p99Us: Number(cells[6]) * 1000, calls: 0 };
+  }
+  throw new Error(`no ${test} line in redis-benchmark output: ${csv.slice(0, 300)}`);
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const combine = (ms: Measurement[]): Measurement => ({
+  opsPerSec: median(ms.map((m) => m.opsPerSec)),
+  p50Us: median(ms.map((m) => m.p50Us)),
+  p99Us: median(ms.map((m) => m.p99Us)),
+  calls: ms.reduce((n, m) => n + m.calls, 0),
+});
+
+export const redisSuite: Suite = {
+  name: 'redis',
+  description: 'RedisTier 4 KiB get/put vs redis-benchmark -c 1 -d 4096 -P <batch> on the same private redis-server',
+  async *run(ctx) {
+    const server = await startRedisServer({ dir: join(ctx.tmpDir, 'redis') });
+    const tier = new RedisTier({ connection: server.url, name: 'redis-bench' });
+    try {
+      const ns = 'bench';
+      const fill = Buffer.alloc(256 * PAGE, 0x5a);
+      for (let p = 0; p < SPAN; p += 256) await tier.put(ns, Array.from({ length: 256 }, (_, k) => p + k), fill);
+      const { measure } = ctx;
+      for (const batch of [1, 32]) {
+        for (const test of ['set', 'get'] as const) {
+          const next = rng(batch * 7 + test.length);
+          const buf = Buffer.alloc(batch * PAGE, 7);
+          const op: Op =
+            test === 'get'
+              ? async () => {
+                  await tier.get(ns, randomPages(next, SPAN, batch), { out: buf });
+                  return batch;
+                }
+              : async () => {
+                  await tier.put(ns, randomPages(next, SPAN, batch), buf);
+                  return batch;
+                };
+          ctx.log(`redis ${test} batch ${batch}`);
+          // Warm up both; the warm-up rate sizes redis-benchmark's request count to about roundMs.
+          const warm = await redisBenchmark(server, test, batch, 2000 * batch);
+          await measureFor(op, measure.warmupMs);
+          const requests = Math.max(1000, Math.round((warm.opsPerSec * measure.roundMs) / 1000));
+          const base: Measurement[] = [];
+          const mine: Measurement[] = [];
+          for (let r = 0; r < measure.rounds; r++) {
+            base.push(await redisBenchmark(server, test, batch, requests));
+            mine.push(await measureFor(op, measure.roundMs));
+          }
+          const name = `${test === 'get' ? 'get' : 'put'} batch=${batch}`;
+          yield result('redis', name, `redis-benchmark -P ${batch}`, { case: combine(mine), baseline: combine(base) }, batch === 32 ? 'bar: ratio >= 0.8' : undefined);
+        }
+      }
+    } finally {
+      await tier.close();
+      await server.stop();
+    }
+  },
+};
