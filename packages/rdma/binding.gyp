@@ -1,0 +1,17 @@
+{
+  "targets": [
+    {
+      "target_name": "tierstack_rdma",
+      "sources": ["native/addon.cpp", "native/fabric.cpp", "native/donor.cpp", "native/pool.cpp"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<!(node -p \"require('path').join(require('path').dirname(require.resolve('@tierstack/core/package.json')),'include')\")"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wno-missing-field-initializers", "<!@(pkg-config --cflags libfabric)"],
+      "libraries": ["<!@(pkg-config --libs libfabric)", "-lpthread"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"]
+    }
+  ]
+}

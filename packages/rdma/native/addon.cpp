@@ -1,0 +1,472 @@
+// N-API surface of @tierstack/rdma: Donor (the memd daemon's data plane) and Pool (the
+// RdmaPoolTier's native core, also exported as a page-store C ABI handle), plus a driver that
+// calls any page-store handle from a native thread (for the benchmark of the native path).
+#include <napi.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <tierstack/page_store_napi.hpp>
+
+#include "donor.hpp"
+#include "pool.hpp"
+
+using namespace tsrdma;
+
+namespace {
+
+const char *code_of(int status) {
+  switch (status) {
+    case TS_E_CLOSED: return "TS_ERR_CLOSED";
+    case TS_E_PAGE_SIZE: return "TS_ERR_PAGE_SIZE";
+    case TS_E_BAD_ARGUMENT: return "TS_ERR_BAD_ARGUMENT";
+    case TS_E_NOT_FOUND: return "TS_ERR_NOT_FOUND";
+    case TS_E_CHECKSUM: return "TS_ERR_CHECKSUM";
+    case TS_E_UNAVAILABLE: return "TS_ERR_UNAVAILABLE";
+    case TS_E_CORRUPT: return "TS_ERR_CORRUPT";
+    case TS_E_NO_SPACE: return "TS_ERR_NO_SPACE";
+    case TS_E_UNSUPPORTED: return "TS_ERR_UNSUPPORTED";
+    case TS_E_DEADLOCK: return "TS_ERR_DEADLOCK";
+    case TS_E_TIMEOUT: return "TS_ERR_TIMEOUT";
+    default: return "TS_ERR_IO";
+  }
+}
+
+Napi::Error make_error(Napi::Env env, const std::string &msg, const char *code) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+void throw_error(Napi::Env env, const std::string &msg, const char *code) { make_error(env, msg, code).ThrowAsJavaScriptException(); }
+
+uint64_t to_u64(const Napi::Value &v) {
+  if (v.IsBigInt()) {
+    bool lossless;
+    return v.As<Napi::BigInt>().Uint64Value(&lossless);
+  }
+  return static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue());
+}
+
+std::vector<uint64_t> to_pages(const Napi::Value &v) {
+  auto arr = v.As<Napi::Float64Array>();
+  std::vector<uint64_t> out(arr.ElementLength());
+  for (size_t i = 0; i < out.size(); i++) out[i] = static_cast<uint64_t>(arr[i]);
+  return out;
+}
+
+Replica to_replica(const Napi::Value &v) {
+  auto o = v.As<Napi::Object>();
+  Replica r;
+  r.conn = o.Get("conn").As<Napi::Number>().Int32Value();
+  r.addr = to_u64(o.Get("addr"));
+  r.rkey = to_u64(o.Get("rkey"));
+  r.slab_id = to_u64(o.Get("slabId"));
+  r.state = kActive;
+  return r;
+}
+
+// ---------------------------------------------------------------- Donor
+
+class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Donor",
+                       {InstanceMethod<&DonorWrap::Address>("address"), InstanceMethod<&DonorWrap::MrMode>("mrMode"),
+                        InstanceMethod<&DonorWrap::AllocSlab>("allocSlab"), InstanceMethod<&DonorWrap::FreeSlab>("freeSlab"),
+                        InstanceMethod<&DonorWrap::Stats>("stats"), InstanceMethod<&DonorWrap::Close>("close")});
+  }
+  DonorWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<DonorWrap>(info) {
+    auto env = info.Env();
+    if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsString()) {
+      throw_error(env, "Donor(provider, node, service): strings expected", "TS_ERR_BAD_ARGUMENT");
+      return;
+    }
+    donor_ = std::make_unique<Donor>();
+    if (!donor_->open(info[0].As<Napi::String>(), info[1].As<Napi::String>(), info[2].As<Napi::String>())) {
+      std::string msg = "cannot open the libfabric donor endpoint: " + donor_->error();
+      donor_.reset();
+      throw_error(env, msg, "TS_ERR_UNAVAILABLE");
+    }
+  }
+
+ private:
+  bool check(Napi::Env env) {
+    if (donor_) return true;
+    throw_error(env, "donor is closed", "TS_ERR_CLOSED");
+    return false;
+  }
+  Napi::Value Address(const Napi::CallbackInfo &info) {
+    if (!check(info.Env())) return info.Env().Undefined();
+    auto o = Napi::Object::New(info.Env());
+    o.Set("node", donor_->node());
+    o.Set("service", donor_->service());
+    return o;
+  }
+  Napi::Value MrMode(const Napi::CallbackInfo &info) {
+    if (!check(info.Env())) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), donor_->mr_mode());
+  }
+  Napi::Value AllocSlab(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    if (!check(env)) return env.Undefined();
+    DonorSlab s;
+    if (!donor_->alloc_slab(to_u64(info[0]), static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()), s)) {
+      throw_error(env, "slab allocation failed: " + donor_->error(), "TS_ERR_NO_SPACE");
+      return env.Undefined();
+    }
+    auto o = Napi::Object::New(env);
+    o.Set("addr", Napi::BigInt::New(env, s.remote_addr));
+    o.Set("rkey", Napi::BigInt::New(env, s.rkey));
+    return o;
+  }
+  Napi::Value FreeSlab(const Napi::CallbackInfo &info) {
+    if (!check(info.Env())) return info.Env().Undefined();
+    return Napi::Boolean::New(info.Env(), donor_->free_slab(to_u64(info[0])));
+  }
+  Napi::Value Stats(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    if (!check(env)) return env.Undefined();
+    auto o = Napi::Object::New(env);
+    o.Set("connections", Napi::Number::New(env, static_cast<double>(donor_->connection_count())));
+    o.Set("slabs", Napi::Number::New(env, static_cast<double>(donor_->slab_count())));
+    return o;
+  }
+  Napi::Value Close(const Napi::CallbackInfo &info) {
+    donor_.reset();
+    return info.Env().Undefined();
+  }
+  std::unique_ptr<Donor> donor_;
+};
+
+// ---------------------------------------------------------------- Pool
+
+// Runs `fn` on a libuv worker with a reference on the pool; resolves with what `done` builds.
+class PoolWorker : public Napi::AsyncWorker {
+ public:
+  using Fn = std::function<int(std::string &)>;
+  using Done = std::function<Napi::Value(Napi::Env)>;
+  PoolWorker(Napi::Env env, Pool *pool, Fn fn, Done done, std::vector<Napi::Value> keep)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), pool_(pool), fn_(std::move(fn)), done_(std::move(done)) {
+    pool_->retain();
+    for (auto &v : keep) keep_.push_back(Napi::Persistent(v));
+  }
+  ~PoolWorker() override { pool_->release(); }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { rc_ = fn_(err_); }
+  void OnOK() override {
+    auto env = Env();
+    if (rc_ < 0) {
+      deferred_.Reject(make_error(env, err_.empty() ? std::string("rdma pool operation failed (") + code_of(rc_) + ")" : err_, code_of(rc_)).Value());
+      return;
+    }
+    deferred_.Resolve(done_ ? done_(env) : env.Undefined());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Pool *pool_;
+  Fn fn_;
+  Done done_;
+  std::vector<Napi::Reference<Napi::Value>> keep_;
+  int rc_ = 0;
+  std::string err_;
+};
+
+class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Pool",
+                       {InstanceMethod<&PoolWrap::Connect>("connect"), InstanceMethod<&PoolWrap::KillConn>("killConn"),
+                        InstanceMethod<&PoolWrap::ConnUp>("connUp"), InstanceMethod<&PoolWrap::AddSlab>("addSlab"),
+                        InstanceMethod<&PoolWrap::HasSlab>("hasSlab"), InstanceMethod<&PoolWrap::AddReplica>("addReplica"),
+                        InstanceMethod<&PoolWrap::CopyReplica>("copyReplica"), InstanceMethod<&PoolWrap::SetReplicaState>("setReplicaState"),
+                        InstanceMethod<&PoolWrap::DropReplica>("dropReplica"), InstanceMethod<&PoolWrap::ReplaceLost>("replaceLost"),
+                        InstanceMethod<&PoolWrap::Slabs>("slabs"), InstanceMethod<&PoolWrap::TakeTouched>("takeTouched"),
+                        InstanceMethod<&PoolWrap::Degraded>("degradedEvents"), InstanceMethod<&PoolWrap::Get>("get"),
+                        InstanceMethod<&PoolWrap::Put>("put"), InstanceMethod<&PoolWrap::Remove>("remove"),
+                        InstanceMethod<&PoolWrap::Handle>("handle"), InstanceMethod<&PoolWrap::Close>("close")});
+  }
+  PoolWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<PoolWrap>(info) {
+    auto env = info.Env();
+    auto o = info[0].As<Napi::Object>();
+    std::string provider = o.Get("provider").As<Napi::String>();
+    uint32_t page_size = o.Get("pageSize").As<Napi::Number>().Uint32Value();
+    uint64_t slab_pages = static_cast<uint64_t>(o.Get("slabPages").As<Napi::Number>().Int64Value());
+    uint32_t timeout = o.Get("opTimeoutMs").As<Napi::Number>().Uint32Value();
+    std::string name = o.Get("name").As<Napi::String>();
+    if (page_size == 0 || slab_pages == 0) {
+      throw_error(env, "pageSize and slabPages must be positive", "TS_ERR_BAD_ARGUMENT");
+      return;
+    }
+    pool_ = new Pool(page_size, slab_pages, timeout, name);
+    pool_->open(provider);
+  }
+  ~PoolWrap() override {
+    if (pool_) pool_->release();
+  }
+
+ private:
+  Napi::Value Connect(const Napi::CallbackInfo &info) {
+    int32_t idx = info[0].As<Napi::Number>().Int32Value();
+    std::string node = info[1].As<Napi::String>(), service = info[2].As<Napi::String>();
+    Pool *p = pool_;
+    auto *w = new PoolWorker(info.Env(), p, [p, idx, node, service](std::string &err) { return p->connect(idx, node, service, err); }, nullptr, {});
+    auto promise = w->Promise();
+    w->Queue();
+    return promise;
+  }
+  Napi::Value KillConn(const Napi::CallbackInfo &info) {
+    pool_->kill_conn(info[0].As<Napi::Number>().Int32Value());
+    return info.Env().Undefined();
+  }
+  Napi::Value ConnUp(const Napi::CallbackInfo &info) {
+    return Napi::Boolean::New(info.Env(), pool_->conn_up(info[0].As<Napi::Number>().Int32Value()));
+  }
+  Napi::Value AddSlab(const Napi::CallbackInfo &info) {
+    auto arr = info[2].As<Napi::Array>();
+    std::vector<Replica> reps;
+    for (uint32_t i = 0; i < arr.Length(); i++) reps.push_back(to_replica(arr.Get(i)));
+    pool_->add_slab(to_u64(info[0]), to_u64(info[1]), reps);
+    return info.Env().Undefined();
+  }
+  Napi::Value HasSlab(const Napi::CallbackInfo &info) {
+    return Napi::Boolean::New(info.Env(), pool_->has_slab(to_u64(info[0]), to_u64(info[1])));
+  }
+  Napi::Value AddReplica(const Napi::CallbackInfo &info) {
+    return Napi::Number::New(info.Env(), pool_->add_replica(to_u64(info[0]), to_u64(info[1]), to_replica(info[2])));
+  }
+  Napi::Value CopyReplica(const Napi::CallbackInfo &info) {
+    uint64_t ns = to_u64(info[0]), index = to_u64(info[1]);
+    int slot = info[2].As<Napi::Number>().Int32Value();
+    Pool *p = pool_;
+    auto *w = new PoolWorker(info.Env(), p, [p, ns, index, slot](std::string &err) { return p->copy_replica(ns, index, slot, err); }, nullptr, {});
+    auto promise = w->Promise();
+    w->Queue();
+    return promise;
+  }
+  Napi::Value SetReplicaState(const Napi::CallbackInfo &info) {
+    return Napi::Boolean::New(info.Env(), pool_->set_replica_state(to_u64(info[0]), to_u64(info[1]), info[2].As<Napi::Number>().Int32Value(),
+                                                                   static_cast<uint8_t>(info[3].As<Napi::Number>().Uint32Value())));
+  }
+  Napi::Value DropReplica(const Napi::CallbackInfo &info) {
+    return Napi::Boolean::New(info.Env(), pool_->drop_replica(to_u64(info[0]), to_u64(info[1]), info[2].As<Napi::Number>().Int32Value()));
+  }
+  Napi::Value ReplaceLost(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    auto lost = pool_->replace_lost(to_u64(info[0]), to_u64(info[1]), to_replica(info[2]));
+    auto arr = Napi::Float64Array::New(env, lost.size());
+    for (size_t i = 0; i < lost.size(); i++) arr[i] = static_cast<double>(lost[i]);
+    return arr;
+  }
+  Napi::Value Slabs(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    auto views = pool_->slabs();
+    auto arr = Napi::Array::New(env, views.size());
+    for (size_t i = 0; i < views.size(); i++) {
+      auto o = Napi::Object::New(env);
+      o.Set("ns", Napi::BigInt::New(env, views[i].ns));
+      o.Set("index", Napi::Number::New(env, static_cast<double>(views[i].index)));
+      o.Set("present", Napi::Number::New(env, static_cast<double>(views[i].present)));
+      auto reps = Napi::Array::New(env);
+      for (int r = 0; r < kMaxReplicas; r++) {
+        auto x = Napi::Object::New(env);
+        x.Set("slot", r);
+        x.Set("conn", views[i].reps[r].conn);
+        x.Set("state", views[i].reps[r].state);
+        x.Set("slabId", Napi::BigInt::New(env, views[i].reps[r].slab_id));
+        reps.Set(r, x);
+      }
+      o.Set("replicas", reps);
+      arr.Set(i, o);
+    }
+    return arr;
+  }
+  Napi::Value TakeTouched(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    auto t = pool_->take_touched();
+    auto arr = Napi::Array::New(env, t.size());
+    for (size_t i = 0; i < t.size(); i++) {
+      auto pair = Napi::Array::New(env, 2);
+      pair.Set(0u, Napi::Number::New(env, t[i].first));
+      pair.Set(1u, Napi::BigInt::New(env, t[i].second));
+      arr.Set(i, pair);
+    }
+    return arr;
+  }
+  Napi::Value Degraded(const Napi::CallbackInfo &info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(pool_->degraded_events()));
+  }
+  // get(ns, pages: Float64Array, out: Buffer) -> Promise<Int32Array of per-page status>
+  Napi::Value Get(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    uint64_t ns = to_u64(info[0]);
+    auto pages = std::make_shared<std::vector<uint64_t>>(to_pages(info[1]));
+    auto out = info[2].As<Napi::Buffer<char>>();
+    const size_t ps = pool_->page_size();
+    if (out.Length() != pages->size() * ps) {
+      throw_error(env, "output buffer size does not match the batch", "TS_ERR_BAD_ARGUMENT");
+      return env.Undefined();
+    }
+    auto status = std::make_shared<std::vector<int32_t>>(pages->size());
+    char *base = out.Data();
+    Pool *p = pool_;
+    auto *w = new PoolWorker(
+        env, p,
+        [p, ns, pages, status, base, ps](std::string &) {
+          std::vector<void *> bufs(pages->size());
+          for (size_t i = 0; i < bufs.size(); i++) bufs[i] = base + i * ps;
+          return p->get(ns, pages->data(), pages->size(), bufs.data(), status->data());
+        },
+        [status](Napi::Env env) -> Napi::Value {
+          auto arr = Napi::Int32Array::New(env, status->size());
+          for (size_t i = 0; i < status->size(); i++) arr[i] = (*status)[i];
+          return arr;
+        },
+        {info[2]});
+    auto promise = w->Promise();
+    w->Queue();
+    return promise;
+  }
+  // put(ns, pages: Float64Array, data: Buffer) -> Promise<void>; rejects TS_ERR_NO_SPACE when a
+  // slab is missing (nothing written) and TS_ERR_UNAVAILABLE when some page reached no replica.
+  Napi::Value Put(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    uint64_t ns = to_u64(info[0]);
+    auto pages = std::make_shared<std::vector<uint64_t>>(to_pages(info[1]));
+    auto data = info[2].As<Napi::Buffer<char>>();
+    const size_t ps = pool_->page_size();
+    if (data.Length() != pages->size() * ps) {
+      throw_error(env, "data size does not match the batch", "TS_ERR_BAD_ARGUMENT");
+      return env.Undefined();
+    }
+    const char *base = data.Data();
+    Pool *p = pool_;
+    auto *w = new PoolWorker(
+        env, p,
+        [p, ns, pages, base, ps](std::string &) {
+          std::vector<const void *> bufs(pages->size());
+          for (size_t i = 0; i < bufs.size(); i++) bufs[i] = base + i * ps;
+          return p->put(ns, pages->data(), pages->size(), bufs.data(), 0);
+        },
+        nullptr, {info[2]});
+    auto promise = w->Promise();
+    w->Queue();
+    return promise;
+  }
+  Napi::Value Remove(const Napi::CallbackInfo &info) {
+    auto pages = to_pages(info[1]);
+    return Napi::Number::New(info.Env(), pool_->remove(to_u64(info[0]), pages.data(), pages.size()));
+  }
+  Napi::Value Handle(const Napi::CallbackInfo &info) { return tierstack::wrap_page_store(info.Env(), pool_->store()); }
+  Napi::Value Close(const Napi::CallbackInfo &info) {
+    Pool *p = pool_;
+    auto *w = new PoolWorker(info.Env(), p, [p](std::string &) {
+      p->close();
+      return TS_OK;
+    }, nullptr, {});
+    auto promise = w->Promise();
+    w->Queue();
+    return promise;
+  }
+  Pool *pool_ = nullptr;
+};
+
+// ---------------------------------------------------------------- handle driver (bench)
+
+// driveHandle(handle, ns: bigint, pages: Float64Array, qd, op: 'get'|'put', calls) ->
+// Promise<Float64Array of per-call latencies in ns>. Calls the C ABI from a worker thread, `qd`
+// pages per call, walking `pages` round-robin; a failed call rejects.
+class DriveWorker : public Napi::AsyncWorker {
+ public:
+  DriveWorker(Napi::Env env, tierstack::StoreRef store, uint64_t ns, std::vector<uint64_t> pages, size_t qd, bool put, size_t calls)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), store_(std::move(store)), ns_(ns), pages_(std::move(pages)), qd_(qd), put_(put), calls_(calls) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const size_t ps = store_->page_size;
+    std::vector<char> mem(qd_ * ps, 0x5a);
+    std::vector<void *> bufs(qd_);
+    for (size_t i = 0; i < qd_; i++) bufs[i] = mem.data() + i * ps;
+    std::vector<uint64_t> batch(qd_);
+    std::vector<int32_t> status(qd_);
+    size_t cursor = 0;
+    lat_.resize(calls_);
+    for (size_t c = 0; c < calls_; c++) {
+      for (size_t i = 0; i < qd_; i++) batch[i] = pages_[cursor++ % pages_.size()];
+      auto t0 = std::chrono::steady_clock::now();
+      int rc = put_ ? store_.put_pages(ns_, batch.data(), qd_, bufs.data(), 0) : store_.get_pages(ns_, batch.data(), qd_, bufs.data(), status.data());
+      lat_[c] = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+      if (rc != TS_OK) {
+        rc_ = rc;
+        return;
+      }
+      if (!put_)
+        for (size_t i = 0; i < qd_; i++)
+          if (status[i] != TS_PAGE_FOUND) {
+            rc_ = status[i] < 0 ? status[i] : TS_E_NOT_FOUND;
+            return;
+          }
+    }
+  }
+  void OnOK() override {
+    auto env = Env();
+    if (rc_ != TS_OK) {
+      deferred_.Reject(make_error(env, std::string("driveHandle failed: ") + code_of(rc_), code_of(rc_)).Value());
+      return;
+    }
+    auto arr = Napi::Float64Array::New(env, lat_.size());
+    for (size_t i = 0; i < lat_.size(); i++) arr[i] = lat_[i];
+    deferred_.Resolve(arr);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  tierstack::StoreRef store_;
+  uint64_t ns_;
+  std::vector<uint64_t> pages_;
+  size_t qd_;
+  bool put_;
+  size_t calls_;
+  std::vector<double> lat_;
+  int rc_ = TS_OK;
+};
+
+Napi::Value DriveHandle(const Napi::CallbackInfo &info) {
+  auto env = info.Env();
+  auto store = tierstack::unwrap_page_store(env, info[0]);
+  if (!store) return env.Undefined();
+  auto pages = to_pages(info[2]);
+  size_t qd = info[3].As<Napi::Number>().Uint32Value();
+  bool put = info[4].As<Napi::String>().Utf8Value() == "put";
+  size_t calls = info[5].As<Napi::Number>().Uint32Value();
+  if (pages.empty() || qd == 0) {
+    throw_error(env, "driveHandle: pages and qd must be non-empty", "TS_ERR_BAD_ARGUMENT");
+    return env.Undefined();
+  }
+  auto *w = new DriveWorker(env, std::move(store), to_u64(info[1]), std::move(pages), qd, put, calls);
+  auto promise = w->Promise();
+  w->Queue();
+  return promise;
+}
+
+class RdmaAddon : public Napi::Addon<RdmaAddon> {
+ public:
+  RdmaAddon(Napi::Env env, Napi::Object exports) {
+    // Before any fi_getinfo in this process (see fabric.hpp).
+    set_mr_cache_monitor_default();
+    DefineAddon(exports, {InstanceValue("Donor", DonorWrap::Init(env)), InstanceValue("Pool", PoolWrap::Init(env)),
+                          InstanceMethod<&RdmaAddon::Drive>("driveHandle"),
+                          InstanceValue("kReplicaActive", Napi::Number::New(env, kActive)),
+                          InstanceValue("kReplicaSyncing", Napi::Number::New(env, kSyncing)),
+                          InstanceValue("kReplicaDead", Napi::Number::New(env, kDead))});
+  }
+
+ private:
+  Napi::Value Drive(const Napi::CallbackInfo &info) { return DriveHandle(info); }
+};
+
+}  // namespace
+
+NODE_API_ADDON(RdmaAddon)

@@ -1,0 +1,755 @@
+#include "pool.hpp"
+
+#include <sched.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+namespace tsrdma {
+
+namespace {
+constexpr size_t kMaxConns = 256;
+constexpr int32_t kPendingRead = 1000;  // internal page status: still to be read
+
+template <class T>
+T load(const T &v) {
+  return __atomic_load_n(&v, __ATOMIC_ACQUIRE);
+}
+template <class T>
+void astore(T &v, T x) {
+  __atomic_store_n(&v, x, __ATOMIC_RELEASE);
+}
+
+uint64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int c_get(void *self, uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+  return static_cast<Pool *>(self)->get(ns, pages, n, bufs, status);
+}
+int c_put(void *self, uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
+  return static_cast<Pool *>(self)->put(ns, pages, n, bufs, flags);
+}
+int c_remove(void *self, uint64_t ns, const uint64_t *pages, size_t n) {
+  return static_cast<Pool *>(self)->remove(ns, pages, n);
+}
+void c_retain(void *self) { static_cast<Pool *>(self)->retain(); }
+void c_release(void *self) { static_cast<Pool *>(self)->release(); }
+
+// Registers caller buffers for providers that need local descriptors (FI_MR_LOCAL, e.g.
+// verbs); a no-op for tcp, whose mr_mode has no FI_MR_LOCAL.
+struct LocalRegs {
+  fid_domain *domain;
+  bool needed;
+  std::atomic<uint64_t> *key_seq;
+  std::vector<fid_mr *> mrs;
+  void *desc(const void *buf, size_t len) {
+    if (!needed) return nullptr;
+    fid_mr *mr = nullptr;
+    if (fi_mr_reg(domain, buf, len, FI_READ | FI_WRITE, 0, key_seq->fetch_add(1), 0, &mr, nullptr) != 0) return nullptr;
+    mrs.push_back(mr);
+    return fi_mr_desc(mr);
+  }
+  ~LocalRegs() {
+    for (auto *mr : mrs) fi_close(&mr->fid);
+  }
+};
+}  // namespace
+
+Pool::Call::Call(Pool &pool) : p(pool) {
+  std::lock_guard<std::mutex> lk(p.calls_mu_);
+  ok = !p.closed_.load();
+  if (ok) p.calls_++;
+}
+Pool::Call::~Call() {
+  if (!ok) return;
+  std::lock_guard<std::mutex> lk(p.calls_mu_);
+  if (--p.calls_ == 0) p.calls_cv_.notify_all();
+}
+
+Pool::Pool(uint32_t page_size, uint64_t slab_pages, uint32_t op_timeout_ms, std::string name)
+    : page_size_(page_size), slab_pages_(slab_pages), op_timeout_ms_(op_timeout_ms), name_(std::move(name)) {
+  conns_.resize(kMaxConns);
+  for (auto &c : conns_) c = std::make_unique<Conn>();
+  ops_.abi_version = TS_PAGE_STORE_ABI_VERSION;
+  ops_.struct_size = sizeof(ts_page_store_ops);
+  ops_.get = c_get;
+  ops_.put = c_put;
+  ops_.remove = c_remove;
+  ops_.retain = c_retain;
+  ops_.release = c_release;
+  store_.abi_version = TS_PAGE_STORE_ABI_VERSION;
+  store_.page_size = page_size_;
+  store_.name = name_.c_str();
+  store_.ops = &ops_;
+  store_.self = this;
+}
+
+Pool::~Pool() { close(); }
+
+bool Pool::open(const std::string &provider) {
+  set_mr_cache_monitor_default();
+  provider_ = provider;
+  return true;
+}
+
+Conn *Pool::conn(int32_t idx) {
+  if (idx < 0 || static_cast<size_t>(idx) >= conns_.size()) return nullptr;
+  return conns_[idx].get();
+}
+
+bool Pool::conn_up(int32_t idx) {
+  Conn *c = conn(idx);
+  return c && c->up.load();
+}
+
+int Pool::connect(int32_t idx, const std::string &node, const std::string &service, std::string &err) {
+  Call call(*this);
+  if (!call.ok) {
+    err = "pool is closed";
+    return TS_E_CLOSED;
+  }
+  Conn *c = conn(idx);
+  if (!c) {
+    err = "donor index out of range";
+    return TS_E_BAD_ARGUMENT;
+  }
+  std::unique_lock<std::shared_mutex> ul(c->use);
+  if (c->up || c->closed) {
+    err = "donor index already used";
+    return TS_E_BAD_ARGUMENT;
+  }
+  fi_info *info = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(conns_mu_);
+    if (!fd_.domain) {
+      // The first donor decides the fabric and domain (the interface that reaches it).
+      if (!fd_.open(provider_, node.c_str(), service.c_str(), false)) {
+        err = fd_.error;
+        return TS_E_UNAVAILABLE;
+      }
+      mr_local_ = (fd_.mr_mode() & FI_MR_LOCAL) != 0;
+      fi_cq_attr cq_attr{};
+      cq_attr.format = FI_CQ_FORMAT_CONTEXT;
+      cq_attr.wait_obj = FI_WAIT_NONE;
+      cq_attr.size = 4096;
+      int rc = fi_cq_open(fd_.domain, &cq_attr, &cq_, nullptr);
+      if (rc) {
+        err = fi_err("fi_cq_open", rc);
+        fd_.close();
+        return TS_E_UNAVAILABLE;
+      }
+    }
+    fi_info *hints = fi_dupinfo(fd_.info);
+    free(hints->dest_addr);
+    hints->dest_addr = nullptr;
+    hints->dest_addrlen = 0;
+    free(hints->src_addr);
+    hints->src_addr = nullptr;
+    hints->src_addrlen = 0;
+    int rc = fi_getinfo(kFiVersion, node.c_str(), service.c_str(), 0, hints, &info);
+    fi_freeinfo(hints);
+    if (rc) {
+      err = fi_err("fi_getinfo(donor)", rc);
+      return TS_E_UNAVAILABLE;
+    }
+  }
+  auto fail = [&](const char *what, int rc) {
+    err = fi_err(what, rc);
+    if (c->ep) fi_close(&c->ep->fid);
+    if (c->eq) fi_close(&c->eq->fid);
+    c->ep = nullptr;
+    c->eq = nullptr;
+    fi_freeinfo(info);
+    return TS_E_UNAVAILABLE;
+  };
+  fi_eq_attr eq_attr{};
+  eq_attr.wait_obj = FI_WAIT_UNSPEC;
+  int rc = fi_eq_open(fd_.fabric, &eq_attr, &c->eq, nullptr);
+  if (rc) return fail("fi_eq_open", rc);
+  rc = fi_endpoint(fd_.domain, info, &c->ep, nullptr);
+  if (rc) return fail("fi_endpoint", rc);
+  rc = fi_ep_bind(c->ep, &c->eq->fid, 0);
+  if (rc) return fail("fi_ep_bind(eq)", rc);
+  rc = fi_ep_bind(c->ep, &cq_->fid, FI_TRANSMIT | FI_RECV);
+  if (rc) return fail("fi_ep_bind(cq)", rc);
+  rc = fi_enable(c->ep);
+  if (rc) return fail("fi_enable", rc);
+  rc = fi_connect(c->ep, info->dest_addr, nullptr, 0);
+  if (rc) return fail("fi_connect", rc);
+  alignas(8) char buf[sizeof(fi_eq_cm_entry) + 256];
+  uint32_t event = 0;
+  uint64_t deadline = now_ms() + std::max<uint32_t>(op_timeout_ms_, 1000);
+  for (;;) {
+    ssize_t n = fi_eq_sread(c->eq, &event, buf, sizeof buf, 100, 0);
+    if (n >= 0 && event == FI_CONNECTED) break;
+    if (n == -FI_EAVAIL) {
+      fi_eq_err_entry e{};
+      fi_eq_readerr(c->eq, &e, 0);
+      return fail("connect to donor", e.err ? -e.err : -FI_ECONNREFUSED);
+    }
+    if (n >= 0 || n == -FI_EAGAIN || n == -FI_ETIMEDOUT || n == -FI_EINTR) {
+      if (now_ms() > deadline) return fail("connect to donor", -FI_ETIMEDOUT);
+      continue;
+    }
+    return fail("fi_eq_sread", static_cast<int>(n));
+  }
+  fi_freeinfo(info);
+  c->up.store(true);
+  return TS_OK;
+}
+
+void Pool::kill_conn(int32_t idx) {
+  Conn *c = conn(idx);
+  if (!c) return;
+  c->up.store(false);
+  {
+    std::unique_lock<std::shared_mutex> ul(c->use);  // waits for posters on this connection
+    if (c->closed || !c->ep) {
+      c->closed = true;
+      return;
+    }
+    {
+      // After fi_close no completion of this endpoint is reported: waiters fail their
+      // operations on it themselves (fail_closed_locked), under the same lock.
+      std::lock_guard<std::mutex> lk(cq_mu_);
+      fi_close(&c->ep->fid);
+      c->ep = nullptr;
+      c->closed = true;
+      close_epoch_.fetch_add(1);
+    }
+    if (c->eq) fi_close(&c->eq->fid);
+    c->eq = nullptr;
+  }
+  std::shared_lock<std::shared_mutex> ml(map_mu_);
+  for (auto &kv : map_) {
+    std::lock_guard<std::mutex> lk(kv.second->reps_mu);
+    for (auto &r : kv.second->reps)
+      if (r.conn == idx && r.state != kNone) r.state = kDead;
+  }
+  degraded_.fetch_add(1);
+}
+
+std::shared_ptr<Slab> Pool::find(uint64_t ns, uint64_t index) {
+  std::shared_lock<std::shared_mutex> lk(map_mu_);
+  auto it = map_.find(SlabKey{ns, index});
+  return it == map_.end() ? nullptr : it->second;
+}
+
+bool Pool::has_slab(uint64_t ns, uint64_t index) { return find(ns, index) != nullptr; }
+
+void Pool::add_slab(uint64_t ns, uint64_t index, const std::vector<Replica> &reps) {
+  auto s = std::make_shared<Slab>();
+  s->crc.assign(slab_pages_, 0);
+  s->state.assign(slab_pages_, kAbsent);
+  for (size_t i = 0; i < reps.size() && i < kMaxReplicas; i++) s->reps[i] = reps[i];
+  std::unique_lock<std::shared_mutex> lk(map_mu_);
+  map_.emplace(SlabKey{ns, index}, std::move(s));  // an existing slab is kept
+}
+
+int Pool::add_replica(uint64_t ns, uint64_t index, const Replica &rep) {
+  auto s = find(ns, index);
+  if (!s) return -1;
+  std::lock_guard<std::mutex> lk(s->reps_mu);
+  for (int i = 0; i < kMaxReplicas; i++) {
+    if (s->reps[i].state == kNone || s->reps[i].state == kDead) {
+      s->reps[i] = rep;
+      s->reps[i].state = kSyncing;  // written by puts from now on, read once copied
+      return i;
+    }
+  }
+  return -1;
+}
+
+bool Pool::set_replica_state(uint64_t ns, uint64_t index, int slot, uint8_t state) {
+  auto s = find(ns, index);
+  if (!s || slot < 0 || slot >= kMaxReplicas) return false;
+  std::lock_guard<std::mutex> lk(s->reps_mu);
+  s->reps[slot].state = state;
+  return true;
+}
+
+bool Pool::drop_replica(uint64_t ns, uint64_t index, int slot) {
+  auto s = find(ns, index);
+  if (!s || slot < 0 || slot >= kMaxReplicas) return false;
+  // Exclusive io: no put is writing it while it goes away.
+  std::unique_lock<std::shared_mutex> io(s->io);
+  std::lock_guard<std::mutex> lk(s->reps_mu);
+  s->reps[slot] = Replica{};
+  return true;
+}
+
+std::vector<uint64_t> Pool::replace_lost(uint64_t ns, uint64_t index, const Replica &rep) {
+  std::vector<uint64_t> lost;
+  auto s = find(ns, index);
+  if (!s) return lost;
+  std::unique_lock<std::shared_mutex> io(s->io);
+  {
+    std::lock_guard<std::mutex> lk(s->reps_mu);
+    for (auto &r : s->reps) r = Replica{};
+    s->reps[0] = rep;
+    s->reps[0].state = kActive;
+  }
+  for (uint64_t off = 0; off < slab_pages_; off++) {
+    uint8_t st = load(s->state[off]);
+    if (st == kPresent || st == kLost) {
+      astore(s->state[off], static_cast<uint8_t>(kLost));
+      lost.push_back(index * slab_pages_ + off);
+    }
+  }
+  s->present.store(0);
+  return lost;
+}
+
+std::vector<SlabView> Pool::slabs() {
+  std::vector<SlabView> out;
+  std::shared_lock<std::shared_mutex> ml(map_mu_);
+  for (auto &kv : map_) {
+    SlabView v{kv.first.ns, kv.first.index, {}, kv.second->present.load()};
+    std::lock_guard<std::mutex> lk(kv.second->reps_mu);
+    for (int i = 0; i < kMaxReplicas; i++) v.reps[i] = kv.second->reps[i];
+    out.push_back(v);
+  }
+  return out;
+}
+
+std::vector<std::pair<int32_t, uint64_t>> Pool::take_touched() {
+  std::vector<std::pair<int32_t, uint64_t>> out;
+  std::shared_lock<std::shared_mutex> ml(map_mu_);
+  for (auto &kv : map_) {
+    if (!kv.second->touched.exchange(false)) continue;
+    std::lock_guard<std::mutex> lk(kv.second->reps_mu);
+    for (auto &r : kv.second->reps)
+      if (r.state == kActive || r.state == kSyncing) out.emplace_back(r.conn, r.slab_id);
+  }
+  return out;
+}
+
+void Pool::mark_replica_dead(Slab &s, int slot) {
+  std::lock_guard<std::mutex> lk(s.reps_mu);
+  if (s.reps[slot].state == kActive || s.reps[slot].state == kSyncing) {
+    s.reps[slot].state = kDead;
+    degraded_.fetch_add(1);
+  }
+}
+
+bool Pool::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void *desc, uint64_t addr, uint64_t key) {
+  Conn *c = conn(conn_idx);
+  op.conn = conn_idx;
+  if (!c || !c->up.load()) {
+    op.result = -FI_ENOTCONN;
+    return false;
+  }
+  uint64_t deadline = 0;
+  for (;;) {
+    ssize_t rc;
+    {
+      std::shared_lock<std::shared_mutex> sl(c->use);
+      if (c->closed || !c->ep) {
+        op.result = -FI_ENOTCONN;
+        return false;
+      }
+      op.result = 1;
+      rc = write ? fi_write(c->ep, buf, len, desc, 0, addr, key, &op.ctx) : fi_read(c->ep, buf, len, desc, 0, addr, key, &op.ctx);
+    }
+    if (rc == 0) return true;
+    if (rc != -FI_EAGAIN) {
+      op.result = static_cast<int32_t>(rc);
+      return false;
+    }
+    // The transmit queue is full: complete some operations (ours or other threads') first.
+    progress();
+    if (!c->up.load()) {
+      op.result = -FI_ENOTCONN;
+      return false;
+    }
+    uint64_t t = now_ms();
+    if (deadline == 0) deadline = t + op_timeout_ms_;
+    if (t > deadline) {
+      op.result = -FI_ETIMEDOUT;
+      return false;
+    }
+  }
+}
+
+void Pool::dispatch_locked() {
+  fi_cq_entry entries[64];
+  for (;;) {
+    ssize_t n = fi_cq_read(cq_, entries, 64);
+    if (n > 0) {
+      for (ssize_t k = 0; k < n; k++) {
+        auto *op = static_cast<Op *>(entries[k].op_context);
+        if (!op || op->result != 1) continue;
+        op->result = 0;
+        op->batch->pending.fetch_sub(1, std::memory_order_release);
+      }
+      if (n == 64) continue;
+      return;
+    }
+    if (n == -FI_EAVAIL) {
+      fi_cq_err_entry err{};
+      if (fi_cq_readerr(cq_, &err, 0) > 0) {
+        auto *op = static_cast<Op *>(err.op_context);
+        if (op && op->result == 1) {
+          op->result = -(err.err ? err.err : FI_EIO);
+          op->batch->pending.fetch_sub(1, std::memory_order_release);
+        }
+      }
+      continue;
+    }
+    return;
+  }
+}
+
+void Pool::progress() {
+  std::lock_guard<std::mutex> lk(cq_mu_);
+  if (cq_) dispatch_locked();
+}
+
+void Pool::fail_closed_locked(Op *ops, size_t n, Batch &b) {
+  for (size_t i = 0; i < n; i++) {
+    Op &op = ops[i];
+    if (op.batch != &b || op.result != 1) continue;
+    Conn *c = conn(op.conn);
+    if (c && c->closed) {
+      op.result = -FI_ECONNABORTED;
+      b.pending.fetch_sub(1, std::memory_order_release);
+    }
+  }
+}
+
+void Pool::wait(Batch &b, Op *ops, size_t n) {
+  uint64_t epoch = close_epoch_.load();
+  uint64_t start = 0;
+  unsigned spins = 0;
+  while (b.pending.load(std::memory_order_acquire) > 0) {
+    {
+      std::lock_guard<std::mutex> lk(cq_mu_);
+      dispatch_locked();
+      uint64_t e = close_epoch_.load();
+      if (e != epoch) {
+        epoch = e;
+        fail_closed_locked(ops, n, b);
+      }
+    }
+    if (b.pending.load(std::memory_order_acquire) == 0) break;
+    if (++spins < 256) continue;
+    sched_yield();
+    if ((spins & 1023) != 0) continue;
+    uint64_t t = now_ms();
+    if (start == 0) start = t;
+    if (t - start > op_timeout_ms_) {
+      // A donor that neither answers nor resets the connection: give up on it. Its
+      // connection is closed, which fails our operations on it (and everyone else's).
+      std::vector<int32_t> stuck;
+      {
+        std::lock_guard<std::mutex> lk(cq_mu_);
+        for (size_t i = 0; i < n; i++)
+          if (ops[i].batch == &b && ops[i].result == 1) stuck.push_back(ops[i].conn);
+      }
+      std::sort(stuck.begin(), stuck.end());
+      stuck.erase(std::unique(stuck.begin(), stuck.end()), stuck.end());
+      for (int32_t c : stuck) kill_conn(c);
+      start = t;
+    }
+  }
+}
+
+int Pool::get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+  Call call(*this);
+  if (!call.ok) return TS_E_CLOSED;
+  if (n == 0) return TS_OK;
+  if (!pages || !bufs || !status) return TS_E_BAD_ARGUMENT;
+  std::vector<std::shared_ptr<Slab>> slab(n);
+  std::vector<uint8_t> tried(n, 0), bad_crc(n, 0);
+  std::vector<int8_t> slot(n, -1);
+  std::shared_ptr<Slab> last;
+  uint64_t last_idx = ~0ULL;
+  size_t todo = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t idx = pages[i] / slab_pages_;
+    if (idx != last_idx) {
+      last = find(ns, idx);
+      last_idx = idx;
+    }
+    slab[i] = last;
+    status[i] = TS_PAGE_MISS;
+    if (!last) continue;
+    uint8_t st = load(last->state[pages[i] % slab_pages_]);
+    if (st == kLost) status[i] = TS_E_UNAVAILABLE;
+    if (st == kPresent) {
+      status[i] = kPendingRead;
+      todo++;
+    }
+  }
+  if (todo == 0) return TS_OK;
+  LocalRegs regs{fd_.domain, mr_local_, nullptr, {}};
+  std::atomic<uint64_t> key_seq{1ULL << 48};
+  regs.key_seq = &key_seq;
+  std::unique_ptr<Op[]> ops(new Op[n]);
+  for (int round = 0; round < kMaxReplicas && todo > 0; round++) {
+    Batch b;
+    for (size_t i = 0; i < n; i++) {
+      ops[i].batch = nullptr;
+      ops[i].result = 0;
+      if (status[i] != kPendingRead) continue;
+      Slab &s = *slab[i];
+      uint64_t off = pages[i] % slab_pages_;
+      Replica rep;
+      int r = -1;
+      {
+        std::lock_guard<std::mutex> lk(s.reps_mu);
+        for (int k = 0; k < kMaxReplicas; k++) {
+          int cand = static_cast<int>((pages[i] + round + k) % kMaxReplicas);
+          const Replica &x = s.reps[cand];
+          if (x.state != kActive || (tried[i] >> cand) & 1 || !conn_up(x.conn)) continue;
+          r = cand;
+          rep = x;
+          break;
+        }
+      }
+      if (r < 0) {
+        status[i] = bad_crc[i] ? TS_E_CHECKSUM : TS_E_UNAVAILABLE;
+        todo--;
+        continue;
+      }
+      tried[i] |= static_cast<uint8_t>(1u << r);
+      slot[i] = static_cast<int8_t>(r);
+      s.touched.store(true, std::memory_order_relaxed);
+      ops[i].batch = &b;
+      b.pending.fetch_add(1);
+      if (!post(false, ops[i], rep.conn, bufs[i], page_size_, regs.desc(bufs[i], page_size_), rep.addr + off * page_size_, rep.rkey))
+        b.pending.fetch_sub(1);
+    }
+    wait(b, ops.get(), n);
+    for (size_t i = 0; i < n; i++) {
+      if (ops[i].batch != &b || status[i] != kPendingRead) continue;
+      Slab &s = *slab[i];
+      if (ops[i].result != 0) {
+        mark_replica_dead(s, slot[i]);
+        continue;
+      }
+      uint32_t expect = load(s.crc[pages[i] % slab_pages_]);
+      if (tierstack::crc32c(bufs[i], page_size_) == expect) {
+        status[i] = TS_PAGE_FOUND;
+        todo--;
+      } else {
+        bad_crc[i] = 1;
+      }
+    }
+  }
+  for (size_t i = 0; i < n; i++)
+    if (status[i] == kPendingRead) status[i] = bad_crc[i] ? TS_E_CHECKSUM : TS_E_UNAVAILABLE;
+  return TS_OK;
+}
+
+int Pool::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t) {
+  Call call(*this);
+  if (!call.ok) return TS_E_CLOSED;
+  if (n == 0) return TS_OK;
+  if (!pages || !bufs) return TS_E_BAD_ARGUMENT;
+  std::vector<Slab *> slab(n);
+  std::vector<std::shared_ptr<Slab>> held;
+  {
+    std::shared_ptr<Slab> last;
+    uint64_t last_idx = ~0ULL;
+    for (size_t i = 0; i < n; i++) {
+      uint64_t idx = pages[i] / slab_pages_;
+      if (idx != last_idx) {
+        last = find(ns, idx);
+        last_idx = idx;
+        // A page with no slab yet: slabs are allocated by the control plane (JavaScript).
+        if (!last) return TS_E_NO_SPACE;
+        held.push_back(last);
+      }
+      slab[i] = last.get();
+    }
+  }
+  std::sort(held.begin(), held.end());
+  held.erase(std::unique(held.begin(), held.end()), held.end());
+  std::vector<std::shared_lock<std::shared_mutex>> locks;
+  locks.reserve(held.size());
+  for (auto &s : held) locks.emplace_back(s->io);  // ascending address order: no deadlock
+
+  LocalRegs regs{fd_.domain, mr_local_, nullptr, {}};
+  std::atomic<uint64_t> key_seq{1ULL << 48};
+  regs.key_seq = &key_seq;
+  const size_t total = n * kMaxReplicas;
+  std::unique_ptr<Op[]> ops(new Op[total]);
+  std::vector<uint32_t> crc(n);
+  Batch b;
+  for (size_t i = 0; i < n; i++) {
+    crc[i] = tierstack::crc32c(bufs[i], page_size_);
+    Slab &s = *slab[i];
+    s.touched.store(true, std::memory_order_relaxed);
+    uint64_t off = pages[i] % slab_pages_;
+    Replica reps[kMaxReplicas];
+    {
+      std::lock_guard<std::mutex> lk(s.reps_mu);
+      std::copy(std::begin(s.reps), std::end(s.reps), reps);
+    }
+    void *desc = regs.desc(bufs[i], page_size_);
+    for (int r = 0; r < kMaxReplicas; r++) {
+      Op &op = ops[i * kMaxReplicas + r];
+      op.batch = nullptr;
+      op.result = -FI_ENOENT;
+      if (reps[r].state != kActive && reps[r].state != kSyncing) continue;
+      op.batch = &b;
+      b.pending.fetch_add(1);
+      if (!post(true, op, reps[r].conn, const_cast<void *>(bufs[i]), page_size_, desc, reps[r].addr + off * page_size_, reps[r].rkey))
+        b.pending.fetch_sub(1);
+    }
+  }
+  wait(b, ops.get(), total);
+  bool lost = false;
+  for (size_t i = 0; i < n; i++) {
+    Slab &s = *slab[i];
+    bool ok = false;
+    for (int r = 0; r < kMaxReplicas; r++) {
+      Op &op = ops[i * kMaxReplicas + r];
+      if (op.batch != &b) continue;
+      if (op.result == 0)
+        ok = true;
+      else
+        mark_replica_dead(s, r);
+    }
+    uint64_t off = pages[i] % slab_pages_;
+    uint8_t before = load(s.state[off]);
+    if (ok) {
+      astore(s.crc[off], crc[i]);
+      astore(s.state[off], static_cast<uint8_t>(kPresent));
+      if (before != kPresent) s.present.fetch_add(1);
+    } else {
+      // No replica holds the new bytes: the page must not be served from old ones.
+      astore(s.state[off], static_cast<uint8_t>(kLost));
+      if (before == kPresent) s.present.fetch_sub(1);
+      lost = true;
+    }
+  }
+  return lost ? TS_E_UNAVAILABLE : TS_OK;
+}
+
+int Pool::remove(uint64_t ns, const uint64_t *pages, size_t n) {
+  Call call(*this);
+  if (!call.ok) return TS_E_CLOSED;
+  for (size_t i = 0; i < n; i++) {
+    auto s = find(ns, pages[i] / slab_pages_);
+    if (!s) continue;
+    uint64_t off = pages[i] % slab_pages_;
+    uint8_t before = load(s->state[off]);
+    astore(s->state[off], static_cast<uint8_t>(kAbsent));
+    if (before == kPresent) s->present.fetch_sub(1);
+  }
+  return TS_OK;
+}
+
+int Pool::copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, char *buf, void *desc) {
+  Replica from, to;
+  {
+    std::lock_guard<std::mutex> lk(s.reps_mu);
+    from = s.reps[src];
+    to = s.reps[dst];
+  }
+  const size_t len = count * page_size_;
+  Op op;
+  Batch b;
+  op.batch = &b;
+  b.pending.store(1);
+  if (!post(false, op, from.conn, buf, len, desc, from.addr + first * page_size_, from.rkey)) b.pending.store(0);
+  wait(b, &op, 1);
+  if (op.result != 0) {
+    mark_replica_dead(s, src);
+    return TS_E_UNAVAILABLE;
+  }
+  for (uint64_t k = 0; k < count; k++)
+    if (load(s.state[first + k]) == kPresent && tierstack::crc32c(buf + k * page_size_, page_size_) != load(s.crc[first + k]))
+      return TS_E_CHECKSUM;
+  Op wop;
+  Batch wb;
+  wop.batch = &wb;
+  wb.pending.store(1);
+  if (!post(true, wop, to.conn, buf, len, desc, to.addr + first * page_size_, to.rkey)) wb.pending.store(0);
+  wait(wb, &wop, 1);
+  if (wop.result != 0) {
+    mark_replica_dead(s, dst);
+    return TS_E_IO;
+  }
+  return TS_OK;
+}
+
+int Pool::copy_replica(uint64_t ns, uint64_t index, int slot, std::string &err) {
+  Call call(*this);
+  if (!call.ok) return TS_E_CLOSED;
+  auto s = find(ns, index);
+  if (!s || slot < 0 || slot >= kMaxReplicas) {
+    err = "no such slab or replica";
+    return TS_E_NOT_FOUND;
+  }
+  const uint64_t chunk = std::min<uint64_t>(slab_pages_, 64);
+  std::unique_ptr<char, void (*)(void *)> buf(static_cast<char *>(aligned_alloc(4096, chunk * page_size_)), free);
+  LocalRegs regs{fd_.domain, mr_local_, nullptr, {}};
+  std::atomic<uint64_t> key_seq{1ULL << 50};
+  regs.key_seq = &key_seq;
+  void *desc = regs.desc(buf.get(), chunk * page_size_);
+  for (uint64_t first = 0; first < slab_pages_; first += chunk) {
+    const uint64_t count = std::min(chunk, slab_pages_ - first);
+    std::unique_lock<std::shared_mutex> io(s->io);
+    bool any = false;
+    for (uint64_t k = 0; k < count && !any; k++) any = load(s->state[first + k]) == kPresent;
+    if (!any) continue;
+    int rc = TS_E_UNAVAILABLE;
+    for (int src = 0; src < kMaxReplicas; src++) {
+      Replica r;
+      {
+        std::lock_guard<std::mutex> lk(s->reps_mu);
+        r = s->reps[src];
+      }
+      if (src == slot || r.state != kActive || !conn_up(r.conn)) continue;
+      rc = copy_chunk(*s, src, slot, first, count, buf.get(), desc);
+      if (rc == TS_OK || rc == TS_E_IO) break;
+    }
+    if (rc != TS_OK) {
+      err = rc == TS_E_IO ? "writing the new replica failed" : "no readable source replica";
+      return rc;
+    }
+  }
+  std::lock_guard<std::mutex> lk(s->reps_mu);
+  if (s->reps[slot].state != kSyncing) {
+    err = "the new replica failed while it was copied";
+    return TS_E_UNAVAILABLE;
+  }
+  s->reps[slot].state = kActive;
+  return TS_OK;
+}
+
+void Pool::close() {
+  {
+    std::unique_lock<std::mutex> lk(calls_mu_);
+    if (closed_.exchange(true) && calls_ == 0 && !cq_ && !fd_.domain) return;
+    calls_cv_.wait(lk, [this] { return calls_ == 0; });
+  }
+  for (size_t i = 0; i < conns_.size(); i++) {
+    Conn *c = conns_[i].get();
+    std::unique_lock<std::shared_mutex> ul(c->use);
+    c->up.store(false);
+    if (c->ep) fi_close(&c->ep->fid);
+    if (c->eq) fi_close(&c->eq->fid);
+    c->ep = nullptr;
+    c->eq = nullptr;
+    c->closed = true;
+  }
+  {
+    std::lock_guard<std::mutex> lk(cq_mu_);
+    if (cq_) fi_close(&cq_->fid);
+    cq_ = nullptr;
+  }
+  {
+    std::unique_lock<std::shared_mutex> ml(map_mu_);
+    map_.clear();
+  }
+  fd_.close();
+}
+
+}  // namespace tsrdma

@@ -1,0 +1,175 @@
+// The client side of the data plane: RdmaPoolTier's native core. It keeps, in native memory,
+// the map page -> slab -> replicas (donor connection, remote address, key) and a CRC-32C per
+// page, so that get/put can run entirely in native code from any thread (the page-store C ABI)
+// or from a libuv worker for a JavaScript batch. JavaScript owns the control plane: it
+// allocates slabs on donors, then tells this map about them (add_slab, add_replica, ...).
+//
+// Data path: every page of a batch is posted as one one-sided fi_read/fi_write (many in flight),
+// then completions are reaped from one shared completion queue. Threads share that queue: any
+// waiter dispatches whatever completions it reads to the batches they belong to (under cq_mu_).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <tierstack/page_store.hpp>
+
+#include "fabric.hpp"
+
+namespace tsrdma {
+
+constexpr int kMaxReplicas = 4;
+
+enum PageState : uint8_t { kAbsent = 0, kPresent = 1, kLost = 2 };
+enum ReplicaState : uint8_t { kNone = 0, kActive = 1, kSyncing = 2, kDead = 3 };
+
+struct Replica {
+  int32_t conn = -1;
+  uint8_t state = kNone;
+  uint64_t addr = 0;
+  uint64_t rkey = 0;
+  uint64_t slab_id = 0;  // the donor's id of the slab (for the control plane)
+};
+
+struct Slab {
+  // Puts hold it shared for their batch; copying a replica holds it exclusively per chunk so
+  // that a concurrent put either lands before the chunk is copied or writes the new replica too.
+  std::shared_mutex io;
+  std::mutex reps_mu;  // guards reps[] (short critical sections)
+  Replica reps[kMaxReplicas];
+  std::vector<uint32_t> crc;
+  std::vector<uint8_t> state;  // PageState per page (written under io shared + per page ownership)
+  std::atomic<bool> touched{false};
+  std::atomic<uint64_t> present{0};
+};
+
+struct Conn {
+  fid_ep *ep = nullptr;
+  fid_eq *eq = nullptr;
+  std::shared_mutex use;  // posters hold it shared; closing holds it exclusively
+  std::atomic<bool> up{false};
+  bool closed = false;  // guarded by use (exclusive) and read under cq_mu_ by waiters
+};
+
+struct Op;
+
+struct Batch {
+  std::atomic<size_t> pending{0};
+};
+
+struct Op {
+  fi_context2 ctx;  // must stay first: the CQ returns its address
+  Batch *batch = nullptr;
+  int32_t result = 1;  // 1 pending, 0 done, < 0 -errno
+  int32_t conn = -1;
+};
+
+struct SlabKey {
+  uint64_t ns, index;
+  bool operator==(const SlabKey &o) const { return ns == o.ns && index == o.index; }
+};
+struct SlabKeyHash {
+  size_t operator()(const SlabKey &k) const { return std::hash<uint64_t>()(k.ns * 0x9E3779B97F4A7C15ULL ^ k.index); }
+};
+
+struct SlabView {  // for JavaScript: what the map holds
+  uint64_t ns, index;
+  Replica reps[kMaxReplicas];
+  uint64_t present;
+};
+
+class Pool {
+ public:
+  Pool(uint32_t page_size, uint64_t slab_pages, uint32_t op_timeout_ms, std::string name);
+  ~Pool();
+
+  bool open(const std::string &provider);
+  const std::string &error() const { return error_; }
+  ts_page_store *store() { return &store_; }
+  uint32_t page_size() const { return page_size_; }
+
+  // Lifetime of the C ABI object: the JS wrapper and every handle hold a reference.
+  void retain() { refs_.fetch_add(1); }
+  void release() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+  void close();  // further calls return TS_E_CLOSED; waits for running calls
+
+  // Control (JS thread or a worker).
+  int connect(int32_t idx, const std::string &node, const std::string &service, std::string &err);
+  void kill_conn(int32_t idx);
+  bool conn_up(int32_t idx);
+  void add_slab(uint64_t ns, uint64_t index, const std::vector<Replica> &reps);
+  bool has_slab(uint64_t ns, uint64_t index);
+  int add_replica(uint64_t ns, uint64_t index, const Replica &rep);  // syncing; returns slot or -1
+  int copy_replica(uint64_t ns, uint64_t index, int slot, std::string &err);  // fills a syncing replica
+  bool set_replica_state(uint64_t ns, uint64_t index, int slot, uint8_t state);
+  bool drop_replica(uint64_t ns, uint64_t index, int slot);
+  // The slab lost every replica: `rep` replaces them; pages present become Lost. Returns them.
+  std::vector<uint64_t> replace_lost(uint64_t ns, uint64_t index, const Replica &rep);
+  std::vector<SlabView> slabs();
+  std::vector<std::pair<int32_t, uint64_t>> take_touched();
+  uint64_t degraded_events() const { return degraded_.load(); }
+
+  // Data path (any thread).
+  int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
+  int put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
+  int remove(uint64_t ns, const uint64_t *pages, size_t n);
+
+ private:
+  std::shared_ptr<Slab> find(uint64_t ns, uint64_t index);
+  Conn *conn(int32_t idx);
+  // Posts one RMA op, progressing the CQ while the provider says EAGAIN. False when the
+  // connection is down or the post failed for good (op->result set).
+  bool post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void *desc, uint64_t addr, uint64_t key);
+  void wait(Batch &b, Op *ops, size_t n);
+  void progress();  // reads and dispatches completions (takes cq_mu_)
+  void dispatch_locked();
+  void fail_closed_locked(Op *ops, size_t n, Batch &b);
+  void mark_replica_dead(Slab &s, int slot);
+  int copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, char *buf, void *desc);
+
+  struct Call {  // counts running calls so close() can wait for them
+    Pool &p;
+    bool ok;
+    explicit Call(Pool &pool);
+    ~Call();
+  };
+
+  const uint32_t page_size_;
+  const uint64_t slab_pages_;
+  const uint32_t op_timeout_ms_;
+  const std::string name_;
+  std::string error_;
+  std::string provider_;
+  FabricDomain fd_;
+  bool mr_local_ = false;
+  fid_cq *cq_ = nullptr;
+  std::mutex cq_mu_;
+  std::atomic<uint64_t> close_epoch_{0};
+
+  std::mutex conns_mu_;
+  std::vector<std::unique_ptr<Conn>> conns_;
+
+  std::shared_mutex map_mu_;
+  std::unordered_map<SlabKey, std::shared_ptr<Slab>, SlabKeyHash> map_;
+
+  std::atomic<int> refs_{1};
+  std::atomic<bool> closed_{false};
+  std::mutex calls_mu_;
+  std::condition_variable calls_cv_;
+  int calls_ = 0;
+  std::atomic<uint64_t> degraded_{0};
+
+  ts_page_store_ops ops_{};
+  ts_page_store store_{};
+};
+
+}  // namespace tsrdma

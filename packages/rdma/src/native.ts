@@ -1,0 +1,68 @@
+/** The native addon of @tierstack/rdma (native/*.cpp), typed. */
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadNativeAddon, type NativePageStoreHandle } from '@tierstack/core';
+
+export interface NativeReplica {
+  conn: number;
+  addr: bigint;
+  rkey: bigint;
+  slabId: bigint;
+}
+
+export interface NativeSlabView {
+  ns: bigint;
+  index: number;
+  present: number;
+  replicas: Array<{ slot: number; conn: number; state: number; slabId: bigint }>;
+}
+
+export interface NativeDonor {
+  address(): { node: string; service: string };
+  mrMode(): number;
+  allocSlab(id: bigint, size: number): { addr: bigint; rkey: bigint };
+  freeSlab(id: bigint): boolean;
+  stats(): { connections: number; slabs: number };
+  close(): void;
+}
+
+export interface NativePool {
+  connect(idx: number, node: string, service: string): Promise<void>;
+  killConn(idx: number): void;
+  connUp(idx: number): boolean;
+  addSlab(ns: bigint, index: number, reps: NativeReplica[]): void;
+  hasSlab(ns: bigint, index: number): boolean;
+  addReplica(ns: bigint, index: number, rep: NativeReplica): number;
+  copyReplica(ns: bigint, index: number, slot: number): Promise<void>;
+  setReplicaState(ns: bigint, index: number, slot: number, state: number): boolean;
+  dropReplica(ns: bigint, index: number, slot: number): boolean;
+  replaceLost(ns: bigint, index: number, rep: NativeReplica): Float64Array;
+  slabs(): NativeSlabView[];
+  takeTouched(): Array<[number, bigint]>;
+  degradedEvents(): number;
+  get(ns: bigint, pages: Float64Array, out: Buffer): Promise<Int32Array>;
+  put(ns: bigint, pages: Float64Array, data: Buffer): Promise<void>;
+  remove(ns: bigint, pages: Float64Array): number;
+  handle(): NativePageStoreHandle;
+  close(): Promise<void>;
+}
+
+export interface RdmaAddon {
+  Donor: new (provider: string, node: string, service: string) => NativeDonor;
+  Pool: new (opts: { provider: string; pageSize: number; slabPages: number; opTimeoutMs: number; name: string }) => NativePool;
+  /** Calls a page-store handle from a native thread: per-call latencies in ns. */
+  driveHandle(handle: NativePageStoreHandle, ns: bigint, pages: Float64Array, qd: number, op: 'get' | 'put', calls: number): Promise<Float64Array>;
+  kReplicaActive: number;
+  kReplicaSyncing: number;
+  kReplicaDead: number;
+}
+
+export const APT_PACKAGES = ['libfabric-dev', 'libfabric-bin'];
+export const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+let addon: RdmaAddon | undefined;
+
+export function rdmaAddon(): RdmaAddon {
+  addon ??= loadNativeAddon<RdmaAddon>({ packageDir, name: 'tierstack_rdma', packageName: '@tierstack/rdma', aptPackages: APT_PACKAGES });
+  return addon;
+}

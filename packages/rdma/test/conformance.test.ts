@@ -1,0 +1,46 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runPageStoreConformance, makePages, pageMatches } from '@tierstack/core/testing';
+import { namespaceId } from '@tierstack/core';
+import { RdmaPoolTier, rdmaAddon } from '../src/index.js';
+import { spawnMemd, stopAll, type MemdProcess } from './helpers.js';
+
+let one: MemdProcess;
+let three: MemdProcess[] = [];
+
+beforeAll(async () => {
+  one = await spawnMemd({ capacity: '256M', slabSize: '1M' });
+  three = await Promise.all([0, 1, 2].map(() => spawnMemd({ capacity: '256M', slabSize: '1M' })));
+});
+afterAll(stopAll);
+
+runPageStoreConformance('RdmaPoolTier (1 donor)', () => RdmaPoolTier.open({ donors: [one.address] }));
+runPageStoreConformance('RdmaPoolTier (3 donors, replicas 2)', () => RdmaPoolTier.open({ donors: three.map((m) => m.address), replicas: 2 }));
+
+describe('RdmaPoolTier native handle', () => {
+  it('serves pages written from JavaScript through the C ABI from a native thread', async () => {
+    const tier = await RdmaPoolTier.open({ donors: three.map((m) => m.address), replicas: 2 });
+    try {
+      const ns = 'native-handle';
+      const pages = Array.from({ length: 64 }, (_, i) => i * 5);
+      await tier.put(ns, pages, makePages(ns, pages, tier.pageSize));
+      const handle = tier.nativeHandle!;
+      expect(handle).toBeDefined();
+      const A = rdmaAddon();
+      // 64 pages at queue depth 32, twice over: every status must be FOUND (the driver rejects otherwise).
+      const lat = await A.driveHandle(handle, namespaceId(ns), Float64Array.from(pages), 32, 'get', 4);
+      expect(lat.length).toBe(4);
+      // Native puts land in existing slabs and are read back by JavaScript.
+      await A.driveHandle(handle, namespaceId(ns), Float64Array.from(pages.slice(0, 8)), 8, 'put', 1);
+      const r = await tier.get(ns, pages.slice(0, 8));
+      expect(r.hits).toBe(8);
+      // The driver writes 0x5a bytes.
+      expect(r.data.every((b) => b === 0x5a)).toBe(true);
+      const rest = await tier.get(ns, pages.slice(8));
+      pages.slice(8).forEach((p, i) => expect(pageMatches(rest.data.subarray(i * tier.pageSize, (i + 1) * tier.pageSize), ns, p)).toBe(true));
+      // A page in a slab that was never allocated cannot be placed natively: NO_SPACE.
+      await expect(A.driveHandle(handle, namespaceId(ns), Float64Array.from([10_000_000]), 1, 'put', 1)).rejects.toMatchObject({ code: 'TS_ERR_NO_SPACE' });
+    } finally {
+      await tier.close();
+    }
+  });
+});
