@@ -1,0 +1,616 @@
+// N-API surface of @tierstack/uffd. JavaScript wrappers live in src/; this file only converts
+// arguments, owns native objects and turns statuses into typed errors.
+#include <napi.h>
+#include <sys/mman.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <tierstack/page_store_napi.hpp>
+#include <tierstack/stack_client.hpp>
+
+#include "engine.hpp"
+#include "napi_util.hpp"
+#include "test_store.hpp"
+#include "unix_socket.hpp"
+
+namespace tsuffd {
+namespace {
+
+uint64_t bigint_u64(Napi::Value v) {
+  if (v.IsBigInt()) {
+    bool lossless;
+    return v.As<Napi::BigInt>().Uint64Value(&lossless);
+  }
+  return static_cast<uint64_t>(v.ToNumber().Int64Value());
+}
+
+bool read_region_config(Napi::Env env, Napi::Object o, uint32_t ps, RegionConfig *c) {
+  c->base = o.Has("base") ? bigint_u64(o.Get("base")) : 0;
+  c->size = static_cast<uint64_t>(o.Get("size").ToNumber().Int64Value());
+  c->ns = bigint_u64(o.Get("ns"));
+  c->page_offset = static_cast<uint64_t>(o.Get("pageOffset").ToNumber().Int64Value());
+  c->missing = o.Get("missing").ToString().Utf8Value() == "zero" ? MissingPolicy::kZero : MissingPolicy::kStrict;
+  c->fault_around = o.Get("faultAround").ToNumber().Uint32Value();
+  c->zero_after_remove = o.Get("zeroAfterRemove").ToBoolean().Value();
+  c->managed = o.Get("managed").ToBoolean().Value();
+  c->budget_pages = static_cast<uint64_t>(o.Get("budgetPages").ToNumber().Int64Value());
+  if (c->size == 0 || c->size % ps != 0 || c->base % ps != 0) {
+    throw_error(env, "TS_ERR_BAD_ARGUMENT", "region base and size must be non-zero multiples of the page size");
+    return false;
+  }
+  if (c->fault_around < 1 || c->fault_around > 64) {
+    throw_error(env, "TS_ERR_BAD_ARGUMENT", "faultAround must be in 1..64");
+    return false;
+  }
+  return true;
+}
+
+class SourceWrap;
+
+struct AddonData {
+  Napi::FunctionReference engine_ctor;
+  Napi::FunctionReference source_ctor;
+};
+
+// ---- Engine ----
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeEngine",
+                       {InstanceMethod("createRegion", &EngineWrap::CreateRegion),
+                        InstanceMethod("adopt", &EngineWrap::Adopt), InstanceMethod("close", &EngineWrap::Close),
+                        InstanceMethod("features", &EngineWrap::Features),
+                        InstanceMethod("takeEvents", &EngineWrap::TakeEvents)});
+  }
+
+  // new NativeEngine(jsPath, { faultThreads, cpus, maxBatchPages, maxQueuedPages }, onEvents)
+  explicit EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<EngineWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsObject() || !info[2].IsFunction()) {
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "NativeEngine(jsPath, options, onEvents)");
+      return;
+    }
+    Napi::Object jp = info[0].As<Napi::Object>();
+    Napi::Object o = info[1].As<Napi::Object>();
+    tierstack::StackClientOptions copts;
+    copts.max_batch_pages = o.Get("maxBatchPages").ToNumber().Uint32Value();
+    copts.max_queued_pages = o.Get("maxQueuedPages").ToNumber().Uint32Value();
+    auto client = tierstack::StackClient::create(env, jp, copts);
+    if (!client) return;
+    client->unref(env);  // an idle engine must not keep the process alive
+    client_ = client;
+    EngineOptions eo;
+    eo.fault_threads = o.Get("faultThreads").ToNumber().Uint32Value();
+    eo.max_batch_pages = copts.max_batch_pages;
+    Napi::Value cpus = o.Get("cpus");
+    if (cpus.IsArray()) {
+      Napi::Array a = cpus.As<Napi::Array>();
+      for (uint32_t i = 0; i < a.Length(); i++) eo.cpus.push_back(a.Get(i).ToNumber().Int32Value());
+    }
+    engine_ = std::make_shared<Engine>(client, jp.Get("hasJsTiers").ToBoolean().Value(), client->page_size(),
+                                       client->js_thread_id(), eo);
+    events_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "tierstack-uffd-events", 0, 1);
+    events_.Unref(env);
+    auto tsfn = events_;
+    engine_->set_notifier([tsfn]() mutable { tsfn.NonBlockingCall(); });
+    int rc = engine_->start();
+    if (rc < 0) {
+      engine_->stop();
+      throw_error(env, "TS_ERR_UNSUPPORTED", "userfaultfd is not available", -rc);
+      return;
+    }
+  }
+
+  ~EngineWrap() override { Shutdown(); }
+
+  std::shared_ptr<Engine> engine() const { return engine_; }
+
+ private:
+  void Shutdown() {
+    if (!engine_) return;
+    engine_->set_notifier(nullptr);
+    engine_->stop();
+    if (client_) client_->close();
+    events_.Release();
+    engine_.reset();
+    client_.reset();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo &info) {
+    Shutdown();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Features(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (!engine_) return throw_error(env, "TS_ERR_CLOSED", "the uffd engine is closed");
+    Napi::Object o = Napi::Object::New(env);
+    uint64_t f = engine_->kernel_features();
+    o.Set("raw", Napi::BigInt::New(env, f));
+    o.Set("threadId", (f & UFFD_FEATURE_THREAD_ID) != 0);
+    o.Set("writeProtect", (f & UFFD_FEATURE_PAGEFAULT_FLAG_WP) != 0);
+    o.Set("poison", (f & UFFD_FEATURE_POISON) != 0);
+    o.Set("eventRemove", (f & UFFD_FEATURE_EVENT_REMOVE) != 0);
+    o.Set("minorShmem", (f & UFFD_FEATURE_MINOR_SHMEM) != 0);
+    o.Set("jsThreadId", client_->js_thread_id());
+    return o;
+  }
+
+  Napi::Value TakeEvents(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Napi::Array out = Napi::Array::New(env);
+    if (!engine_) return out;
+    auto evs = engine_->take_events();
+    for (size_t i = 0; i < evs.size(); i++) {
+      auto &e = evs[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("kind", e.kind == EngineEvent::kPageError ? "pageError" : "ownerExit");
+      o.Set("source", Napi::Number::New(env, static_cast<double>(e.source_id)));
+      o.Set("region", e.region_id);
+      o.Set("address", Napi::BigInt::New(env, e.address));
+      o.Set("page", Napi::Number::New(env, static_cast<double>(e.page)));
+      o.Set("status", e.status);
+      o.Set("code", e.kind == EngineEvent::kPageError ? code_of_status(e.status) : "TS_ERR_CLOSED");
+      o.Set("tid", e.tid);
+      o.Set("cause", e.cause);
+      out.Set(static_cast<uint32_t>(i), o);
+    }
+    return out;
+  }
+
+  Napi::Value CreateRegion(const Napi::CallbackInfo &info);
+  Napi::Value Adopt(const Napi::CallbackInfo &info);
+
+  std::shared_ptr<Engine> engine_;
+  std::shared_ptr<tierstack::StackClient> client_;
+  Napi::ThreadSafeFunction events_;
+};
+
+// ---- Source (an in-process region, or an adopted uffd with its regions) ----
+
+class SourceWrap : public Napi::ObjectWrap<SourceWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeSource",
+                       {InstanceMethod("regionCount", &SourceWrap::RegionCount),
+                        InstanceMethod("regionInfo", &SourceWrap::RegionInfo),
+                        InstanceMethod("buffer", &SourceWrap::Buffer), InstanceMethod("stats", &SourceWrap::Stats),
+                        InstanceMethod("prefetch", &SourceWrap::Prefetch), InstanceMethod("ensure", &SourceWrap::Ensure),
+                        InstanceMethod("flush", &SourceWrap::Flush), InstanceMethod("discard", &SourceWrap::Discard),
+                        InstanceMethod("residentPages", &SourceWrap::ResidentPages),
+                        InstanceMethod("beginClose", &SourceWrap::BeginClose),
+                        InstanceMethod("busy", &SourceWrap::Busy),
+                        InstanceMethod("finishClose", &SourceWrap::FinishClose)});
+  }
+  explicit SourceWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<SourceWrap>(info) {}
+  ~SourceWrap() override {
+    // Collected without close(): stop serving and release the kernel objects. Fault threads
+    // may still hold the source briefly; they only use it through their own shared_ptr.
+    if (source_ && engine_ && !finished_) {
+      engine_->begin_close(source_);
+      while (source_->busy.load() > 0) sched_yield();
+      // A Buffer handed out may outlive this wrapper: keep the mapping rather than unmap
+      // memory JavaScript can still reach (close() detaches the buffers first).
+      if (!buffers_.empty()) source_->owns_mapping = false;
+      engine_->finish_close(source_);
+    }
+  }
+
+  void Init(std::shared_ptr<Engine> engine, std::shared_ptr<Source> source) {
+    engine_ = std::move(engine);
+    source_ = std::move(source);
+  }
+
+ private:
+  Region *region_arg(const Napi::CallbackInfo &info, size_t i) {
+    uint32_t k = info.Length() > i ? info[i].ToNumber().Uint32Value() : 0;
+    if (!source_ || finished_ || k >= source_->regions.size()) {
+      throw_error(info.Env(), "TS_ERR_CLOSED", "the region is closed");
+      return nullptr;
+    }
+    return source_->regions[k].get();
+  }
+
+  Napi::Value RegionCount(const Napi::CallbackInfo &info) {
+    return Napi::Number::New(info.Env(), source_ ? static_cast<double>(source_->regions.size()) : 0);
+  }
+
+  Napi::Value RegionInfo(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("id", r->id);
+    o.Set("address", Napi::BigInt::New(env, r->cfg.base));
+    o.Set("size", Napi::Number::New(env, static_cast<double>(r->cfg.size)));
+    o.Set("pages", Napi::Number::New(env, static_cast<double>(r->npages)));
+    o.Set("pageOffset", Napi::Number::New(env, static_cast<double>(r->cfg.page_offset)));
+    o.Set("features", Napi::BigInt::New(env, source_->features));
+    o.Set("ownerPid", source_->owner_pid);
+    o.Set("source", Napi::Number::New(env, static_cast<double>(source_->id)));
+    return o;
+  }
+
+  // An external ArrayBuffer over an in-process region (detached by JS on close).
+  Napi::Value Buffer(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    if (!source_->owns_mapping) return throw_error(env, "TS_ERR_UNSUPPORTED", "an adopted region lives in another process");
+    auto ab = Napi::ArrayBuffer::New(env, reinterpret_cast<void *>(r->cfg.base), r->cfg.size);
+    buffers_.push_back(Napi::Persistent(ab));  // detached on close, before the memory is unmapped
+    return ab;
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    const RegionStats &s = r->stats;
+    Napi::Object o = Napi::Object::New(env);
+    auto num = [&](const char *k, const std::atomic<uint64_t> &v) {
+      o.Set(k, Napi::Number::New(env, static_cast<double>(v.load(std::memory_order_relaxed))));
+    };
+    num("faults", s.faults);
+    num("wpFaults", s.wp_faults);
+    num("pagesInstalled", s.pages_installed);
+    num("zeroPages", s.zero_pages);
+    num("poisoned", s.poisoned);
+    num("alreadyPresent", s.eexist);
+    num("eagainRetries", s.eagain_retries);
+    num("prefetched", s.prefetched);
+    num("jsPathPages", s.js_path_pages);
+    num("deadlocks", s.deadlocks);
+    num("evictions", s.evictions);
+    num("writebacks", s.writebacks);
+    num("writebackErrors", s.writeback_errors);
+    num("removedPages", s.removed_pages);
+    Napi::Array lv = Napi::Array::New(env);
+    for (int i = 0; i < kMaxLevels; i++) lv.Set(i, Napi::Number::New(env, static_cast<double>(s.by_level[i].load())));
+    o.Set("pagesByLevel", lv);
+    auto hist = Napi::Float64Array::New(env, LatencyBuckets::kBuckets);
+    for (int i = 0; i < LatencyBuckets::kBuckets; i++) hist[i] = static_cast<double>(s.latency.counts[i].load());
+    o.Set("latencyBuckets", hist);
+    o.Set("latencySumNs", Napi::Number::New(env, static_cast<double>(s.latency.sum_ns.load())));
+    o.Set("latencyMaxNs", Napi::Number::New(env, static_cast<double>(s.latency.max_ns.load())));
+    return o;
+  }
+
+  Napi::Value ResidentPages(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    size_t n = 0;
+    for (size_t i = 0; i < r->npages; i++) n += r->installed.test(i);
+    return Napi::Number::New(env, static_cast<double>(n));
+  }
+
+  // prefetch(region, pages: Float64Array) → Promise<number>
+  Napi::Value Prefetch(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    Napi::Float64Array arr = info[1].As<Napi::Float64Array>();
+    auto idx = std::make_shared<std::vector<uint64_t>>(arr.ElementLength());
+    for (size_t i = 0; i < arr.ElementLength(); i++) (*idx)[i] = static_cast<uint64_t>(arr[i]);
+    auto engine = engine_;
+    auto source = source_;
+    auto got = std::make_shared<int64_t>(0);
+    return run_on_thread(
+        env, [engine, source, r, idx, got] { *got = engine->prefetch(*source, *r, *idx); },
+        [got](Napi::Env env, Napi::Promise::Deferred &d) { d.Resolve(Napi::Number::New(env, static_cast<double>(*got))); });
+  }
+
+  // ensure(region, firstPage, count): JS thread, native tiers only; throws TS_ERR_DEADLOCK when
+  // a page needs the JS path (it cannot be served while this thread waits).
+  Napi::Value Ensure(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    uint64_t first = static_cast<uint64_t>(info[1].ToNumber().Int64Value());
+    uint64_t count = static_cast<uint64_t>(info[2].ToNumber().Int64Value());
+    int32_t bad = 0;
+    uint64_t bad_page = 0;
+    int64_t got = engine_->ensure(*source_, *r, first, count, &bad, &bad_page);
+    if (bad != 0) {
+      std::string msg = bad == TS_E_DEADLOCK
+                            ? "page " + std::to_string(bad_page) +
+                                  " is only available through the JS path: the JS thread cannot wait for it (use prefetch() first, or touch it from another thread)"
+                            : "page " + std::to_string(bad_page) + " could not be produced";
+      Napi::Error e = make_error(env, code_of_status(bad), msg);
+      e.Set("page", Napi::Number::New(env, static_cast<double>(bad_page)));
+      e.ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, static_cast<double>(got));
+  }
+
+  Napi::Value Flush(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    auto engine = engine_;
+    auto source = source_;
+    auto rc = std::make_shared<int>(0);
+    return run_on_thread(
+        env, [engine, source, r, rc] { *rc = engine->flush(*source, *r); },
+        [rc](Napi::Env env, Napi::Promise::Deferred &d) {
+          if (*rc == TS_OK)
+            d.Resolve(env.Undefined());
+          else
+            d.Reject(make_error(env, code_of_status(*rc), "flushing the region's dirty pages failed").Value());
+        });
+  }
+
+  Napi::Value Discard(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Region *r = region_arg(info, 0);
+    if (!r) return env.Undefined();
+    int rc = engine_->discard(*source_, *r);
+    if (rc != TS_OK) return throw_error(env, code_of_status(rc), "discard failed");
+    return env.Undefined();
+  }
+
+  Napi::Value BeginClose(const Napi::CallbackInfo &info) {
+    if (source_ && engine_) engine_->begin_close(source_);
+    return info.Env().Undefined();
+  }
+  Napi::Value Busy(const Napi::CallbackInfo &info) {
+    return Napi::Boolean::New(info.Env(), source_ && source_->busy.load() > 0);
+  }
+  Napi::Value FinishClose(const Napi::CallbackInfo &info) {
+    if (source_ && engine_ && !finished_) {
+      for (auto &ref : buffers_)
+        if (!ref.IsEmpty()) ref.Value().Detach();
+      buffers_.clear();
+      engine_->begin_close(source_);
+      engine_->finish_close(source_);
+      finished_ = true;
+    }
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<Engine> engine_;
+  std::shared_ptr<Source> source_;
+  std::vector<Napi::Reference<Napi::ArrayBuffer>> buffers_;
+  bool finished_ = false;
+};
+
+Napi::Value EngineWrap::CreateRegion(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!engine_) return throw_error(env, "TS_ERR_CLOSED", "the uffd engine is closed");
+  RegionConfig c;
+  if (!read_region_config(env, info[0].As<Napi::Object>(), engine_->page_size(), &c)) return env.Undefined();
+  std::string err;
+  int e = 0;
+  auto s = engine_->create_region(c, &err, &e);
+  if (!s) return throw_error(env, e == ENOTSUP || e == ENOSYS || e == EPERM ? "TS_ERR_UNSUPPORTED" : "TS_ERR_IO", err, e);
+  Napi::Object obj = env.GetInstanceData<AddonData>()->source_ctor.New({});
+  SourceWrap::Unwrap(obj)->Init(engine_, s);
+  return obj;
+}
+
+// adopt(fd, pid, features: bigint, apiDone, regions[])
+Napi::Value EngineWrap::Adopt(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!engine_) return throw_error(env, "TS_ERR_CLOSED", "the uffd engine is closed");
+  int fd = info[0].ToNumber().Int32Value();
+  pid_t pid = info[1].ToNumber().Int32Value();
+  uint64_t features = bigint_u64(info[2]);
+  bool api_done = info[3].ToBoolean().Value();
+  Napi::Array regions = info[4].As<Napi::Array>();
+  std::vector<RegionConfig> cfgs;
+  for (uint32_t i = 0; i < regions.Length(); i++) {
+    RegionConfig c;
+    if (!read_region_config(env, regions.Get(i).As<Napi::Object>(), engine_->page_size(), &c)) return env.Undefined();
+    if (c.managed) return throw_error(env, "TS_ERR_UNSUPPORTED", "managed regions must be in this process");
+    cfgs.push_back(c);
+  }
+  std::string err;
+  int e = 0;
+  auto s = engine_->adopt(fd, pid, features, api_done, cfgs, &err, &e);
+  if (!s) return throw_error(env, "TS_ERR_IO", err, e);
+  Napi::Object obj = env.GetInstanceData<AddonData>()->source_ctor.New({});
+  SourceWrap::Unwrap(obj)->Init(engine_, s);
+  return obj;
+}
+
+// ---- Unix socket descriptor passing ----
+
+Napi::Value ReceivedToJs(Napi::Env env, const Received &r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", r.fd);
+  o.Set("conn", r.conn);
+  o.Set("pid", static_cast<double>(r.pid));
+  o.Set("uid", static_cast<double>(r.uid));
+  o.Set("gid", static_cast<double>(r.gid));
+  o.Set("message", Napi::Buffer<uint8_t>::Copy(env, r.message.data(), r.message.size()));
+  return o;
+}
+
+Napi::Value ListenUnix(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = listen_unix(info[0].ToString().Utf8Value(), info.Length() > 1 ? info[1].ToNumber().Int32Value() : 16);
+  if (fd < 0) return throw_error(env, "TS_ERR_IO", "cannot listen on " + info[0].ToString().Utf8Value(), -fd);
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value ReceiveCommon(const Napi::CallbackInfo &info, bool accept) {
+  Napi::Env env = info.Env();
+  int fd = info[0].ToNumber().Int32Value();
+  int timeout = info.Length() > 1 && info[1].IsNumber() ? info[1].ToNumber().Int32Value() : -1;
+  auto res = std::make_shared<Received>();
+  return run_on_thread(
+      env, [fd, timeout, accept, res] { *res = accept ? accept_and_receive(fd, timeout) : receive_fd(fd, timeout); },
+      [res](Napi::Env env, Napi::Promise::Deferred &d) {
+        if (res->fd >= 0 && res->err == 0) {
+          d.Resolve(ReceivedToJs(env, *res));
+        } else {
+          if (res->fd >= 0) ::close(res->fd);
+          const char *code = res->err == ETIMEDOUT ? "TS_ERR_TIMEOUT" : res->err == EBADMSG ? "TS_ERR_PROTOCOL" : "TS_ERR_IO";
+          d.Reject(make_error(env, code, "receiving a userfaultfd failed (" + res->what + ")", res->err).Value());
+        }
+      });
+}
+Napi::Value AcceptFd(const Napi::CallbackInfo &info) { return ReceiveCommon(info, true); }
+Napi::Value ReceiveFd(const Napi::CallbackInfo &info) { return ReceiveCommon(info, false); }
+
+Napi::Value CloseFd(const Napi::CallbackInfo &info) {
+  int fd = info[0].ToNumber().Int32Value();
+  if (fd >= 0) ::close(fd);
+  return info.Env().Undefined();
+}
+
+// sendFd(path, message: Buffer, fd) → connection fd (kept open by the caller). For tests and
+// for handing a uffd on to another handler.
+Napi::Value SendFd(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int conn = connect_unix(info[0].ToString().Utf8Value());
+  if (conn < 0) return throw_error(env, "TS_ERR_IO", "connect", -conn);
+  auto msg = info[1].As<Napi::Buffer<uint8_t>>();
+  int rc = send_fd(conn, msg.Data(), msg.Length(), info[2].ToNumber().Int32Value());
+  if (rc < 0) {
+    ::close(conn);
+    return throw_error(env, "TS_ERR_IO", "sendmsg", -rc);
+  }
+  return Napi::Number::New(env, conn);
+}
+
+// ---- test support ----
+
+// touchPages(address: bigint, pages: Float64Array, pageSize, out?: Buffer, write?: Buffer, cpu?)
+// Reads (copies into `out`) or writes (from `write`) each page on a new native thread, so that
+// the JS thread never blocks in a fault. Resolves when done.
+Napi::Value TouchPages(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  uint64_t base = bigint_u64(info[0]);
+  Napi::Float64Array arr = info[1].As<Napi::Float64Array>();
+  uint64_t ps = info[2].ToNumber().Int64Value();
+  auto pages = std::make_shared<std::vector<uint64_t>>(arr.ElementLength());
+  for (size_t i = 0; i < pages->size(); i++) (*pages)[i] = static_cast<uint64_t>(arr[i]);
+  uint8_t *out = nullptr;
+  const uint8_t *in = nullptr;
+  auto refs = std::make_shared<std::vector<Napi::Reference<Napi::Value>>>();
+  if (info.Length() > 3 && info[3].IsBuffer()) {
+    auto b = info[3].As<Napi::Buffer<uint8_t>>();
+    if (b.Length() < pages->size() * ps) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "out is too small");
+    out = b.Data();
+    refs->push_back(Napi::Persistent(info[3]));
+  }
+  if (info.Length() > 4 && info[4].IsBuffer()) {
+    auto b = info[4].As<Napi::Buffer<uint8_t>>();
+    if (b.Length() < pages->size() * ps) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "write data is too small");
+    in = b.Data();
+    refs->push_back(Napi::Persistent(info[4]));
+  }
+  int cpu = info.Length() > 5 && info[5].IsNumber() ? info[5].ToNumber().Int32Value() : -1;
+  return run_on_thread(
+      env,
+      [base, pages, ps, out, in, cpu] {
+        if (cpu >= 0) {
+          cpu_set_t set;
+          CPU_ZERO(&set);
+          CPU_SET(cpu, &set);
+          sched_setaffinity(0, sizeof set, &set);
+        }
+        volatile uint64_t sink = 0;
+        for (size_t i = 0; i < pages->size(); i++) {
+          auto *p = reinterpret_cast<uint8_t *>(base + (*pages)[i] * ps);
+          if (in)
+            std::memcpy(p, in + i * ps, ps);
+          else if (out)
+            std::memcpy(out + i * ps, p, ps);
+          else
+            sink = sink + *reinterpret_cast<volatile uint64_t *>(p);
+        }
+      },
+      [refs](Napi::Env env, Napi::Promise::Deferred &d) {
+        refs->clear();
+        d.Resolve(env.Undefined());
+      });
+}
+
+TestStore *test_store_of(Napi::Env env, Napi::Value v) {
+  tierstack::StoreRef ref = tierstack::unwrap_page_store(env, v);
+  if (!ref) return nullptr;
+  if (std::strcmp(ref->name, "native-test") != 0) {
+    throw_error(env, "TS_ERR_BAD_ARGUMENT", "not a native test store");
+    return nullptr;
+  }
+  return static_cast<TestStore *>(ref->self);
+}
+
+Napi::Value CreateTestStore(const Napi::CallbackInfo &info) {
+  auto *t = new TestStore(info[0].ToNumber().Uint32Value());
+  return tierstack::wrap_page_store(info.Env(), t->store());
+}
+
+// testStoreOp(handle, op, ns: bigint, pages: Float64Array, data?: Buffer, status?)
+//  op 'put': copies pages in; 'get': fills data, returns Uint8Array found flags;
+//  'fail': makes pages return `status` (0 clears); 'remove'; 'count'.
+Napi::Value TestStoreOp(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  TestStore *t = test_store_of(env, info[0]);
+  if (!t) return env.Undefined();
+  std::string op = info[1].ToString().Utf8Value();
+  if (op == "count") return Napi::Number::New(env, static_cast<double>(t->count()));
+  uint64_t ns = bigint_u64(info[2]);
+  Napi::Float64Array pages = info[3].As<Napi::Float64Array>();
+  size_t n = pages.ElementLength();
+  uint32_t ps = t->store()->page_size;
+  std::vector<uint64_t> list(n);
+  for (size_t i = 0; i < n; i++) list[i] = static_cast<uint64_t>(pages[i]);
+  if (op == "put" || op == "get") {
+    auto data = info[4].As<Napi::Buffer<uint8_t>>();
+    if (data.Length() < n * ps) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "data is too small");
+    std::vector<void *> bufs(n);
+    for (size_t i = 0; i < n; i++) bufs[i] = data.Data() + i * ps;
+    if (op == "put") {
+      t->store()->ops->put(t, ns, list.data(), n, const_cast<const void *const *>(bufs.data()), 0);
+      return env.Undefined();
+    }
+    std::vector<int32_t> st(n);
+    t->store()->ops->get(t, ns, list.data(), n, bufs.data(), st.data());
+    auto found = Napi::Int32Array::New(env, n);
+    for (size_t i = 0; i < n; i++) found[i] = st[i];
+    return found;
+  }
+  if (op == "remove") {
+    t->store()->ops->remove(t, ns, list.data(), n);
+    return env.Undefined();
+  }
+  if (op == "fail") {
+    int32_t status = info[5].ToNumber().Int32Value();
+    for (auto p : list) t->fail(ns, p, status);
+    return env.Undefined();
+  }
+  return throw_error(env, "TS_ERR_BAD_ARGUMENT", "unknown test store op " + op);
+}
+
+Napi::Value GetTid(const Napi::CallbackInfo &info) { return Napi::Number::New(info.Env(), current_tid()); }
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto *data = new AddonData();
+  data->engine_ctor = Napi::Persistent(EngineWrap::Define(env));
+  data->source_ctor = Napi::Persistent(SourceWrap::Define(env));
+  env.SetInstanceData<AddonData>(data);
+  exports.Set("NativeEngine", data->engine_ctor.Value());
+  exports.Set("listenUnix", Napi::Function::New(env, ListenUnix));
+  exports.Set("acceptFd", Napi::Function::New(env, AcceptFd));
+  exports.Set("receiveFd", Napi::Function::New(env, ReceiveFd));
+  exports.Set("sendFd", Napi::Function::New(env, SendFd));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("touchPages", Napi::Function::New(env, TouchPages));
+  exports.Set("createTestStore", Napi::Function::New(env, CreateTestStore));
+  exports.Set("testStoreOp", Napi::Function::New(env, TestStoreOp));
+  exports.Set("gettid", Napi::Function::New(env, GetTid));
+  return exports;
+}
+
+}  // namespace
+Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return Init(env, exports); }
+}  // namespace tsuffd
+
+static Napi::Object InitTierstackUffd(Napi::Env env, Napi::Object exports) { return tsuffd::InitAddon(env, exports); }
+NODE_API_MODULE(tierstack_uffd, InitTierstackUffd)
