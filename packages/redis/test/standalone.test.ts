@@ -58,6 +58,20 @@ describe('RedisTier standalone', () => {
     shared.disconnect();
   });
 
+  it('connects through a Sentinel (ioredis sentinel options)', async () => {
+    const sentinel = await RedisServer.start({ sentinelOf: { name: 'pages', host: server.host, port: server.port } });
+    try {
+      const n = ns('sentinel');
+      const t = new RedisTier({ connection: { sentinels: [{ host: sentinel.host, port: sentinel.port }], name: 'pages' } });
+      await t.put(n, [3], makePages(n, [3], 4096));
+      const direct = new RedisTier({ connection: server.url });
+      expect(pageMatches((await direct.get(n, [3])).data, n, 3)).toBe(true);
+      await Promise.all([t.close(), direct.close()]);
+    } finally {
+      await sentinel.stop();
+    }
+  });
+
   it('rejects ioredis keyPrefix and bad options with typed errors', () => {
     const code = (f: () => unknown): string | undefined => {
       try {

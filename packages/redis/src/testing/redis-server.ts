@@ -1,13 +1,13 @@
 /**
- * Private redis-server processes for tests and benchmarks: a standalone server or a 3-node
- * cluster on free loopback ports, without persistence, in a temporary directory.
+ * Private redis-server processes for tests and benchmarks: a standalone server, a Sentinel, or a
+ * 3-node cluster on free loopback ports, without persistence, in a temporary directory.
  *
  * Each server runs under a tiny sh wrapper that holds our end of a pipe: when the pipe closes
  * (stop(), or this process dies however it dies) the wrapper SIGKILLs its server, so a crashed
  * test run leaves no stray redis-server behind.
  */
 import { spawn, execFile, execFileSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -84,6 +84,8 @@ export interface RedisServerOptions {
   dir?: string;
   /** Start as a cluster node (cluster-enabled yes). */
   clusterNode?: boolean;
+  /** Start a Sentinel (redis-server --sentinel) watching this master instead of a data server. */
+  sentinelOf?: { name: string; host: string; port: number };
   /** More redis-server arguments. */
   args?: string[];
 }
@@ -107,7 +109,14 @@ export class RedisServer {
     const ownsDir = options.dir === undefined;
     const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'tierstack-redis-'));
     mkdirSync(dir, { recursive: true });
-    const argv = ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no'];
+    let argv = ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no'];
+    if (options.sentinelOf) {
+      // A Sentinel must have a config file it can rewrite.
+      const m = options.sentinelOf;
+      const conf = join(dir, `sentinel-${port}.conf`);
+      writeFileSync(conf, `port ${port}\nbind ${HOST}\ndir ${dir}\nsentinel monitor ${m.name} ${m.host} ${m.port} 1\n`);
+      argv = [conf, '--sentinel'];
+    }
     if (options.clusterNode) argv.push('--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '5000');
     argv.push(...(options.args ?? []));
     const server = new RedisServer(port, dir, ownsDir, argv);
