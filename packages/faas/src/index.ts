@@ -37,3 +37,17 @@ export {
   type CriuPageServerStats,
   type CriuHeaderLayout,
 } from './criu-page-server.js';
+export { parseFirecrackerHandshake, type GuestMapping } from './firecracker-handshake.js';
+export { SnapshotPageSource, type SnapshotSourceStats } from './snapshot-source.js';
+export {
+  RestoreHook,
+  createRestoreHook,
+  type RestoreHookOptions,
+  type RestoreOptions,
+  type RestoreTarget,
+  type RestoreHandle,
+  type RestoreStats,
+  type TierFetchStats,
+  type PrefetchMode,
+} from './restore-hook.js';
+export { serveFirecracker, type FirecrackerHandler, type FirecrackerHandlerOptions, type FirecrackerHealth } from './firecracker.js';

@@ -1,0 +1,229 @@
+/**
+ * The restore hook: what a FaaS runtime calls around an instance's restore.
+ *
+ *   const hook = createRestoreHook(stack);
+ *   const h = await hook.restore('fn-a', { kind: 'in-process' });      // or { kind: 'adopt', ... }
+ *   ... the instance runs, faulting pages in lazily ...
+ *   await h.close();   // the first restore's first-touch order is saved as the working set
+ *
+ * Every restore gets its own uffd engine over a SnapshotPageSource (zero pages served without a
+ * fetch, stored pages verified against their checksums; a bad page is poisoned in strict mode).
+ * The first restore (no working set yet) records first touches; later restores prefetch the
+ * recorded working set (the latest or the union of the last N) in one bulk install — pages
+ * installed without waking, one wake at the end — while other faults are served on demand.
+ * `eager: true` installs every page before the restore returns (the baseline lazy restore beats).
+ */
+import { TierStackError, ErrorCode, silentLogger, type Logger, type PageStore, type StoreStats } from '@tierstack/core';
+import { createUffdEngine, type UffdRegion, type AdoptedUffd, type RegionStats, type MissingPolicy } from '@tierstack/uffd';
+import { SnapshotCatalog, DEFAULT_KEEP_WORKING_SETS } from './catalog.js';
+import type { SnapshotManifest } from './manifest.js';
+import { SnapshotPageSource, type SnapshotSourceStats } from './snapshot-source.js';
+import type { GuestMapping } from './firecracker-handshake.js';
+
+export type PrefetchMode = 'latest' | 'union' | 'none';
+
+export interface RestoreHookOptions {
+  /** The catalog (default: one over `stack` with default options). */
+  catalog?: SnapshotCatalog;
+  /** Record the first-touch order on restores that prefetch nothing (default true). */
+  recordWorkingSet?: boolean;
+  /** Which recorded working set later restores prefetch (default 'latest'). */
+  prefetch?: PrefetchMode;
+  /** Working sets kept in the manifest (default 4). */
+  keepWorkingSets?: number;
+  /** Longest working set recorded, in pages (default 2^20). */
+  maxWorkingSetPages?: number;
+  /** A page that cannot be produced: SIGBUS (strict, default) or zeros. */
+  missing?: MissingPolicy;
+  /** Pages installed per fault (aligned block, 1..64; default 16). */
+  faultAround?: number;
+  /** Fault threads per restore (default 1). */
+  faultThreads?: number;
+  logger?: Logger;
+}
+
+export interface RestoreOptions {
+  /** Install every page before returning (eager restore). */
+  eager?: boolean;
+  /** Override the hook's prefetch mode for this restore. */
+  prefetch?: PrefetchMode;
+  /** Override the hook's recording for this restore. */
+  recordWorkingSet?: boolean;
+}
+
+export type RestoreTarget =
+  /** A region in this process, created by the hook and sized to the snapshot. */
+  | { kind: 'in-process' }
+  /** Another process's userfaultfd (received over a Unix socket) and its guest mappings. */
+  | { kind: 'adopt'; fd: number; pid?: number; mappings: GuestMapping[]; features?: bigint };
+
+export interface TierFetchStats {
+  tier: string;
+  /** Pages this tier was asked for and had, during the restore. */
+  hits: number;
+  requested: number;
+}
+
+export interface RestoreStats {
+  snapshotId: string;
+  faults: number;
+  pagesInstalled: number;
+  zeroPages: number;
+  prefetched: number;
+  poisoned: number;
+  /** Pages the prefetch was asked to install. */
+  prefetchRequested: number;
+  /** Milliseconds from restore() to the end of the bulk prefetch / eager copy (0 if none). */
+  prefetchMs: number;
+  source: SnapshotSourceStats;
+  /** Per tier of the stack: pages served during this restore (hits are what each tier supplied). */
+  tiers: TierFetchStats[];
+  /** Pages in the working set saved on close (0 when nothing was recorded). */
+  workingSetRecorded: number;
+}
+
+export interface RestoreHandle {
+  readonly snapshotId: string;
+  readonly manifest: SnapshotManifest;
+  /** In-process restores: the region (its buffer/address). */
+  readonly region: UffdRegion | undefined;
+  /** Adopted restores: the external uffd. */
+  readonly adopted: AdoptedUffd | undefined;
+  /** Resolves when the bulk prefetch (or eager copy) is done, with the pages installed. */
+  readonly prefetched: Promise<number>;
+  stats(): RestoreStats;
+  /** Saves the recorded working set (if recording), stops serving, releases the engine. */
+  close(): Promise<RestoreStats>;
+}
+
+function tierSnapshot(stack: PageStore): StoreStats[] {
+  const s = stack.stats() as StoreStats & { tiers?: StoreStats[] };
+  return s.tiers ?? [s];
+}
+
+function sumRegionStats(list: RegionStats[]): Pick<RestoreStats, 'faults' | 'pagesInstalled' | 'zeroPages' | 'prefetched' | 'poisoned'> {
+  const out = { faults: 0, pagesInstalled: 0, zeroPages: 0, prefetched: 0, poisoned: 0 };
+  for (const s of list) {
+    out.faults += s.faults;
+    out.pagesInstalled += s.pagesInstalled;
+    out.zeroPages += s.zeroPages;
+    out.prefetched += s.prefetched;
+    out.poisoned += s.poisoned;
+  }
+  return out;
+}
+
+export class RestoreHook {
+  readonly catalog: SnapshotCatalog;
+  readonly stack: PageStore;
+  private readonly log: Logger;
+
+  constructor(
+    stack: PageStore,
+    readonly options: RestoreHookOptions = {},
+  ) {
+    this.stack = stack;
+    this.catalog = options.catalog ?? new SnapshotCatalog(stack, options.logger ? { logger: options.logger } : {});
+    this.log = options.logger ?? silentLogger;
+  }
+
+  async restore(snapshotId: string, target: RestoreTarget = { kind: 'in-process' }, ro: RestoreOptions = {}): Promise<RestoreHandle> {
+    const t0 = performance.now();
+    const m = await this.catalog.get(snapshotId);
+    const o = this.options;
+    const mode = ro.prefetch ?? o.prefetch ?? 'latest';
+    const prefetchPages = ro.eager ? m.storedPageList() : mode === 'none' ? [] : m.prefetchSet(mode);
+    const record = (ro.recordWorkingSet ?? o.recordWorkingSet ?? true) && prefetchPages.length === 0 && !ro.eager;
+    const source = new SnapshotPageSource(this.stack, m, { record, maxRecordPages: o.maxWorkingSetPages ?? 1 << 20 });
+    const engine = createUffdEngine({ stack: source, faultThreads: o.faultThreads ?? 1, logger: this.log });
+    const before = tierSnapshot(this.stack);
+    const regionOpts = { namespace: m.namespace, missing: o.missing ?? 'strict', faultAround: o.faultAround ?? 16, zeroAfterRemove: true } as const;
+
+    let region: UffdRegion | undefined;
+    let adopted: AdoptedUffd | undefined;
+    /** Snapshot page → (region, index) for prefetch. */
+    let regions: Array<{ r: UffdRegion; firstPage: number; pages: number }>;
+    try {
+      if (target.kind === 'in-process') {
+        region = engine.createRegion({ ...regionOpts, size: m.pageCount * m.pageSize, pageOffset: 0, name: `snapshot:${m.id}` });
+        regions = [{ r: region, firstPage: 0, pages: m.pageCount }];
+      } else if (target.kind === 'adopt') {
+        const ps = m.pageSize;
+        adopted = engine.adopt({
+          fd: target.fd,
+          ...(target.pid !== undefined ? { pid: target.pid } : {}),
+          apiDone: true,
+          ...(target.features !== undefined ? { features: target.features } : {}),
+          regions: target.mappings.map((g, i) => ({ ...regionOpts, base: BigInt(g.base), size: g.size, pageOffset: g.offset / ps, name: `snapshot:${m.id}#${i}` })),
+        });
+        regions = adopted.regions.map((r, i) => ({ r, firstPage: target.mappings[i]!.offset / ps, pages: target.mappings[i]!.size / ps }));
+      } else {
+        throw new TierStackError(ErrorCode.BadArgument, `unknown restore target ${(target as { kind?: string }).kind}`);
+      }
+    } catch (err) {
+      await engine.close().catch(() => undefined);
+      throw err;
+    }
+
+    // Bulk prefetch, grouped per region; faults are served meanwhile.
+    let prefetchMs = 0;
+    let prefetchRequested = 0;
+    const prefetched = (async () => {
+      if (prefetchPages.length === 0) return 0;
+      let n = 0;
+      for (const g of regions) {
+        const idx = prefetchPages.filter((p) => p >= g.firstPage && p < g.firstPage + g.pages).map((p) => p - g.firstPage);
+        prefetchRequested += idx.length;
+        // Chunks keep one install batch bounded and let faults interleave.
+        for (let i = 0; i < idx.length; i += 4096) n += await g.r.prefetch(idx.slice(i, i + 4096));
+      }
+      prefetchMs = performance.now() - t0;
+      return n;
+    })();
+    prefetched.catch((err) => this.log.warn({ err, id: m.id }, 'working-set prefetch failed'));
+    if (ro.eager) await prefetched;
+
+    let closed: RestoreStats | undefined;
+    let workingSetRecorded = 0;
+    const stats = (): RestoreStats => {
+      if (closed) return closed;
+      const after = tierSnapshot(this.stack);
+      const regionStats = regions.filter((g) => !g.r.closed).map((g) => g.r.stats());
+      return {
+        snapshotId: m.id,
+        ...sumRegionStats(regionStats),
+        prefetchRequested,
+        prefetchMs,
+        source: source.sourceStats(),
+        tiers: after.map((t, i) => ({
+          tier: t.name,
+          hits: t.ops.get.hits - (before[i]?.ops.get.hits ?? 0),
+          requested: t.ops.get.pages - (before[i]?.ops.get.pages ?? 0),
+        })),
+        workingSetRecorded,
+      };
+    };
+    const keep = o.keepWorkingSets ?? DEFAULT_KEEP_WORKING_SETS;
+    const close = async (): Promise<RestoreStats> => {
+      if (closed) return closed;
+      await prefetched.catch(() => undefined);
+      const final = stats();
+      if (region) await region.close();
+      if (adopted) await adopted.close();
+      await engine.close();
+      const ws = source.workingSet();
+      if (record && ws.length > 0) {
+        await this.catalog.addWorkingSet(m.id, ws, keep);
+        workingSetRecorded = ws.length;
+      }
+      closed = { ...final, workingSetRecorded };
+      await source.close();
+      return closed;
+    };
+    return { snapshotId: m.id, manifest: m, region, adopted, prefetched, stats, close };
+  }
+}
+
+export function createRestoreHook(stack: PageStore, options: RestoreHookOptions = {}): RestoreHook {
+  return new RestoreHook(stack, options);
+}
