@@ -111,7 +111,7 @@ export interface CxlAddon {
     pages: Float64Array,
     batch: number,
     iterations: number,
-  ): { ns: number; misses: number };
+  ): { ns: number; misses: number; status: number };
 }
 
 export const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
