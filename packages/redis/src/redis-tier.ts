@@ -16,7 +16,7 @@ import calculateSlot from 'cluster-key-slot';
 import { BasePageStore, DEFAULT_PAGE_SIZE, assertNamespace, badArgument, silentLogger, type Logger, type PutOptions } from '@tierstack/core';
 import { resolveConnection, type RedisClient, type RedisConnection } from './connection.js';
 import { DefaultKeyScheme, UblkSectorKeyScheme, type KeyScheme, type KeySchemeName } from './key-scheme.js';
-import { decodeRawInto, decodeValueInto, encodeValue } from './value-format.js';
+import { VALUE_HEADER_BYTES, decodeRawInto, decodeValueInto, encodeValue } from './value-format.js';
 import { mapRedisError, unavailable } from './redis-errors.js';
 
 /** Time to live of pages per namespace: one value for all, a table, or a function (ms; undefined = none). */
@@ -192,10 +192,13 @@ export class RedisTier extends BasePageStore {
   protected async doPut(ns: string, pages: number[], data: Buffer, _options: PutOptions): Promise<void> {
     const ps = this.pageSize;
     const ttl = this.ttlFor(ns);
-    const value = this.keyScheme.headered
-      ? (i: number): Buffer => encodeValue(data, i * ps, ps, this.pageShift)
-      : (i: number): Buffer => data.subarray(i * ps, (i + 1) * ps);
+    const vs = VALUE_HEADER_BYTES + ps;
     await this.forWindows('put', pages.length, async (start, end) => {
+      // One allocation for the window's values instead of one per page.
+      const arena = this.keyScheme.headered ? Buffer.allocUnsafe((end - start) * vs) : undefined;
+      const value = arena
+        ? (i: number): Buffer => encodeValue(data, i * ps, ps, this.pageShift, arena.subarray((i - start) * vs, (i - start + 1) * vs))
+        : (i: number): Buffer => data.subarray(i * ps, (i + 1) * ps);
       const cmds: Command[] = [];
       for (const g of this.group(ns, pages, start, end)) {
         if (ttl === undefined) {

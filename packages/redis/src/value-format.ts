@@ -19,10 +19,13 @@ export const VALUE_FORMAT_VERSION = 1;
 const MAGIC0 = 0x54; // 'T'
 const MAGIC1 = 0x53; // 'S'
 
-/** Builds the stored value of one page (header + a copy of the page). */
-export function encodeValue(data: Buffer, offset: number, pageSize: number, pageShift: number): Buffer {
+/**
+ * Builds the stored value of one page (header + a copy of the page). `into`, when given, is
+ * VALUE_HEADER_BYTES + pageSize bytes to build it in (a slice of one allocation per batch).
+ */
+export function encodeValue(data: Buffer, offset: number, pageSize: number, pageShift: number, into?: Buffer): Buffer {
   const page = data.subarray(offset, offset + pageSize);
-  const value = Buffer.allocUnsafe(VALUE_HEADER_BYTES + pageSize);
+  const value = into ?? Buffer.allocUnsafe(VALUE_HEADER_BYTES + pageSize);
   value[0] = MAGIC0;
   value[1] = MAGIC1;
   value[2] = VALUE_FORMAT_VERSION;
