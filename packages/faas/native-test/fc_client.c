@@ -15,6 +15,8 @@
  *   --wait-signal              wait for SIGUSR1 after the handshake before touching
  *   --expect-sigbus <page>     touch this page and expect SIGBUS (a poisoned page)
  *   --no-fd                    send the JSON without the descriptor (a broken client)
+ *   --handshake-only           after sending, only wait for the handler to hang up
+ *   --json <text>              send this instead of the mappings (garbage tests)
  *   --hold-ms <n>              keep the mapping alive n ms before exiting
  * Prints one JSON line: timings (CLOCK_MONOTONIC ns, comparable with Node's hrtime) and checks.
  */
@@ -81,7 +83,8 @@ int main(int argc, char **argv) {
   int ntouch = 0;
   const char *touch_file = NULL;
   int64_t dn_first = -1, dn_count = 0, sigbus_page = -1;
-  int wait_signal = 0, send_fd = 1;
+  int wait_signal = 0, send_fd = 1, handshake_only = 0;
+  const char *json_override = NULL;
   long hold_ms = 0;
   for (int i = 3; i < argc; i++) {
     if (!strcmp(argv[i], "--region") && i + 1 < argc) {
@@ -100,6 +103,10 @@ int main(int argc, char **argv) {
       sigbus_page = atoll(argv[++i]);
     } else if (!strcmp(argv[i], "--no-fd")) {
       send_fd = 0;
+    } else if (!strcmp(argv[i], "--handshake-only")) {
+      handshake_only = 1;
+    } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
+      json_override = argv[++i];
     } else if (!strcmp(argv[i], "--hold-ms") && i + 1 < argc) {
       hold_ms = atol(argv[++i]);
     }
@@ -136,6 +143,7 @@ int main(int argc, char **argv) {
                    i ? "," : "", (uint64_t)regions[i].addr, regions[i].size, regions[i].offset, PS, PS);
   }
   jl += snprintf(json + jl, sizeof json - jl, "]");
+  if (json_override) jl = (size_t)snprintf(json, sizeof json, "%s", json_override);
 
   int sk = socket(AF_UNIX, SOCK_STREAM, 0);
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -157,7 +165,7 @@ int main(int argc, char **argv) {
   }
   if (sendmsg(sk, &msg, 0) != (ssize_t)jl) die("sendmsg");
   uint64_t t_sent = now_ns();
-  if (!send_fd) {
+  if (!send_fd || handshake_only) {
     /* A broken client: wait for the handler to hang up on us. */
     char b;
     ssize_t r = read(sk, &b, 1);

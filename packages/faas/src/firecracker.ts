@@ -53,6 +53,8 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
   const manifest = await hook.catalog.get(opts.snapshotId);
   const listener: UffdListener = listenForUffd(opts.socketPath);
   const live = new Set<RestoreHandle>();
+  /** Restores whose VM exited and that are being closed (their stats still count as live). */
+  const ending = new Set<RestoreHandle>();
   const totals = { restores: 0, rejected: 0, faults: 0, pages: 0, poisoned: 0 };
   let lastError: string | undefined;
   let closing = false;
@@ -84,7 +86,8 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
     log.info({ snapshot: opts.snapshotId, pid: got.pid, regions: mappings.length }, 'firecracker handler: serving a VM');
     // The VM's end (its process exits) ends the restore and saves its working set.
     void handle.adopted!.exited.then(async () => {
-      if (!live.delete(handle)) return;
+      if (!live.has(handle) || ending.has(handle)) return;
+      ending.add(handle);
       const s = await handle.close().catch((err) => {
         lastError = (err as Error).message;
         return undefined;
@@ -94,6 +97,8 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
         totals.pages += s.pagesInstalled;
         totals.poisoned += s.poisoned;
       }
+      live.delete(handle);
+      ending.delete(handle);
       got.closeConnection();
     });
   };
@@ -156,8 +161,10 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
       await loop;
       listener.close();
       for (const h of [...live]) {
-        live.delete(h);
+        if (ending.has(h)) continue;
+        ending.add(h);
         await h.close().catch(() => undefined);
+        live.delete(h);
       }
     },
   };

@@ -185,10 +185,25 @@ export class RestoreHook {
 
     let closed: RestoreStats | undefined;
     let workingSetRecorded = 0;
+    // Region stats vanish with the region: keep the last reading (an adopted uffd closes itself
+    // when its owner exits; its 'exit' event comes just before).
+    const lastRegionStats = new Map<UffdRegion, RegionStats>();
+    const readRegions = (): RegionStats[] =>
+      regions.map((g) => {
+        if (!g.r.closed) {
+          try {
+            lastRegionStats.set(g.r, g.r.stats());
+          } catch {
+            // closed meanwhile
+          }
+        }
+        return lastRegionStats.get(g.r);
+      }).filter((x): x is RegionStats => x !== undefined);
+    adopted?.on('exit', () => readRegions());
     const stats = (): RestoreStats => {
       if (closed) return closed;
       const after = tierSnapshot(this.stack);
-      const regionStats = regions.filter((g) => !g.r.closed).map((g) => g.r.stats());
+      const regionStats = readRegions();
       return {
         snapshotId: m.id,
         ...sumRegionStats(regionStats),

@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import pino from 'pino';
-import { SnapshotCatalog, serveCriuPages, type CriuHeaderLayout } from '@tierstack/faas';
+import { SnapshotCatalog, serveCriuPages, createRestoreHook, serveFirecracker, type CriuHeaderLayout } from '@tierstack/faas';
 import { addStackOptions, openStack, type StackCliOptions } from '../stack-options.js';
 
 interface RestoreCliOptions extends StackCliOptions {
@@ -44,7 +44,12 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
         out(JSON.stringify(server.stats()));
         await server.close();
       } else {
-        throw new Error('--firecracker needs @tierstack/uffd (not wired yet)');
+        const hook = createRestoreHook(stack, { catalog, logger });
+        const handler = await serveFirecracker(hook, { socketPath: o.firecracker!, snapshotId: id, logger });
+        out(`Firecracker UFFD handler for ${id} listening on ${o.firecracker}; Ctrl-C stops`);
+        await untilSignal();
+        out(JSON.stringify(handler.health()));
+        await handler.close();
       }
     } finally {
       await stack.close();
