@@ -277,6 +277,8 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
         x.Set("conn", views[i].reps[r].conn);
         x.Set("state", views[i].reps[r].state);
         x.Set("slabId", Napi::BigInt::New(env, views[i].reps[r].slab_id));
+        x.Set("addr", Napi::BigInt::New(env, views[i].reps[r].addr));
+        x.Set("rkey", Napi::BigInt::New(env, views[i].reps[r].rkey));
         reps.Set(r, x);
       }
       o.Set("replicas", reps);

@@ -14,7 +14,7 @@ export interface NativeSlabView {
   ns: bigint;
   index: number;
   present: number;
-  replicas: Array<{ slot: number; conn: number; state: number; slabId: bigint }>;
+  replicas: Array<{ slot: number; conn: number; state: number; slabId: bigint; addr: bigint; rkey: bigint }>;
 }
 
 export interface NativeDonor {

@@ -24,7 +24,12 @@ let built = false;
 /** Builds the addon and the daemon's JavaScript if they are missing or older than the sources. */
 export function ensureBuilt(): void {
   if (built) return;
-  execFileSync(process.execPath, [join(repo, 'scripts', 'build-native.mjs')], { cwd: pkgDir, stdio: 'inherit' });
+  const build = (): void => void execFileSync(process.execPath, [join(repo, 'scripts', 'build-native.mjs')], { cwd: pkgDir, stdio: 'pipe' });
+  try {
+    build();
+  } catch {
+    build(); // a concurrent rebuild of the same build directory (another test run) can fail once
+  }
   if (newest(entry) < Math.max(newest(join(pkgDir, 'src')), newest(join(repo, 'packages', 'core', 'src')))) {
     execFileSync(join(repo, 'node_modules', '.bin', 'tsc'), ['-b', pkgDir], { cwd: repo, stdio: 'inherit' });
   }
@@ -37,6 +42,7 @@ export interface MemdProcess {
   port: number;
   address: string;
   pid: number;
+  metricsPort?: number;
   stderr: () => string;
   /** SIGKILL (no goodbye) and wait for the exit. */
   kill9(): Promise<void>;
@@ -73,12 +79,12 @@ export async function spawnMemd(o: SpawnOptions = {}): Promise<MemdProcess> {
     err += c.toString();
     if (err.length > 1 << 20) err = err.slice(-(1 << 19));
   });
-  const ready = await new Promise<{ host: string; port: number; pid: number }>((resolve, reject) => {
+  const ready = await new Promise<{ host: string; port: number; pid: number; metricsPort?: number }>((resolve, reject) => {
     const rl = createInterface({ input: proc.stdout! });
     const t = setTimeout(() => reject(new Error(`memd did not start: ${err}`)), 20_000);
     rl.on('line', (line) => {
       try {
-        const j = JSON.parse(line) as { ready?: boolean; host: string; port: number; pid: number };
+        const j = JSON.parse(line) as { ready?: boolean; host: string; port: number; pid: number; metricsPort?: number };
         if (j.ready) {
           clearTimeout(t);
           resolve(j);
@@ -99,6 +105,7 @@ export async function spawnMemd(o: SpawnOptions = {}): Promise<MemdProcess> {
     port: ready.port,
     address: `${ready.host}:${ready.port}`,
     pid: ready.pid,
+    ...(ready.metricsPort !== undefined ? { metricsPort: ready.metricsPort } : {}),
     stderr: () => err,
     kill9: async () => {
       proc.kill('SIGKILL');
