@@ -50,7 +50,7 @@ export interface ToolsLayout {
   busybox: string;
   /** Colon-separated library directories inside the cache. */
   libraryPath: string;
-  /** modprobe/depmod/insmod/lsmod/cxl/ndctl/daxctl, usable inside the guest with libraryPath. */
+  /** Wrappers: modprobe/depmod/insmod/rmmod/lsmod/modinfo/cxl/ndctl/daxctl (+ busybox), usable on the host and in the guest. */
   binDir: string;
 }
 
@@ -104,6 +104,22 @@ async function aptDownload(packages: readonly string[], intoDir: string): Promis
   });
 }
 
+let listsRefreshed = false;
+
+/**
+ * apt-get download, retried once after `apt-get update` when it fails: a fresh machine's apt
+ * lists can be stale (versions gone from the mirror) or lack bookworm-security.
+ */
+async function aptDownloadFresh(packages: readonly string[], intoDir: string): Promise<string[]> {
+  try {
+    return await aptDownload(packages, intoDir);
+  } catch (err) {
+    if (listsRefreshed || process.getuid?.() !== 0) throw err;
+    await refreshAptLists();
+    return aptDownload(packages, intoDir);
+  }
+}
+
 async function unpack(debs: readonly string[], root: string): Promise<void> {
   for (const deb of debs) await execOk('dpkg', ['-x', deb, root]);
 }
@@ -139,28 +155,58 @@ async function missingLibraryPackages(): Promise<string[]> {
   return names.filter((n) => !installed.has(n));
 }
 
-async function writeHelperLinks(layout: ToolsLayout): Promise<void> {
-  await mkdir(layout.binDir, { recursive: true });
-  // The package's own links point at /bin/kmod, which does not exist on the host; relative
-  // links work both on the host and in the guest (where the cache is seen at the same path).
-  for (const name of ['modprobe', 'depmod', 'insmod', 'rmmod', 'lsmod', 'modinfo']) {
-    await symlink('../bin/kmod', join(layout.binDir, name));
-  }
-  for (const name of ['cxl', 'ndctl', 'daxctl']) await symlink(`../usr/bin/${name}`, join(layout.binDir, name));
-  await symlink('../bin/busybox', join(layout.binDir, 'busybox'));
+/** Bump when the helper layout below changes: existing caches then rebuild only the helpers. */
+const HELPERS_VERSION = '2';
+
+/**
+ * <tools>/guestvm-bin: modprobe, depmod, insmod, rmmod, lsmod, modinfo, cxl, ndctl, daxctl as
+ * small sh wrappers that set LD_LIBRARY_PATH to the cache's libraries, plus busybox. They run
+ * on the host and in the guest, where the cache is seen at the same path; the guest kernel also
+ * uses the modprobe wrapper to load modules on demand (mount -t ext4, ...).
+ */
+async function ensureHelpers(cacheDir: string, layout: ToolsLayout): Promise<void> {
+  const stamp = join(layout.binDir, '.version');
+  if ((await readFile(stamp, 'utf8').catch(() => '')) === HELPERS_VERSION) return;
+  await withFileLock(join(cacheDir, 'fetch.lock'), async () => {
+    if ((await readFile(stamp, 'utf8').catch(() => '')) === HELPERS_VERSION) return;
+    const staging = `${layout.binDir}.tmp-${process.pid}`;
+    await rm(staging, { recursive: true, force: true });
+    await mkdir(join(staging, '.kmod'), { recursive: true });
+    const wrapper = (target: string) =>
+      `#!/bin/sh\nLD_LIBRARY_PATH='${layout.libraryPath}'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} exec '${target}' "$@"\n`;
+    // kmod picks its personality from argv[0]'s basename, hence one link per name. The
+    // package's own links point at /bin/kmod, which the host does not have.
+    for (const name of ['modprobe', 'depmod', 'insmod', 'rmmod', 'lsmod', 'modinfo']) {
+      await symlink('../../bin/kmod', join(staging, '.kmod', name));
+      await writeFile(join(staging, name), wrapper(join(layout.binDir, '.kmod', name)), { mode: 0o755 });
+    }
+    for (const name of ['cxl', 'ndctl', 'daxctl']) {
+      await writeFile(join(staging, name), wrapper(join(layout.root, 'usr/bin', name)), { mode: 0o755 });
+    }
+    await symlink('../bin/busybox', join(staging, 'busybox'));
+    await writeFile(join(staging, '.version'), HELPERS_VERSION);
+    await rm(layout.binDir, { recursive: true, force: true });
+    await rename(staging, layout.binDir);
+  });
 }
 
 /** Unpacks the tool packages into <cache>/tools once; later calls only check the stamp. */
 export async function ensureTools(cacheDir: string): Promise<ToolsLayout> {
   const root = join(cacheDir, 'tools');
   const stamp = join(root, '.complete');
-  if (existsSync(stamp)) return toolsLayout(root);
+  if (!existsSync(stamp)) await fetchTools(cacheDir, root, stamp);
+  const layout = toolsLayout(root);
+  await ensureHelpers(cacheDir, layout);
+  return layout;
+}
+
+async function fetchTools(cacheDir: string, root: string, stamp: string): Promise<void> {
   await mkdir(cacheDir, { recursive: true });
-  return withFileLock(join(cacheDir, 'fetch.lock'), async () => {
-    if (existsSync(stamp)) return toolsLayout(root);
+  await withFileLock(join(cacheDir, 'fetch.lock'), async () => {
+    if (existsSync(stamp)) return;
     const staging = `${root}.tmp-${process.pid}`;
     await rm(staging, { recursive: true, force: true });
-    const debs = await aptDownload(TOOL_PACKAGES, join(cacheDir, 'debs'));
+    const debs = await aptDownloadFresh(TOOL_PACKAGES, join(cacheDir, 'debs'));
     await unpack(debs, staging);
     const layout = toolsLayout(staging);
     const checked = [layout.qemu, layout.kmod, join(staging, 'usr/bin/ndctl'), join(staging, 'usr/bin/cxl'), join(staging, 'usr/bin/daxctl')];
@@ -169,15 +215,13 @@ export async function ensureTools(cacheDir: string): Promise<ToolsLayout> {
     const extra: string[] = [];
     if (lacking.length > 0) {
       extra.push(...(await missingLibraryPackages()));
-      if (extra.length > 0) await unpack(await aptDownload(extra, join(cacheDir, 'debs')), staging);
+      if (extra.length > 0) await unpack(await aptDownloadFresh(extra, join(cacheDir, 'debs')), staging);
       lacking = await missing();
       if (lacking.length > 0) throw unsupported(`QEMU or the tools need libraries that could not be fetched: ${[...new Set(lacking)].join(', ')}`);
     }
-    await writeHelperLinks(layout);
     await writeFile(join(staging, '.complete'), JSON.stringify({ debs: debs.map((d) => d.split('/').at(-1)), extra }, null, 1));
     await rm(root, { recursive: true, force: true });
     await rename(staging, root);
-    return toolsLayout(root);
   });
 }
 
@@ -203,7 +247,8 @@ async function kernelCandidates(): Promise<string[]> {
 }
 
 async function refreshAptLists(): Promise<void> {
-  if (process.getuid?.() !== 0) return;
+  if (listsRefreshed || process.getuid?.() !== 0) return;
+  listsRefreshed = true;
   // Other tierstack tooling serialises apt on this lock file; flock may be absent elsewhere.
   const viaFlock = await exec('flock', ['/tmp/tierstack-apt.lock', 'apt-get', 'update', '-qq'], { env: aptEnv() }).catch(() => null);
   if (viaFlock === null) await exec('apt-get', ['update', '-qq'], { env: aptEnv() });
@@ -254,7 +299,7 @@ export async function ensureKernel(cacheDir: string, tools: ToolsLayout): Promis
     const errors: string[] = [];
     for (const pkg of candidates.slice(0, 3)) {
       try {
-        const [deb] = await aptDownload([pkg], join(cacheDir, 'debs'));
+        const [deb] = await aptDownloadFresh([pkg], join(cacheDir, 'debs'));
         const release = pkg.replace(/^linux-image-/, '').replace(/-unsigned$/, '');
         const root = join(cacheDir, `kernel-${release}`);
         const staging = `${root}.tmp-${process.pid}`;

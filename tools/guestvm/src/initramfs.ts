@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { buildCpio, type CpioEntry } from './cpio.js';
@@ -55,12 +55,19 @@ mkdir -p $R${GUEST_JOB_DIR}
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 ${TAG_JOB} $R${GUEST_JOB_DIR} || fail "mount job share"
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 ${TAG_RESULTS} $R${GUEST_JOB_DIR}/results || fail "mount results share"
 ifconfig lo 127.0.0.1 up
+# On-demand module loading (mount -t ext4, ...) runs in the kernel's root, which is this
+# initramfs, not the chroot: hand it to the guest root's modprobe (linked by the job script).
+echo /bin/guestvm-modprobe > /proc/sys/kernel/modprobe
 hostname tierstack-guest
 echo "guestvm-init: running job"
 chroot $R /bin/sh ${GUEST_JOB_DIR}/job.sh
 echo "guestvm-init: job finished ($?)"
 sync
 poweroff -f
+`;
+
+const MODPROBE_SHIM = `#!/bin/busybox sh
+exec /bin/busybox chroot /newroot /run/guestvm-modprobe "$@"
 `;
 
 export interface Initramfs {
@@ -94,11 +101,23 @@ async function moduleLoadOrder(kernel: KernelLayout, wanted: readonly string[]):
   return order;
 }
 
+/** Drops images built from older inputs, once they have not been used for a day. */
+async function removeStaleImages(cacheDir: string, keep: string): Promise<void> {
+  const dayAgo = Date.now() - 24 * 3600_000;
+  for (const f of await readdir(cacheDir)) {
+    const p = join(cacheDir, f);
+    if (!/^initramfs-[0-9a-f]+\.cpio$/.test(f) || p === keep) continue;
+    const st = await stat(p).catch(() => null);
+    if (st && st.atimeMs < dayAgo && st.mtimeMs < dayAgo) await rm(p, { force: true });
+  }
+}
+
 export async function ensureInitramfs(cacheDir: string, tools: ToolsLayout, kernel: KernelLayout): Promise<Initramfs> {
   const modules = await moduleLoadOrder(kernel, INITRAMFS_MODULES);
   const busybox = await readFile(tools.busybox);
   const hash = createHash('sha256')
     .update(INIT_SCRIPT)
+    .update(MODPROBE_SHIM)
     .update(kernel.release)
     .update(modules.join('\n'))
     .update(busybox)
@@ -115,6 +134,7 @@ export async function ensureInitramfs(cacheDir: string, tools: ToolsLayout, kern
     entries.push({ kind: 'chardev', path: 'dev/console', major: 5, minor: 1 });
     entries.push({ kind: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 });
     entries.push({ kind: 'file', path: 'init', data: Buffer.from(INIT_SCRIPT), mode: 0o755 });
+    entries.push({ kind: 'file', path: 'bin/guestvm-modprobe', data: Buffer.from(MODPROBE_SHIM), mode: 0o755 });
     const names: string[] = [];
     for (const rel of modules) {
       const file = join(kernel.modulesRoot, kernel.release, rel);
@@ -130,6 +150,7 @@ export async function ensureInitramfs(cacheDir: string, tools: ToolsLayout, kern
     const tmp = `${path}.tmp-${process.pid}`;
     await writeFile(tmp, buildCpio(entries));
     await rename(tmp, path);
+    await removeStaleImages(cacheDir, path);
     return { path, hash };
   });
 }

@@ -33,10 +33,13 @@ export function jobScript(input: JobScriptInput): string {
 G=${GUEST_JOB_DIR}
 BB=${shQuote(tools.busybox)}
 $BB mkdir -p /lib/modules && $BB mount --bind ${shQuote(kernel.modulesRoot)} /lib/modules || { echo "cannot bind the guest kernel's modules" > $G/setup-failed; exit ${SETUP_FAILED_STATUS}; }
+# The host has no /sbin/modprobe: the kernel's on-demand module loading goes through the
+# initramfs shim (/bin/guestvm-modprobe), which runs this link in the guest root.
+$BB ln -sf ${shQuote(`${tools.binDir}/modprobe`)} /run/guestvm-modprobe
 ${
   setup
     ? `(
-  export PATH=${shQuote(`${tools.binDir}:${input.hostPath}`)} LD_LIBRARY_PATH=${shQuote(tools.libraryPath)}
+  export PATH=${shQuote(`${tools.binDir}:${input.hostPath}`)}
   set -ex
 ${setup}
 ) > $G/setup.log 2>&1 || { echo failed > $G/setup-failed; exit ${SETUP_FAILED_STATUS}; }`

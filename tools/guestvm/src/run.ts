@@ -32,7 +32,8 @@ export interface RunInGuestOptions {
     path?: string;
   };
   /**
-   * Environment of the command, added to the defaults: PATH (the host's), HOME=/root, LANG=C.UTF-8,
+   * Environment of the command, added to the defaults: PATH (the host's, then the cache's modprobe,
+   * cxl, ndctl, daxctl), HOME=/root, LANG=C.UTF-8, TERM=dumb,
    * TIERSTACK_GUEST=1 and TIERSTACK_GUEST_RESULTS (a writable directory whose files appear in `resultsDir`).
    */
   env?: Record<string, string>;
@@ -152,8 +153,10 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
       await sparseFile(backingFile, sizeMiB);
       files.cxlBackingFile = backingFile;
     }
+    const hostPath = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin';
     const env: Record<string, string> = {
-      PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
+      // The cache's modprobe/cxl/ndctl/daxctl come last: host tools win where both exist.
+      PATH: `${hostPath}:${guest.tools.binDir}`,
       HOME: '/root',
       LANG: 'C.UTF-8',
       TERM: 'dumb',
@@ -170,7 +173,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
         setup: options.setup ?? [],
         tools: guest.tools,
         kernel: guest.kernel,
-        hostPath: env.PATH!,
+        hostPath,
       }),
     );
     const started = Date.now();

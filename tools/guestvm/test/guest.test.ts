@@ -30,7 +30,7 @@ async function expectGuestError(p: Promise<unknown>): Promise<GuestVmError> {
 }
 
 describe.skipIf(!cap.ok)('guestvm: commands in a QEMU guest', () => {
-  it('runs a command: node matches the host, exit status exact, stdout/stderr separate, ublk, disk, cgroup2, results share', async () => {
+  it('runs a command: node matches the host, exit status exact, stdout/stderr separate, ublk, ext4 on the disk, cgroup2, results share', async () => {
     const results = join(scratch, 'results');
     const r = await runInGuest({
       command: [
@@ -38,6 +38,8 @@ describe.skipIf(!cap.ok)('guestvm: commands in a QEMU guest', () => {
         'uname -r',
         'test -c /dev/ublk-control && echo ublk-control-present',
         'test -b /dev/vda && echo vda-sectors=$(cat /sys/block/vda/size)',
+        // ext4 is a module: mount loads it on demand through the harness's modprobe.
+        'mkfs.ext4 -q /dev/vda && mount /dev/vda /mnt && echo on-disk > /mnt/f && umount /mnt && mount /dev/vda /mnt && cat /mnt/f',
         'grep -q "^cgroup2 /sys/fs/cgroup cgroup2" /proc/mounts && echo cgroup2-mounted',
         'echo "$GREETING" > "$TIERSTACK_GUEST_RESULTS/greeting.txt"',
         'echo this-goes-to-stderr >&2',
@@ -53,7 +55,7 @@ describe.skipIf(!cap.ok)('guestvm: commands in a QEMU guest', () => {
     const lines = r.stdout.trim().split('\n');
     expect(lines[0]).toBe(process.version);
     expect(lines[1]).toBe(r.kernelRelease);
-    expect(lines.slice(2)).toEqual(['ublk-control-present', `vda-sectors=${(16 * 1024 * 1024) / 512}`, 'cgroup2-mounted']);
+    expect(lines.slice(2)).toEqual(['ublk-control-present', `vda-sectors=${(16 * 1024 * 1024) / 512}`, 'on-disk', 'cgroup2-mounted']);
     expect(r.stderr).toBe('this-goes-to-stderr\n');
     expect(r.exitCode).toBe(3);
     expect(r.setupLog).toContain('modprobe ublk_drv');
