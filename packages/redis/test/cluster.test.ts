@@ -94,3 +94,40 @@ describe('RedisTier on a cluster', () => {
     await t.close();
   });
 });
+
+describe('RedisTier on a cluster losing a master', () => {
+  // Last in this file: it kills and restarts one node of the shared cluster.
+  it('fails with TS_ERR_UNAVAILABLE while a master is down and recovers once it is back', async () => {
+    const n = ns('outage');
+    const t = new RedisTier({ connection: { cluster: cluster.nodes }, timeoutMs: 2000 });
+    const pages = Array.from({ length: 128 }, (_, i) => i * 64); // 128 chunks: some surely on the killed master
+    await t.put(n, pages, makePages(n, pages, 4096));
+    await cluster.servers[1]!.kill();
+    let code: string | undefined;
+    try {
+      await t.get(n, pages);
+    } catch (err) {
+      code = (err as { code?: string }).code;
+    }
+    expect(code).toBe('TS_ERR_UNAVAILABLE');
+    // Same port and node config: the node rejoins (empty: no persistence).
+    await cluster.servers[1]!.restart();
+    await cluster.waitOk();
+    // The cluster client may need a moment to refresh its slot map: retry a bounded number of
+    // times (each attempt is bounded by timeoutMs); the assertion is on the data.
+    let r: Awaited<ReturnType<RedisTier['get']>> | undefined;
+    for (let attempt = 0; attempt < 20 && r === undefined; attempt++) {
+      try {
+        await t.put(n, pages, makePages(n, pages, 4096, 2));
+        r = await t.get(n, pages);
+      } catch (err) {
+        expect((err as { code?: string }).code).toBe('TS_ERR_UNAVAILABLE');
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    }
+    expect(r?.hits).toBe(pages.length);
+    const wrong = pages.filter((p, i) => !pageMatches(r!.data.subarray(i * 4096, (i + 1) * 4096), n, p, 2));
+    expect(wrong).toEqual([]);
+    await t.close();
+  }, 60_000);
+});
