@@ -202,6 +202,13 @@ describe('RedisTier standalone', () => {
     expect((await t.get(base, [0, 1, 2999])).hits).toBe(0);
     expect((await t.get(other, [0, 1])).hits).toBe(2);
     expect(await t.removeNamespace(base)).toBe(0);
+    // Glob metacharacters in a namespace match only themselves.
+    const glob = `${base}*[ab]?\\`;
+    const lookalike = `${base}XaZ\\`;
+    await t.put(glob, [0], makePages(glob, [0], 4096));
+    await t.put(lookalike, [0], makePages(lookalike, [0], 4096));
+    expect(await t.removeNamespace(glob)).toBe(1);
+    expect((await t.get(lookalike, [0])).hits).toBe(1);
     await t.close();
   });
 });
