@@ -1,6 +1,6 @@
 /** The `tierstack` command line. Each subcommand lives in commands/ and is added here. */
 import { Command, InvalidArgumentError } from 'commander';
-import { runDemo } from './commands/demo.js';
+import { runDemo, runRestoreDemo } from './commands/demo.js';
 import { registerMemdCommand } from './commands/memd.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerRestoreCommand } from './commands/restore.js';
@@ -18,12 +18,20 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('build a tier stack of the available tiers, write and read back pages, print per-tier stats')
-    .option('--pages <n>', 'pages to write and read back', positiveInt, 4096)
-    .option('--memory-mib <n>', 'DRAM tier budget in MiB (small, so the file tier is used too)', positiveInt, 4)
-    .option('--dir <path>', 'keep the file tier in this directory instead of a temporary one')
-    .action(async (o: { pages: number; memoryMib: number; dir?: string }) => {
-      const { wrong } = await runDemo({ pages: o.pages, memoryMiB: o.memoryMib, dir: o.dir });
+    .description('restore a function-like memory snapshot from the tier stack three ways (eager, lazy, lazy + working-set prefetch) and compare')
+    .option('--snapshot-mib <n>', 'snapshot size in MiB', positiveInt, 256)
+    .option('--cache-mib <n>', 'CXL (or DRAM) cache size in MiB', positiveInt, 64)
+    .option('--basic', 'the basic demo instead: write and read back pages through a stack, print per-tier stats')
+    .option('--pages <n>', '--basic: pages to write and read back', positiveInt, 4096)
+    .option('--memory-mib <n>', '--basic: DRAM tier budget in MiB (small, so the file tier is used too)', positiveInt, 4)
+    .option('--dir <path>', 'keep the stack and files in this directory instead of a temporary one')
+    .action(async (o: { snapshotMib: number; cacheMib: number; basic?: boolean; pages: number; memoryMib: number; dir?: string }) => {
+      if (o.basic) {
+        const { wrong } = await runDemo({ pages: o.pages, memoryMiB: o.memoryMib, dir: o.dir });
+        if (wrong > 0) process.exitCode = 1;
+        return;
+      }
+      const { wrong } = await runRestoreDemo({ snapshotMiB: o.snapshotMib, cacheMiB: o.cacheMib, ...(o.dir ? { dir: o.dir } : {}) });
       if (wrong > 0) process.exitCode = 1;
     });
 

@@ -13,7 +13,7 @@
  */
 import { silentLogger, type Logger, isTierStackError } from '@tierstack/core';
 import { listenForUffd, closeFd, type UffdListener, type ReceivedUffd } from '@tierstack/uffd';
-import type { RestoreHook, RestoreHandle, RestoreOptions } from './restore-hook.js';
+import type { RestoreHook, RestoreHandle, RestoreOptions, RestoreStats } from './restore-hook.js';
 import { parseFirecrackerHandshake } from './firecracker-handshake.js';
 
 export interface FirecrackerHandlerOptions {
@@ -21,6 +21,10 @@ export interface FirecrackerHandlerOptions {
   snapshotId: string;
   /** Per-restore options (eager, prefetch mode, recording). */
   restore?: RestoreOptions;
+  /** Called when a VM's restore starts being served (after an eager copy, if eager). */
+  onRestore?: (handle: RestoreHandle, pid: number) => void;
+  /** Called with a VM's final restore stats when it exits. */
+  onRestoreEnd?: (stats: RestoreStats, pid: number) => void;
   logger?: Logger;
 }
 
@@ -84,6 +88,7 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
     totals.restores++;
     live.add(handle);
     log.info({ snapshot: opts.snapshotId, pid: got.pid, regions: mappings.length }, 'firecracker handler: serving a VM');
+    opts.onRestore?.(handle, got.pid);
     // The VM's end (its process exits) ends the restore and saves its working set.
     void handle.adopted!.exited.then(async () => {
       if (!live.has(handle) || ending.has(handle)) return;
@@ -96,6 +101,7 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
         totals.faults += s.faults;
         totals.pages += s.pagesInstalled;
         totals.poisoned += s.poisoned;
+        opts.onRestoreEnd?.(s, got.pid);
       }
       live.delete(handle);
       ending.delete(handle);

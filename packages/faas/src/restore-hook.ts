@@ -37,6 +37,8 @@ export interface RestoreHookOptions {
   missing?: MissingPolicy;
   /** Pages installed per fault (aligned block, 1..64; default 16). */
   faultAround?: number;
+  /** Pages per prefetch install batch (one wake each; default 256). */
+  prefetchChunkPages?: number;
   /** Fault threads per restore (default 1). */
   faultThreads?: number;
   logger?: Logger;
@@ -165,18 +167,29 @@ export class RestoreHook {
       throw err;
     }
 
-    // Bulk prefetch, grouped per region; faults are served meanwhile.
+    // Bulk prefetch in first-touch order, grouped per region: chunks are installed without
+    // waking and woken once each, two in flight, so the instance can run on the first chunks
+    // while later ones are fetched; faults outside the set are served on demand meanwhile.
     let prefetchMs = 0;
     let prefetchRequested = 0;
+    const chunkPages = ro.eager ? 4096 : (o.prefetchChunkPages ?? 256);
     const prefetched = (async () => {
       if (prefetchPages.length === 0) return 0;
-      let n = 0;
+      const jobs: Array<{ r: UffdRegion; idx: number[] }> = [];
       for (const g of regions) {
         const idx = prefetchPages.filter((p) => p >= g.firstPage && p < g.firstPage + g.pages).map((p) => p - g.firstPage);
         prefetchRequested += idx.length;
-        // Chunks keep one install batch bounded and let faults interleave.
-        for (let i = 0; i < idx.length; i += 4096) n += await g.r.prefetch(idx.slice(i, i + 4096));
+        for (let i = 0; i < idx.length; i += chunkPages) jobs.push({ r: g.r, idx: idx.slice(i, i + chunkPages) });
       }
+      let n = 0;
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < jobs.length) {
+          const j = jobs[next++]!;
+          n += await j.r.prefetch(j.idx);
+        }
+      };
+      await Promise.all([worker(), worker()]);
       prefetchMs = performance.now() - t0;
       return n;
     })();
