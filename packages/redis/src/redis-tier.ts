@@ -67,7 +67,10 @@ export class RedisTier extends BasePageStore {
   private readonly log: Logger;
   private readyWaiter: { promise: Promise<void>; resolve: () => void } | undefined;
   private readonly onReady = (): void => {
-    if (this.everReady) this.counters.reconnects++;
+    if (this.everReady) {
+      this.counters.reconnects++;
+      this.log.info({ tier: this.name }, 'redis connection restored');
+    }
     this.everReady = true;
     this.wakeWaiters();
   };
@@ -91,6 +94,9 @@ export class RedisTier extends BasePageStore {
     } else throw badArgument(`unknown keyScheme ${String(schemeName)} (default, ublk-sector)`);
     this.pageShift = Math.log2(this.pageSize);
     this.ttlOption = options.ttlMs;
+    if (typeof this.ttlOption === 'number' && !(Number.isInteger(this.ttlOption) && this.ttlOption > 0)) {
+      throw badArgument('ttlMs must be a positive integer (ms)', { ttlMs: this.ttlOption });
+    }
     this.log = options.logger ?? silentLogger;
     const conn = resolveConnection(options.connection, { timeoutMs: this.timeoutMs, maxReconnectDelayMs: options.maxReconnectDelayMs ?? 500 });
     this.client = conn.client;
