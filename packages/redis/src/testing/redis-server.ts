@@ -29,8 +29,14 @@ function onPath(cmd: string): boolean {
  * Makes sure redis-server, redis-cli and redis-benchmark exist, installing the Debian package
  * redis-server under the shared apt lock when they do not.
  */
+let redisPresent = false;
+
 export function ensureRedisServer(): void {
-  if (onPath('redis-server') && onPath('redis-cli') && onPath('redis-benchmark')) return;
+  if (redisPresent) return;
+  if (onPath('redis-server') && onPath('redis-cli') && onPath('redis-benchmark')) {
+    redisPresent = true;
+    return;
+  }
   const root = process.getuid?.() === 0;
   const run = (args: string[]): void => {
     const argv = ['/tmp/tierstack-apt.lock', ...(root ? [] : ['sudo', '-n']), 'env', 'DEBIAN_FRONTEND=noninteractive', ...args];
@@ -44,6 +50,7 @@ export function ensureRedisServer(): void {
     run(install);
   }
   if (!onPath('redis-server')) throw new Error('redis-server is still missing after installing the Debian package redis-server');
+  redisPresent = true;
 }
 
 function portFree(port: number): Promise<boolean> {
