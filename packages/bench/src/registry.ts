@@ -9,6 +9,7 @@ export type SuiteLoader = () => Promise<Suite>;
 const loaders = new Map<string, SuiteLoader>([
   ['memory', async () => (await import('./suites/memory.js')).memorySuite],
   ['file', async () => (await import('./suites/file.js')).fileSuite],
+  ['rdma', async () => (await import('./suites/rdma.js')).rdmaSuite],
   ['redis', async () => (await import('./suites/redis.js')).redisSuite],
   ['restore', async () => (await import('./suites/restore.js')).restoreSuite],
 ]);

@@ -187,7 +187,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
                         InstanceMethod<&PoolWrap::Slabs>("slabs"), InstanceMethod<&PoolWrap::TakeTouched>("takeTouched"),
                         InstanceMethod<&PoolWrap::Degraded>("degradedEvents"), InstanceMethod<&PoolWrap::Get>("get"),
                         InstanceMethod<&PoolWrap::Put>("put"), InstanceMethod<&PoolWrap::Remove>("remove"),
-                        InstanceMethod<&PoolWrap::Handle>("handle"), InstanceMethod<&PoolWrap::Close>("close")});
+                        InstanceMethod<&PoolWrap::Handle>("handle"), InstanceMethod<&PoolWrap::SetBackup>("setBackup"), InstanceMethod<&PoolWrap::Close>("close")});
   }
   PoolWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<PoolWrap>(info) {
     auto env = info.Env();
@@ -361,6 +361,18 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   Napi::Value Remove(const Napi::CallbackInfo &info) {
     auto pages = to_pages(info[1]);
     return Napi::Number::New(info.Env(), pool_->remove(to_u64(info[0]), pages.data(), pages.size()));
+  }
+  // setBackup(handle | null): the tier has a backup; null = it has no native handle.
+  Napi::Value SetBackup(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    if (info[0].IsNull() || info[0].IsUndefined()) {
+      pool_->set_backup_js_only();
+      return env.Undefined();
+    }
+    auto ref = tierstack::unwrap_page_store(env, info[0]);
+    if (!ref) return env.Undefined();
+    pool_->set_backup_native(std::move(ref));
+    return env.Undefined();
   }
   Napi::Value Handle(const Napi::CallbackInfo &info) { return tierstack::wrap_page_store(info.Env(), pool_->store()); }
   Napi::Value Close(const Napi::CallbackInfo &info) {

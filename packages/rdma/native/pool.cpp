@@ -27,13 +27,13 @@ uint64_t now_ms() {
 }
 
 int c_get(void *self, uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
-  return static_cast<Pool *>(self)->get(ns, pages, n, bufs, status);
+  return static_cast<Pool *>(self)->abi_get(ns, pages, n, bufs, status);
 }
 int c_put(void *self, uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
-  return static_cast<Pool *>(self)->put(ns, pages, n, bufs, flags);
+  return static_cast<Pool *>(self)->abi_put(ns, pages, n, bufs, flags);
 }
 int c_remove(void *self, uint64_t ns, const uint64_t *pages, size_t n) {
-  return static_cast<Pool *>(self)->remove(ns, pages, n);
+  return static_cast<Pool *>(self)->abi_remove(ns, pages, n);
 }
 void c_retain(void *self) { static_cast<Pool *>(self)->retain(); }
 void c_release(void *self) { static_cast<Pool *>(self)->release(); }
@@ -629,6 +629,47 @@ int Pool::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *b
     }
   }
   return lost ? TS_E_UNAVAILABLE : TS_OK;
+}
+
+int Pool::abi_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+  int rc = get(ns, pages, n, bufs, status);
+  if (rc != TS_OK || backup_mode_.load() != 2) return rc;
+  std::vector<uint64_t> bp;
+  std::vector<void *> bb;
+  std::vector<size_t> idx;
+  for (size_t i = 0; i < n; i++)
+    if (status[i] < 0) {
+      bp.push_back(pages[i]);
+      bb.push_back(bufs[i]);
+      idx.push_back(i);
+    }
+  if (bp.empty()) return TS_OK;
+  std::vector<int32_t> bs(bp.size());
+  if (backup_.get_pages(ns, bp.data(), bp.size(), bb.data(), bs.data()) != TS_OK) return TS_OK;
+  for (size_t k = 0; k < bp.size(); k++)
+    if (bs[k] == TS_PAGE_FOUND) status[idx[k]] = TS_PAGE_FOUND;
+  return TS_OK;
+}
+
+int Pool::abi_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
+  int mode = backup_mode_.load();
+  if (mode == 1) return TS_E_NO_SPACE;
+  if (mode == 2) {
+    // The backup first: a page the pool then fails to place is still stored.
+    int brc = backup_.put_pages(ns, pages, n, bufs, flags);
+    if (brc != TS_OK) return brc;
+    int rc = put(ns, pages, n, bufs, flags);
+    return rc == TS_E_UNAVAILABLE ? TS_OK : rc;
+  }
+  return put(ns, pages, n, bufs, flags);
+}
+
+int Pool::abi_remove(uint64_t ns, const uint64_t *pages, size_t n) {
+  int mode = backup_mode_.load();
+  if (mode == 1) return TS_E_NO_SPACE;
+  int rc = remove(ns, pages, n);
+  if (rc == TS_OK && mode == 2) rc = backup_.remove_pages(ns, pages, n);
+  return rc;
 }
 
 int Pool::remove(uint64_t ns, const uint64_t *pages, size_t n) {

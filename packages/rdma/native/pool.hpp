@@ -118,6 +118,19 @@ class Pool {
   std::vector<std::pair<int32_t, uint64_t>> take_touched();
   uint64_t degraded_events() const { return degraded_.load(); }
 
+  // The tier's backup (a PageStore that receives every write). The C ABI must honour it too:
+  // with a JavaScript-only backup its put/remove answer TS_E_NO_SPACE (the caller takes the
+  // JavaScript path, which writes both); with a native backup they write through to it and
+  // get falls back to it for pages no replica can serve.
+  void set_backup_js_only() { backup_mode_.store(1); }
+  void set_backup_native(tierstack::StoreRef ref) {
+    backup_ = std::move(ref);
+    backup_mode_.store(2);
+  }
+  int abi_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
+  int abi_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
+  int abi_remove(uint64_t ns, const uint64_t *pages, size_t n);
+
   // Data path (any thread).
   int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
   int put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
@@ -168,6 +181,8 @@ class Pool {
   int calls_ = 0;
   std::atomic<uint64_t> degraded_{0};
 
+  std::atomic<int> backup_mode_{0};
+  tierstack::StoreRef backup_;
   ts_page_store_ops ops_{};
   ts_page_store store_{};
 };

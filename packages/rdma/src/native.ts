@@ -44,6 +44,8 @@ export interface NativePool {
   put(ns: bigint, pages: Float64Array, data: Buffer): Promise<void>;
   remove(ns: bigint, pages: Float64Array): number;
   handle(): NativePageStoreHandle;
+  /** The tier has a backup: its native handle, or null when it has none (C ABI put/remove then refuse). */
+  setBackup(handle: NativePageStoreHandle | null): void;
   close(): Promise<void>;
 }
 

@@ -161,6 +161,7 @@ export class RdmaPoolTier extends BasePageStore {
       opTimeoutMs: this.options.opTimeoutMs ?? 5000,
       name: this.name,
     });
+    if (this.backup) this.native.setBackup(this.backup.nativeHandle ?? null);
     await Promise.all(
       addrs.map(async (address, idx) => {
         const d: DonorState = { idx, address, freeBytes: 0, up: false };

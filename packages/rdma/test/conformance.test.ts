@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runPageStoreConformance, makePages, pageMatches } from '@tierstack/core/testing';
-import { namespaceId } from '@tierstack/core';
+import { namespaceId, FileTier } from '@tierstack/core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { RdmaPoolTier, rdmaAddon } from '../src/index.js';
 import { spawnMemd, stopAll, type MemdProcess } from './helpers.js';
 
@@ -41,6 +44,36 @@ describe('RdmaPoolTier native handle', () => {
       await expect(A.driveHandle(handle, namespaceId(ns), Float64Array.from([10_000_000]), 1, 'put', 1)).rejects.toMatchObject({ code: 'TS_ERR_NO_SPACE' });
     } finally {
       await tier.close();
+    }
+  });
+
+  it('honours the backup tier on the C ABI: write-through to a native backup, refusal with a JavaScript-only one', async () => {
+    const A = rdmaAddon();
+    const backup = await RdmaPoolTier.open({ donors: three.map((m) => m.address), name: 'rdma-backup' });
+    const tier = await RdmaPoolTier.open({ donors: [one.address], backup });
+    const dir = mkdtempSync(join(tmpdir(), 'rdma-abi-backup-'));
+    const file = await FileTier.open({ dir });
+    const jsBacked = await RdmaPoolTier.open({ donors: [one.address], backup: file });
+    try {
+      const ns = 'abi-backup';
+      const pages = [1, 2, 3];
+      await tier.put(ns, pages, makePages(ns, pages, tier.pageSize));
+      await A.driveHandle(tier.nativeHandle!, namespaceId(ns), Float64Array.from(pages), 3, 'put', 1);
+      const b = await backup.get(ns, pages);
+      expect(b.hits).toBe(3);
+      expect(b.data.every((x) => x === 0x5a)).toBe(true);
+      await jsBacked.put(ns, pages, makePages(ns, pages, tier.pageSize));
+      await expect(A.driveHandle(jsBacked.nativeHandle!, namespaceId(ns), Float64Array.from(pages), 3, 'put', 1)).rejects.toMatchObject({ code: 'TS_ERR_NO_SPACE' });
+      // Reads through the handle still work, and the refused put changed nothing.
+      await A.driveHandle(jsBacked.nativeHandle!, namespaceId(ns), Float64Array.from(pages), 3, 'get', 1);
+      const r = await jsBacked.get(ns, pages);
+      pages.forEach((p, i) => expect(pageMatches(r.data.subarray(i * tier.pageSize, (i + 1) * tier.pageSize), ns, p)).toBe(true));
+    } finally {
+      await tier.close();
+      await backup.close();
+      await jsBacked.close();
+      await file.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
