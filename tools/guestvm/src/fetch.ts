@@ -121,7 +121,19 @@ async function aptDownloadFresh(packages: readonly string[], intoDir: string): P
 }
 
 async function unpack(debs: readonly string[], root: string): Promise<void> {
-  for (const deb of debs) await execOk('dpkg', ['-x', deb, root]);
+  for (const deb of debs) {
+    await execOk('dpkg', ['-x', deb, root]).catch((err: unknown) => {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw unsupported('dpkg is not installed (is this a Debian machine?)', err);
+      throw err;
+    });
+  }
+}
+
+/** Staging directories a killed process left behind (callers hold the fetch lock). */
+async function removeStaleStaging(cacheDir: string): Promise<void> {
+  for (const f of await readdir(cacheDir)) {
+    if (/\.tmp-\d+$/.test(f)) await rm(join(cacheDir, f), { recursive: true, force: true });
+  }
 }
 
 /** Dynamic libraries a binary needs that neither the cache nor the host provides. */
@@ -204,6 +216,7 @@ async function fetchTools(cacheDir: string, root: string, stamp: string): Promis
   await mkdir(cacheDir, { recursive: true });
   await withFileLock(join(cacheDir, 'fetch.lock'), async () => {
     if (existsSync(stamp)) return;
+    await removeStaleStaging(cacheDir);
     const staging = `${root}.tmp-${process.pid}`;
     await rm(staging, { recursive: true, force: true });
     const debs = await aptDownloadFresh(TOOL_PACKAGES, join(cacheDir, 'debs'));
@@ -286,6 +299,7 @@ export async function ensureKernel(cacheDir: string, tools: ToolsLayout): Promis
   return withFileLock(join(cacheDir, 'fetch.lock'), async () => {
     const again = await pick();
     if (again) return kernelLayout(join(cacheDir, again));
+    await removeStaleStaging(cacheDir);
     let candidates = pinned ? [pinned] : await kernelCandidates();
     if (candidates.length === 0) {
       await refreshAptLists();

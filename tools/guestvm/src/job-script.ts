@@ -24,6 +24,11 @@ export interface JobScriptInput {
   hostPath: string;
 }
 
+/** The setup steps' script (setup.sh in the job directory), or '' when there are none. */
+export function setupStepsScript(steps: readonly GuestSetupStep[]): string {
+  return setupScript(steps);
+}
+
 export function jobScript(input: JobScriptInput): string {
   const { tools, kernel } = input;
   const command = typeof input.command === 'string' ? input.command : `exec ${input.command.map(shQuote).join(' ')}`;
@@ -38,11 +43,7 @@ $BB mkdir -p /lib/modules && $BB mount --bind ${shQuote(kernel.modulesRoot)} /li
 $BB ln -sf ${shQuote(`${tools.binDir}/modprobe`)} /run/guestvm-modprobe
 ${
   setup
-    ? `(
-  export PATH=${shQuote(`${tools.binDir}:${input.hostPath}`)}
-  set -ex
-${setup}
-) > $G/setup.log 2>&1 || { echo failed > $G/setup-failed; exit ${SETUP_FAILED_STATUS}; }`
+    ? `PATH=${shQuote(`${tools.binDir}:${input.hostPath}`)} /bin/sh -ex $G/setup.sh > $G/setup.log 2>&1 || { echo failed > $G/setup-failed; exit ${SETUP_FAILED_STATUS}; }`
     : ''
 }
 cd ${shQuote(input.cwd)} 2>/dev/null || cd /

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { GuestErrorCode, GuestVmError, tail } from './errors.js';
 import { GUEST_JOB_DIR } from './initramfs.js';
-import { jobScript } from './job-script.js';
+import { jobScript, setupStepsScript } from './job-script.js';
 import { prepareGuest } from './prepare.js';
 import { qemuArgs, type QemuPlan } from './qemu-args.js';
 import { SETUP_STEPS, type GuestSetupStep } from './setup-steps.js';
@@ -164,6 +164,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
       TIERSTACK_GUEST_RESULTS: GUEST_RESULTS_DIR,
       ...options.env,
     };
+    await writeFile(join(jobDir, 'setup.sh'), setupStepsScript(options.setup ?? []));
     await writeFile(
       join(jobDir, 'job.sh'),
       jobScript({
@@ -224,18 +225,29 @@ interface QemuOutcome {
 
 function runQemu(qemu: string, args: string[], o: { timeoutMs: number; env: NodeJS.ProcessEnv }): Promise<QemuOutcome> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(qemu, args, { env: o.env, stdio: ['ignore', 'ignore', 'pipe'] });
+    // coreutils timeout is a backstop that outlives us: if this process is SIGKILLed (a test
+    // worker torn down), the guest still dies shortly after its deadline.
+    const backstopSeconds = String(Math.ceil(o.timeoutMs / 1000) + 10);
+    const child = spawn('timeout', ['-s', 'KILL', backstopSeconds, qemu, ...args], { env: o.env, stdio: ['ignore', 'ignore', 'pipe'] });
     let qemuStderr = '';
     child.stderr.on('data', (b: Buffer) => {
       qemuStderr = (qemuStderr + b.toString('utf8')).slice(-8192);
     });
+    // timeout(1) puts itself and QEMU in their own process group: kill the whole group.
+    const killGuest = () => {
+      try {
+        if (child.pid) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        child.kill('SIGKILL');
+      }
+    };
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
-      child.kill('SIGKILL');
+      killGuest();
     }, o.timeoutMs);
     // If the test process exits (vitest tearing down), take the guest with it.
-    const onExit = () => child.kill('SIGKILL');
+    const onExit = killGuest;
     process.once('exit', onExit);
     child.on('error', (err) => {
       clearTimeout(timer);

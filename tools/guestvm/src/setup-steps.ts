@@ -1,14 +1,26 @@
 /**
  * Ready-made guest setup steps, run as root in the guest before the command, with the cache's
- * kmod/cxl/ndctl/daxctl first on PATH. Each is a POSIX sh fragment run under `set -e`.
+ * kmod/cxl/ndctl/daxctl first on PATH. They form one script run by `sh -ex` (its own process,
+ * so errexit holds: inside `( ... ) || x` the shell would ignore set -e).
  */
 
 export type GuestSetupStep = 'ublk' | 'cxl-devdax';
 
 export const SETUP_STEPS: readonly GuestSetupStep[] = ['ublk', 'cxl-devdax'];
 
-// Waits up to ~10 s for a path; devices appear asynchronously once their driver probes.
-const WAIT_FOR = `wait_for() { i=0; while [ ! -e "$1" ]; do i=$((i+1)); if [ $i -gt 200 ]; then echo "timed out waiting for $1"; return 1; fi; busybox sleep 0.05; done; }`;
+// Waits up to 20 s (guest uptime) for a path: devices appear asynchronously once their driver
+// probes. Counted in seconds, not iterations: under emulation a fork costs ~0.1-0.5 s. Quiet
+// under set -x (the trace would be one line per poll).
+const WAIT_FOR = `wait_for() {
+  { set +x; } 2>/dev/null
+  read up _ < /proc/uptime; end=$(( \${up%.*} + 20 ))
+  while [ ! -e "$1" ]; do
+    read up _ < /proc/uptime
+    if [ "\${up%.*}" -ge "$end" ]; then echo "timed out waiting for $1"; return 1; fi
+    busybox sleep 0.05
+  done
+  echo "present: $1"; set -x
+}`;
 
 const STEPS: Record<GuestSetupStep, string> = {
   // ublk: the driver creates /dev/ublk-control (devtmpfs) as soon as it is loaded.
@@ -20,7 +32,6 @@ wait_for /dev/ublk-control`,
   'cxl-devdax': `modprobe -a cxl_acpi cxl_pci cxl_mem cxl_port cxl_pmem libnvdimm nd_pmem dax_pmem device_dax dax_cxl
 wait_for /sys/bus/cxl/devices/mem0
 wait_for /sys/bus/cxl/devices/decoder0.0
-wait_for /sys/bus/cxl/devices/endpoint2 || true
 cxl create-region -m -d decoder0.0 -t pmem -w 1 -g 256 mem0
 wait_for /sys/bus/nd/devices/region0
 ndctl create-namespace -m devdax -r region0 -a 2M

@@ -1,10 +1,10 @@
 /**
  * The harness itself, against a real guest (QEMU TCG, Debian 6.12 kernel). Checks are batched
- * so the whole file boots four guests. If the harness cannot be set up here (no Debian archive
+ * so the whole file boots five guests. If the harness cannot be set up here (no Debian archive
  * reachable, say), the guest tests are skipped and the reason is printed.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -96,6 +96,22 @@ describe.skipIf(!cap.ok)('guestvm: commands in a QEMU guest', () => {
     const err = await expectGuestError(runInGuest({ command: 'sleep 600', timeoutMs: 4_000 }));
     expect(err.code).toBe('TS_ERR_TIMEOUT');
     expect(err.message).toContain('within 4000 ms');
+  });
+
+  it('a failing setup step is TS_ERR_GUEST_SETUP with its log, and the command does not run', async () => {
+    const results = join(scratch, 'setup-results');
+    const err = await expectGuestError(
+      runInGuest({
+        command: 'touch "$TIERSTACK_GUEST_RESULTS/ran"',
+        setup: ['ublk'],
+        kernelArgs: ['module_blacklist=ublk_drv'], // the guest kernel refuses to load it
+        resultsDir: results,
+        timeoutMs: 90_000,
+      }),
+    );
+    expect(err.code).toBe('TS_ERR_GUEST_SETUP');
+    expect(err.setupLog).toContain("could not insert 'ublk_drv'");
+    expect(existsSync(join(results, 'ran'))).toBe(false);
   });
 
   it('a guest kernel crash is TS_ERR_GUEST_CRASH with the console tail', async () => {
