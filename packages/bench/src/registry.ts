@@ -10,6 +10,7 @@ const loaders = new Map<string, SuiteLoader>([
   ['memory', async () => (await import('./suites/memory.js')).memorySuite],
   ['file', async () => (await import('./suites/file.js')).fileSuite],
   ['rdma', async () => (await import('./suites/rdma.js')).rdmaSuite],
+  ['cxl', async () => (await import('./suites/cxl.js')).cxlSuite],
   ['redis', async () => (await import('./suites/redis.js')).redisSuite],
   ['restore', async () => (await import('./suites/restore.js')).restoreSuite],
 ]);

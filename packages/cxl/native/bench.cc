@@ -57,7 +57,8 @@ Napi::Value MemcpyBaseline(const Napi::CallbackInfo &info) {
 }
 
 struct Loop {
-  std::vector<uint64_t> pages;  // the page numbers to cycle through
+  const double *pages = nullptr;  // the page numbers to cycle through (the caller's Float64Array)
+  size_t count = 0;
   uint32_t batch = 1;
   uint64_t iterations = 0;
   bool put = false;
@@ -71,12 +72,13 @@ bool loop_args(const Napi::CallbackInfo &info, size_t first, Loop *l) {
   std::string mode = info[first].As<Napi::String>().Utf8Value();
   if (mode != "get" && mode != "put") return false;
   l->put = mode == "put";
+  if (info[first + 1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) return false;
   auto arr = info[first + 1].As<Napi::Float64Array>();
-  l->pages.resize(arr.ElementLength());
-  for (size_t i = 0; i < l->pages.size(); i++) l->pages[i] = uint64_t(arr[i]);
+  l->pages = arr.Data();
+  l->count = arr.ElementLength();
   l->batch = info[first + 2].As<Napi::Number>().Uint32Value();
   l->iterations = uint64_t(info[first + 3].As<Napi::Number>().DoubleValue());
-  return !l->pages.empty() && l->batch > 0 && l->pages.size() >= l->batch;
+  return l->count > 0 && l->batch > 0 && l->count >= l->batch;
 }
 
 // benchMemcpy(baseline, mode, pages, batch, iterations) -> elapsed ns
@@ -92,8 +94,8 @@ Napi::Value BenchMemcpy(const Napi::CallbackInfo &info) {
   uint64_t t0 = now_ns();
   for (uint64_t it = 0; it < l.iterations; it++) {
     for (uint32_t k = 0; k < l.batch; k++) {
-      uint64_t p = l.pages[cursor];
-      cursor = cursor + 1 == l.pages.size() ? 0 : cursor + 1;
+      uint64_t p = uint64_t(l.pages[cursor]);
+      cursor = cursor + 1 == l.count ? 0 : cursor + 1;
       uint8_t *slot = b->base + (mix64(p) % b->span) * ps;
       if (l.put)
         std::memcpy(slot, scratch.data() + k * ps, ps);
@@ -129,8 +131,8 @@ Napi::Value BenchStore(const Napi::CallbackInfo &info) {
   uint64_t t0 = now_ns();
   for (uint64_t it = 0; it < l.iterations && rc == TS_OK; it++) {
     for (uint32_t k = 0; k < l.batch; k++) {
-      batch[k] = l.pages[cursor];
-      cursor = cursor + 1 == l.pages.size() ? 0 : cursor + 1;
+      batch[k] = uint64_t(l.pages[cursor]);
+      cursor = cursor + 1 == l.count ? 0 : cursor + 1;
     }
     if (l.put) {
       rc = store.put_pages(ns, batch.data(), l.batch, const_cast<const void *const *>(bufs.data()), 0);

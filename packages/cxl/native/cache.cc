@@ -69,7 +69,7 @@ uint32_t process_start_time(uint32_t pid, char *state, bool *exists) {
   return uint32_t(std::strtoull(p, nullptr, 10));
 }
 
-Cache::Cache(const Region &region) : region_(region) {
+Cache::Cache(const Region &region) : region_(region), crc_(region.header().page_size) {
   const Header &h = region.header();
   sets_ = region.base() + h.sets_offset;
   data_ = region.base() + h.data_offset;
@@ -143,8 +143,10 @@ void Cache::repair_set(uint64_t s) {
 
 int Cache::find_way(uint64_t s, uint64_t ns, uint64_t page) const {
   const SetHead *h = head(s);
+  const uint8_t tag = tag_of_hash(key_hash(ns, page));
+  const uint8_t *t = tags(s);
   for (uint32_t w = 0; w < ways_; w++) {
-    if (!(load_relaxed(&h->flags[w]) & kValid)) continue;
+    if (load_relaxed(&t[w]) != tag || !(load_relaxed(&h->flags[w]) & kValid)) continue;
     const Way *wy = way(s, w);
     if (load_relaxed(&wy->page) == page && load_relaxed(&wy->ns) == ns) return int(w);
   }
@@ -183,14 +185,15 @@ int Cache::read_page_once(uint64_t s, uint64_t ns, uint64_t page, void *buf, boo
     uint8_t f = load_relaxed(&h->flags[w]);
     bool same = (f & kValid) && load_relaxed(&wy->ns) == ns && load_relaxed(&wy->page) == page;
     uint32_t crc = load_relaxed(&wy->crc);
+    uint32_t copied_crc = 0;
     if (same) {
-      std::memcpy(buf, slot_data(s, uint32_t(w)), page_size_);
+      copied_crc = crc_.copy(buf, slot_data(s, uint32_t(w)));  // CRC of the bytes as copied
       *touched = true;
     }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (load_relaxed(&wy->seq) != s1) continue;  // changed while we copied: try again
     if (!same) continue;                          // the way was reused since find_way: look again
-    if (tierstack::crc32c(buf, page_size_) != crc) return TS_E_CHECKSUM;
+    if (copied_crc != crc) return TS_E_CHECKSUM;
     if (!(f & kRef)) __atomic_fetch_or(&h->flags[w], kRef, __ATOMIC_RELAXED);
     return TS_PAGE_FOUND;
   }
@@ -251,7 +254,6 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
   for (size_t i = 0; i < n; i++) {
     const uint64_t page = pages[i];
     const uint64_t s = set_of(ns, page, set_count_);
-    const uint32_t crc = tierstack::crc32c(bufs[i], page_size_);  // outside the lock
     lock_set(s, &steals);
     SetHead *h = head(s);
     int target = find_way(s, ns, page);
@@ -278,8 +280,7 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
         if (evict->data->capacity() == 0) evict->data->reserve(evict->capacity * uint64_t(page_size_));
         evict->data->resize((evict->count + 1) * uint64_t(page_size_));
         uint8_t *dst = evict->data->data() + evict->count * uint64_t(page_size_);
-        std::memcpy(dst, slot_data(s, uint32_t(target)), page_size_);
-        if (tierstack::crc32c(dst, page_size_) == load_relaxed(&vw->crc)) {
+        if (crc_.copy(dst, slot_data(s, uint32_t(target))) == load_relaxed(&vw->crc)) {
           evict->ns[evict->count] = load_relaxed(&vw->ns);
           evict->pages[evict->count] = load_relaxed(&vw->page);
           evict->count++;
@@ -296,8 +297,8 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
     __atomic_thread_fence(__ATOMIC_RELEASE);
     store_relaxed(&wy->ns, ns);
     store_relaxed(&wy->page, page);
-    std::memcpy(slot_data(s, uint32_t(target)), bufs[i], page_size_);
-    store_relaxed(&wy->crc, crc);
+    store_relaxed(&tags(s)[target], tag_of_hash(key_hash(ns, page)));
+    store_relaxed(&wy->crc, crc_.copy(slot_data(s, uint32_t(target)), bufs[i]));
     __atomic_store_n(&h->flags[target], new_flags, __ATOMIC_RELAXED);
     store_release(&wy->seq, seq + 2);
     unlock_set(s);
@@ -345,6 +346,7 @@ int Cache::abandon_put_for_test(uint64_t ns, uint64_t page, const void *buf) {
   __atomic_thread_fence(__ATOMIC_RELEASE);
   store_relaxed(&wy->ns, ns);
   store_relaxed(&wy->page, page);
+  store_relaxed(&tags(s)[w], tag_of_hash(key_hash(ns, page)));
   __atomic_store_n(&head(s)->flags[w], uint8_t(kValid), __ATOMIC_RELAXED);
   std::memcpy(slot_data(s, uint32_t(w)), buf, page_size_ / 2);
   return TS_OK;  // no unlock, seq stays odd: the caller exits now
@@ -362,14 +364,14 @@ bool Cache::read_way(uint64_t s, uint32_t w, void *buf, uint64_t *ns, uint64_t *
     uint8_t f = load_relaxed(&h->flags[w]);
     uint64_t k_ns = load_relaxed(&wy->ns), k_page = load_relaxed(&wy->page);
     uint32_t crc = load_relaxed(&wy->crc);
-    std::memcpy(buf, slot_data(s, w), page_size_);
+    uint32_t copied_crc = crc_.copy(buf, slot_data(s, w));
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (load_relaxed(&wy->seq) != s1) continue;
     if ((f & (kValid | kDirty)) != (kValid | kDirty)) return false;
     *ns = k_ns;
     *page = k_page;
     *seq = s1;
-    *crc_ok = tierstack::crc32c(buf, page_size_) == crc;
+    *crc_ok = copied_crc == crc;
     return true;
   }
   return false;

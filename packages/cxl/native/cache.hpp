@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "layout.hpp"
+#include "page_crc.hpp"
 #include "region.hpp"
 
 namespace cxl {
@@ -70,6 +71,7 @@ class Cache {
  private:
   uint8_t *set_base(uint64_t s) const { return sets_ + s * set_bytes_; }
   SetHead *head(uint64_t s) const { return reinterpret_cast<SetHead *>(set_base(s)); }
+  uint8_t *tags(uint64_t s) const { return head(s)->flags + ways_; }
   Way *way(uint64_t s, uint32_t w) const { return reinterpret_cast<Way *>(set_base(s) + ways_off_) + w; }
   uint8_t *slot_data(uint64_t s, uint32_t w) const { return data_ + (s * ways_ + w) * uint64_t(page_size_); }
   NsEntry *ns_table() const { return reinterpret_cast<NsEntry *>(region_.base() + ns_offset_); }
@@ -99,6 +101,7 @@ class Cache {
   uint32_t ways_;
   uint32_t page_size_;
   uint64_t lock_word_;  // this process's lock owner word
+  PageCrc crc_;
   uint32_t pid_;
 };
 

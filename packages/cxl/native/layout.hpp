@@ -96,7 +96,8 @@ struct SetHead {
   uint64_t lock;  // 0 = free, else (owner start time low 32 bits << 32) | owner pid
   uint32_t hand;  // CLOCK hand (way index), moved by the lock holder only
   uint32_t pad;
-  uint8_t flags[];  // [ways]
+  uint8_t flags[];  // [ways] flags, then [ways] tags (8 hash bits of the way's key: lookups
+                    // compare a way's key only when its tag matches)
 };
 
 struct Way {
@@ -111,9 +112,9 @@ inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // Bytes of one set record: head + flags, then the ways (8-byte aligned), rounded to a cache line.
 inline uint64_t set_record_bytes(uint32_t ways) {
-  return align_up(align_up(sizeof(SetHead) + ways, 8) + uint64_t(ways) * sizeof(Way), 64);
+  return align_up(align_up(sizeof(SetHead) + 2 * uint64_t(ways), 8) + uint64_t(ways) * sizeof(Way), 64);
 }
-inline uint64_t ways_offset_in_set(uint32_t ways) { return align_up(sizeof(SetHead) + ways, 8); }
+inline uint64_t ways_offset_in_set(uint32_t ways) { return align_up(sizeof(SetHead) + 2 * uint64_t(ways), 8); }
 
 // Index + metadata bytes per cached page (the set record amortised over its ways).
 inline double index_bytes_per_page(uint32_t ways) { return double(set_record_bytes(ways)) / ways; }
@@ -127,9 +128,9 @@ inline uint64_t mix64(uint64_t x) {
   x ^= x >> 33;
   return x;
 }
-inline uint64_t set_of(uint64_t ns, uint64_t page, uint64_t sets) {
-  uint64_t h = mix64(ns ^ mix64(page + 0x9e3779b97f4a7c15ULL));
-  return uint64_t((static_cast<unsigned __int128>(h) * sets) >> 64);
-}
+inline uint64_t key_hash(uint64_t ns, uint64_t page) { return mix64(ns ^ mix64(page + 0x9e3779b97f4a7c15ULL)); }
+inline uint64_t set_of_hash(uint64_t h, uint64_t sets) { return uint64_t((static_cast<unsigned __int128>(h) * sets) >> 64); }
+inline uint8_t tag_of_hash(uint64_t h) { return uint8_t(h); }  // low bits: independent of the set (high bits)
+inline uint64_t set_of(uint64_t ns, uint64_t page, uint64_t sets) { return set_of_hash(key_hash(ns, page), sets); }
 
 }  // namespace cxl

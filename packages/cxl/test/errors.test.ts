@@ -79,6 +79,19 @@ describe('CxlTier region validation', () => {
     expect(await codeOf(() => CxlTier.open(options))).toBe('TS_ERR_CORRUPT');
   });
 
+  it('never hands out a page whose bytes were damaged in the region: TS_ERR_CHECKSUM', async () => {
+    const options = await regionWithData('damaged');
+    const info = await cxlRegionInfo(options);
+    const fd = openSync(join(dir, 'damaged'), 'r+');
+    const junk = Buffer.alloc(info.slots * info.pageSize, 0x66);
+    writeSync(fd, junk, 0, junk.length, info.dataOffset);
+    closeSync(fd);
+    const tier = await CxlTier.open(options);
+    expect(await codeOf(() => tier.get('keep', [1]))).toBe('TS_ERR_CHECKSUM');
+    expect(tier.info().counters.checksumErrors).toBeGreaterThanOrEqual(1);
+    await tier.close();
+  });
+
   it('needs a size for a new or empty file and an existing path otherwise', async () => {
     const empty = join(dir, 'empty');
     writeFileSync(empty, '');
