@@ -598,18 +598,21 @@ int Engine::write_back(Source &, Region &r, std::vector<uint64_t> &pages,
   for (size_t off = 0; off < pages.size(); off += opts_.max_batch_pages) {
     size_t cnt = std::min<size_t>(opts_.max_batch_pages, pages.size() - off);
     int prc = client_->put(r.cfg.ns, pages.data() + off, cnt, bufs.data() + off, TS_PUT_DIRTY);
-    if (prc != TS_OK) {
-      rc = prc;
-      RegionStats::add(r.stats.writeback_errors, cnt);
-      continue;  // these stay in r.writeback: reads keep seeing them, the next flush retries
-    }
-    RegionStats::add(r.stats.writebacks, cnt);
     std::lock_guard<std::mutex> lk(r.mu);
     for (size_t i = off; i < off + cnt; i++) {
+      r.wb_inflight.erase(pages[i]);
+      if (prc != TS_OK) continue;  // stays in r.writeback: reads keep seeing it, the next flush retries
       auto it = r.writeback.find(pages[i]);
       if (it != r.writeback.end() && it->second == data[i]) r.writeback.erase(it);
     }
+    if (prc != TS_OK) {
+      rc = prc;
+      RegionStats::add(r.stats.writeback_errors, cnt);
+    } else {
+      RegionStats::add(r.stats.writebacks, cnt);
+    }
   }
+  r.wb_done.notify_all();
   return rc;
 }
 
@@ -620,7 +623,6 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
     if (r.resident <= r.cfg.budget_pages) return;
   }
   const uint64_t ps = page_size_;
-  std::lock_guard<std::mutex> put_lk(r.put_mu);
   std::vector<uint64_t> wb_pages;
   std::vector<std::shared_ptr<std::vector<uint8_t>>> wb_data;
   {
@@ -629,10 +631,15 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
     size_t slack = std::max<size_t>(1, std::min<size_t>(64, r.cfg.budget_pages / 8));
     size_t want = r.resident - r.cfg.budget_pages + slack;
     std::vector<uint64_t> victims;
-    while (victims.size() < want && !r.fifo.empty()) {
+    size_t looked = 0, limit = r.fifo.size();
+    while (victims.size() < want && !r.fifo.empty() && looked++ < limit) {
       uint64_t idx = r.fifo.front();
       r.fifo.pop_front();
       if (!r.installed.test(idx)) continue;
+      if (r.dirty.test(idx) && r.wb_inflight.count(r.cfg.page_offset + idx)) {
+        r.fifo.push_back(static_cast<uint32_t>(idx));  // its last write-back is still running: later
+        continue;
+      }
       if (std::find(victims.end() - std::min<size_t>(victims.size(), 8), victims.end(), idx) != victims.end()) continue;
       victims.push_back(idx);
     }
@@ -647,6 +654,7 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
         std::memcpy(copy->data(), reinterpret_cast<const void *>(addr), ps);
         uint64_t page = r.cfg.page_offset + idx;
         r.writeback[page] = copy;
+        r.wb_inflight.insert(page);
         wb_pages.push_back(page);
         wb_data.push_back(copy);
         r.dirty.clear(idx);
@@ -674,11 +682,12 @@ int Engine::flush(Source &s, Region &r) {
   const uint64_t ps = page_size_;
   int rc;
   {
-    std::lock_guard<std::mutex> put_lk(r.put_mu);
     std::vector<uint64_t> wb_pages;
     std::vector<std::shared_ptr<std::vector<uint8_t>>> wb_data;
     {
-      std::lock_guard<std::mutex> lk(r.mu);
+      std::unique_lock<std::mutex> lk(r.mu);
+      // Running write-backs finish first: each page then has at most one (ours).
+      r.wb_done.wait(lk, [&] { return r.wb_inflight.empty(); });
       for (uint64_t idx = 0; idx < r.npages; idx++) {
         if (!r.dirty.test(idx)) continue;
         uint64_t addr = r.addr_of(idx);
@@ -692,6 +701,7 @@ int Engine::flush(Source &s, Region &r) {
       for (auto &kv : r.writeback) {  // includes earlier write-backs that failed
         wb_pages.push_back(kv.first);
         wb_data.push_back(kv.second);
+        r.wb_inflight.insert(kv.first);
       }
     }
     rc = write_back(s, r, wb_pages, wb_data);
@@ -706,7 +716,6 @@ int Engine::discard(Source &s, Region &r) {
     int rc = flush(s, r);
     if (rc != TS_OK) return rc;
   }
-  std::lock_guard<std::mutex> put_lk(r.put_mu);
   std::lock_guard<std::mutex> lk(r.mu);
   madvise(reinterpret_cast<void *>(r.cfg.base), r.cfg.size, MADV_DONTNEED);
   r.installed.clear_all();

@@ -22,6 +22,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "region_stats.hpp"
@@ -69,13 +70,16 @@ class Region {
 
   // Managed regions only.
   std::mutex mu;       // installs, write-protect changes and evictions of this region
-  std::mutex put_mu;   // orders write-backs of this region (taken before mu)
   AtomicBitmap dirty;
   std::deque<uint32_t> fifo;  // install order: the eviction queue
   size_t resident = 0;        // installed pages (under mu)
   std::unique_ptr<std::atomic<uint32_t>[]> evict_gen;  // bumped when a page is evicted
   // Dirty pages evicted and not yet written to the stack: reads are served from here.
   std::unordered_map<uint64_t, std::shared_ptr<std::vector<uint8_t>>> writeback;
+  // Stack pages with a write-back under way. A page never has two at once (a dirty page whose
+  // previous write-back is still running is not evicted), so write-backs cannot land out of order.
+  std::unordered_set<uint64_t> wb_inflight;
+  std::condition_variable wb_done;
 
   bool contains(uint64_t addr) const { return addr >= cfg.base && addr < cfg.base + cfg.size; }
   uint64_t index_of(uint64_t addr) const { return (addr - cfg.base) / page_size; }

@@ -33,3 +33,20 @@ export function shuffled(n: number, seed = 12345): number[] {
   }
   return a;
 }
+
+/**
+ * Region stats are updated by the fault thread right after it wakes the toucher, so the last
+ * fault's figures may land a moment after the toucher finished: poll briefly.
+ */
+export async function eventually(check: () => void, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      check();
+      return;
+    } catch (err) {
+      if (Date.now() > end) throw err;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { createTierStack, FileTier, MemoryTier, type PageStore, type TierStack } from '@tierstack/core';
 import { createUffdEngine, type UffdEngine } from '../src/index.js';
 import { touchPages } from '../src/testing.js';
-import { PS, seed, shuffled, uniqueNs, wrongPages } from './helpers.js';
+import { PS, eventually, seed, shuffled, uniqueNs, wrongPages } from './helpers.js';
 
 const PAGES = 2048; // 8 MiB region
 
@@ -52,9 +52,9 @@ for (const kind of ['cxl', 'memory'] as const) {
         const out = Buffer.alloc(PAGES * PS);
         await touchPages(region.address, order, PS, { out });
         expect(wrongPages(out, ns, order, offset)).toEqual([]);
+        await eventually(() => expect(region.stats().pagesInstalled).toBe(PAGES));
         const s = region.stats();
         expect(s.residentPages).toBe(PAGES);
-        expect(s.pagesInstalled).toBe(PAGES);
         expect(s.poisoned).toBe(0);
         if (faultAround === 16) expect(s.faults).toBeLessThan(PAGES); // blocks were installed around faults
         expect(s.pagesByLevel.reduce((a, b) => a + b, 0)).toBe(PAGES);
