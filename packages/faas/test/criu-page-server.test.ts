@@ -136,3 +136,27 @@ it('a malformed header or an unknown address closes only that connection', async
 it('an unknown snapshot is TS_ERR_NOT_FOUND', async () => {
   await expect(serveCriuPages(catalog, { port: 0, snapshotId: 'none' })).rejects.toMatchObject({ code: 'TS_ERR_NOT_FOUND' });
 });
+
+it('several pids: the GET dst_id (pid << 8 | 1) selects the pid whose pages are served', async () => {
+  const d = join(dir, 'multi');
+  const a = imageBytes(4, 40);
+  const b = imageBytes(4, 41);
+  writeCriuImages(d, 100, 1, [{ vaddr: 0x10000, nrPages: 4 }], 'legacy', a);
+  writeCriuImages(d, 200, 2, [{ vaddr: 0x10000, nrPages: 4 }], 'legacy', b);
+  await importCriu(catalog, 'multi', d);
+  const server = await serveCriuPages(catalog, { port: 0, snapshotId: 'multi', headerLayout: 'legacy' });
+  try {
+    const c = await Client.open(server.port);
+    for (const [pid, img] of [
+      [200, b],
+      [100, a],
+    ] as const) {
+      c.sock.write(encodePsHeader('legacy', { cmd: PS_IOV_GET, nrPages: 2, vaddr: 0x11000, dstId: (BigInt(pid) << 8n) | 1n }));
+      expect(decodePsHeader('legacy', await c.read(24)).nrPages).toBe(2);
+      expect((await c.read(2 * PS)).equals(img.subarray(PS, 3 * PS))).toBe(true);
+    }
+    c.sock.destroy();
+  } finally {
+    await server.close();
+  }
+});
