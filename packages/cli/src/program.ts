@@ -4,6 +4,7 @@ import { runDemo, runRestoreDemo } from './commands/demo.js';
 import { registerMemdCommand } from './commands/memd.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerRestoreCommand } from './commands/restore.js';
+import { registerCxlCommands } from './commands/cxl.js';
 
 export const positiveInt = (v: string): number => {
   const n = Number(v);
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   registerRestoreCommand(program);
 
   registerMemdCommand(program);
+  registerCxlCommands(program);
 
   program
     .command('bench')
