@@ -17,6 +17,10 @@ using namespace tsrdma;
 
 namespace {
 
+uint64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 const char *code_of(int status) {
   switch (status) {
     case TS_E_CLOSED: return "TS_ERR_CLOSED";
@@ -301,59 +305,72 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   Napi::Value Degraded(const Napi::CallbackInfo &info) {
     return Napi::Number::New(info.Env(), static_cast<double>(pool_->degraded_events()));
   }
-  // get(ns, pages: Float64Array, out: Buffer) -> Promise<Int32Array of per-page status>
+  // get(ns, pages: Float64Array, out: Buffer, syncUs) -> Int32Array | Promise<Int32Array> (per-page
+  // status). A small batch is posted and polled on the calling (JS) thread for up to syncUs
+  // microseconds: a quick donor answers with no thread hop. Otherwise a libuv worker finishes it.
   Napi::Value Get(const Napi::CallbackInfo &info) {
     auto env = info.Env();
     uint64_t ns = to_u64(info[0]);
-    auto pages = std::make_shared<std::vector<uint64_t>>(to_pages(info[1]));
+    auto pages = to_pages(info[1]);
     auto out = info[2].As<Napi::Buffer<char>>();
+    double sync_us = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
     const size_t ps = pool_->page_size();
-    if (out.Length() != pages->size() * ps) {
+    if (out.Length() != pages.size() * ps) {
       throw_error(env, "output buffer size does not match the batch", "TS_ERR_BAD_ARGUMENT");
       return env.Undefined();
     }
-    auto status = std::make_shared<std::vector<int32_t>>(pages->size());
-    char *base = out.Data();
-    Pool *p = pool_;
-    auto *w = new PoolWorker(
-        env, p,
-        [p, ns, pages, status, base, ps](std::string &) {
-          std::vector<void *> bufs(pages->size());
-          for (size_t i = 0; i < bufs.size(); i++) bufs[i] = base + i * ps;
-          return p->get(ns, pages->data(), pages->size(), bufs.data(), status->data());
-        },
-        [status](Napi::Env env) -> Napi::Value {
-          auto arr = Napi::Int32Array::New(env, status->size());
-          for (size_t i = 0; i < status->size(); i++) arr[i] = (*status)[i];
-          return arr;
-        },
-        {info[2]});
-    auto promise = w->Promise();
-    w->Queue();
-    return promise;
+    std::vector<void *> bufs(pages.size());
+    for (size_t i = 0; i < bufs.size(); i++) bufs[i] = out.Data() + i * ps;
+    return run_job(env, pool_->start_get(ns, pages.data(), pages.size(), bufs.data()), sync_us, pages.size() * ps, info[2]);
   }
-  // put(ns, pages: Float64Array, data: Buffer) -> Promise<void>; rejects TS_ERR_NO_SPACE when a
-  // slab is missing (nothing written) and TS_ERR_UNAVAILABLE when some page reached no replica.
+  // put(ns, pages: Float64Array, data: Buffer, syncUs) -> undefined | Promise<void>; fails with
+  // TS_ERR_NO_SPACE when a slab is missing (nothing written) and TS_ERR_UNAVAILABLE when some
+  // page reached no replica.
   Napi::Value Put(const Napi::CallbackInfo &info) {
     auto env = info.Env();
     uint64_t ns = to_u64(info[0]);
-    auto pages = std::make_shared<std::vector<uint64_t>>(to_pages(info[1]));
+    auto pages = to_pages(info[1]);
     auto data = info[2].As<Napi::Buffer<char>>();
+    double sync_us = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
     const size_t ps = pool_->page_size();
-    if (data.Length() != pages->size() * ps) {
+    if (data.Length() != pages.size() * ps) {
       throw_error(env, "data size does not match the batch", "TS_ERR_BAD_ARGUMENT");
       return env.Undefined();
     }
-    const char *base = data.Data();
+    std::vector<const void *> bufs(pages.size());
+    for (size_t i = 0; i < bufs.size(); i++) bufs[i] = data.Data() + i * ps;
+    return run_job(env, pool_->start_put(ns, pages.data(), pages.size(), bufs.data()), sync_us, pages.size() * ps, info[2]);
+  }
+  // Batches above this many bytes are never polled on the JS thread.
+  static constexpr size_t kSyncMaxBytes = 256 * 1024;
+  Napi::Value job_result(Napi::Env env, Job &job) {
+    if (job.rc < 0) {
+      make_error(env, std::string("rdma pool ") + (job.write ? "put" : "get") + " failed (" + code_of(job.rc) + ")", code_of(job.rc)).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (job.write) return env.Undefined();
+    auto arr = Napi::Int32Array::New(env, job.status.size());
+    for (size_t i = 0; i < job.status.size(); i++) arr[i] = job.status[i];
+    return arr;
+  }
+  Napi::Value run_job(Napi::Env env, std::unique_ptr<Job> job, double sync_us, size_t bytes, Napi::Value keep) {
+    if (job->done) return job_result(env, *job);
+    if (sync_us > 0 && bytes <= kSyncMaxBytes && pool_->advance(*job, now_ns() + static_cast<uint64_t>(sync_us * 1000))) return job_result(env, *job);
+    auto shared = std::shared_ptr<Job>(std::move(job));
     Pool *p = pool_;
     auto *w = new PoolWorker(
         env, p,
-        [p, ns, pages, base, ps](std::string &) {
-          std::vector<const void *> bufs(pages->size());
-          for (size_t i = 0; i < bufs.size(); i++) bufs[i] = base + i * ps;
-          return p->put(ns, pages->data(), pages->size(), bufs.data(), 0);
+        [p, shared](std::string &) {
+          p->advance(*shared, 0);
+          return shared->rc;
         },
-        nullptr, {info[2]});
+        [shared](Napi::Env env) -> Napi::Value {
+          if (shared->write) return env.Undefined();
+          auto arr = Napi::Int32Array::New(env, shared->status.size());
+          for (size_t i = 0; i < shared->status.size(); i++) arr[i] = shared->status[i];
+          return arr;
+        },
+        {keep});
     auto promise = w->Promise();
     w->Queue();
     return promise;

@@ -22,6 +22,10 @@ void astore(T &v, T x) {
   __atomic_store_n(&v, x, __ATOMIC_RELEASE);
 }
 
+uint64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 uint64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -275,7 +279,7 @@ bool Pool::drop_replica(uint64_t ns, uint64_t index, int slot) {
   auto s = find(ns, index);
   if (!s || slot < 0 || slot >= kMaxReplicas) return false;
   // Exclusive io: no put is writing it while it goes away.
-  std::unique_lock<std::shared_mutex> io(s->io);
+  std::unique_lock<IoLock> io(s->io);
   std::lock_guard<std::mutex> lk(s->reps_mu);
   s->reps[slot] = Replica{};
   return true;
@@ -285,7 +289,7 @@ std::vector<uint64_t> Pool::replace_lost(uint64_t ns, uint64_t index, const Repl
   std::vector<uint64_t> lost;
   auto s = find(ns, index);
   if (!s) return lost;
-  std::unique_lock<std::shared_mutex> io(s->io);
+  std::unique_lock<IoLock> io(s->io);
   {
     std::lock_guard<std::mutex> lk(s->reps_mu);
     for (auto &r : s->reps) r = Replica{};
@@ -420,7 +424,7 @@ void Pool::fail_closed_locked(Op *ops, size_t n, Batch &b) {
   }
 }
 
-void Pool::wait(Batch &b, Op *ops, size_t n) {
+bool Pool::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
   uint64_t epoch = close_epoch_.load();
   uint64_t start = 0;
   unsigned spins = 0;
@@ -435,7 +439,14 @@ void Pool::wait(Batch &b, Op *ops, size_t n) {
       }
     }
     if (b.pending.load(std::memory_order_acquire) == 0) break;
-    if (++spins < 256) continue;
+    ++spins;
+    if (deadline_ns) {
+      // A bounded wait (the JS thread polling a small batch): spin, never yield or give up a donor.
+      if ((spins & 31) == 0 && now_ns() > deadline_ns) return false;
+      continue;
+    }
+    // Spin first (a donor answers in tens of microseconds), then share the CPU.
+    if (spins < 2048) continue;
     sched_yield();
     if ((spins & 1023) != 0) continue;
     uint64_t t = now_ms();
@@ -455,103 +466,148 @@ void Pool::wait(Batch &b, Op *ops, size_t n) {
       start = t;
     }
   }
+  return true;
 }
 
-int Pool::get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
-  Call call(*this);
-  if (!call.ok) return TS_E_CLOSED;
-  if (n == 0) return TS_OK;
-  if (!pages || !bufs || !status) return TS_E_BAD_ARGUMENT;
-  std::vector<std::shared_ptr<Slab>> slab(n);
-  std::vector<uint8_t> tried(n, 0), bad_crc(n, 0);
-  std::vector<int8_t> slot(n, -1);
+Job::~Job() {
+  if (locked)
+    for (auto &s : slab) s->io.unlock_shared();
+  for (auto *mr : mrs) fi_close(&mr->fid);
+  if (counted) {
+    std::lock_guard<std::mutex> lk(pool->calls_mu_);
+    if (--pool->calls_ == 0) pool->calls_cv_.notify_all();
+  }
+}
+
+void *Pool::local_desc(Job &job, const void *buf, size_t len) {
+  // Providers with FI_MR_LOCAL (verbs) need local buffers registered; tcp does not.
+  if (!mr_local_) return nullptr;
+  fid_mr *mr = nullptr;
+  if (fi_mr_reg(fd_.domain, buf, len, FI_READ | FI_WRITE, 0, local_key_seq_.fetch_add(1), 0, &mr, nullptr) != 0) return nullptr;
+  job.mrs.push_back(mr);
+  return fi_mr_desc(mr);
+}
+
+// A job counts as a running call (close() waits for it) from creation to destruction.
+static std::unique_ptr<Job> new_job(Pool *pool, std::mutex &mu, int &calls, const std::atomic<bool> &closed) {
+  auto job = std::make_unique<Job>();
+  job->pool = pool;
+  std::lock_guard<std::mutex> lk(mu);
+  if (closed.load()) {
+    job->rc = TS_E_CLOSED;
+    job->done = true;
+    return job;
+  }
+  calls++;
+  job->counted = true;
+  return job;
+}
+
+std::unique_ptr<Job> Pool::start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs) {
+  auto job = new_job(this, calls_mu_, calls_, closed_);
+  if (job->done) return job;
+  Job &j = *job;
+  j.ns = ns;
+  j.n = n;
+  j.pages.assign(pages, pages + n);
+  j.bufs.assign(bufs, bufs + n);
+  j.status.assign(n, TS_PAGE_MISS);
+  j.slab.resize(n);
+  j.tried.assign(n, 0);
+  j.bad_crc.assign(n, 0);
+  j.slot.assign(n, -1);
   std::shared_ptr<Slab> last;
   uint64_t last_idx = ~0ULL;
-  size_t todo = 0;
   for (size_t i = 0; i < n; i++) {
     uint64_t idx = pages[i] / slab_pages_;
     if (idx != last_idx) {
       last = find(ns, idx);
       last_idx = idx;
     }
-    slab[i] = last;
-    status[i] = TS_PAGE_MISS;
+    j.slab[i] = last;
     if (!last) continue;
     uint8_t st = load(last->state[pages[i] % slab_pages_]);
-    if (st == kLost) status[i] = TS_E_UNAVAILABLE;
+    if (st == kLost) j.status[i] = TS_E_UNAVAILABLE;
     if (st == kPresent) {
-      status[i] = kPendingRead;
-      todo++;
+      j.status[i] = kPendingRead;
+      j.todo++;
     }
   }
-  if (todo == 0) return TS_OK;
-  LocalRegs regs{fd_.domain, mr_local_, nullptr, {}};
-  std::atomic<uint64_t> key_seq{1ULL << 48};
-  regs.key_seq = &key_seq;
-  std::unique_ptr<Op[]> ops(new Op[n]);
-  for (int round = 0; round < kMaxReplicas && todo > 0; round++) {
-    Batch b;
-    for (size_t i = 0; i < n; i++) {
-      ops[i].batch = nullptr;
-      ops[i].result = 0;
-      if (status[i] != kPendingRead) continue;
-      Slab &s = *slab[i];
-      uint64_t off = pages[i] % slab_pages_;
-      Replica rep;
-      int r = -1;
-      {
-        std::lock_guard<std::mutex> lk(s.reps_mu);
-        for (int k = 0; k < kMaxReplicas; k++) {
-          int cand = static_cast<int>((pages[i] + round + k) % kMaxReplicas);
-          const Replica &x = s.reps[cand];
-          if (x.state != kActive || (tried[i] >> cand) & 1 || !conn_up(x.conn)) continue;
-          r = cand;
-          rep = x;
-          break;
-        }
-      }
-      if (r < 0) {
-        status[i] = bad_crc[i] ? TS_E_CHECKSUM : TS_E_UNAVAILABLE;
-        todo--;
-        continue;
-      }
-      tried[i] |= static_cast<uint8_t>(1u << r);
-      slot[i] = static_cast<int8_t>(r);
-      s.touched.store(true, std::memory_order_relaxed);
-      ops[i].batch = &b;
-      b.pending.fetch_add(1);
-      if (!post(false, ops[i], rep.conn, bufs[i], page_size_, regs.desc(bufs[i], page_size_), rep.addr + off * page_size_, rep.rkey))
-        b.pending.fetch_sub(1);
-    }
-    wait(b, ops.get(), n);
-    for (size_t i = 0; i < n; i++) {
-      if (ops[i].batch != &b || status[i] != kPendingRead) continue;
-      Slab &s = *slab[i];
-      if (ops[i].result != 0) {
-        mark_replica_dead(s, slot[i]);
-        continue;
-      }
-      uint32_t expect = load(s.crc[pages[i] % slab_pages_]);
-      if (tierstack::crc32c(bufs[i], page_size_) == expect) {
-        status[i] = TS_PAGE_FOUND;
-        todo--;
-      } else {
-        bad_crc[i] = 1;
-      }
-    }
+  if (j.todo == 0) {
+    j.done = true;
+    return job;
   }
-  for (size_t i = 0; i < n; i++)
-    if (status[i] == kPendingRead) status[i] = bad_crc[i] ? TS_E_CHECKSUM : TS_E_UNAVAILABLE;
-  return TS_OK;
+  j.ops.reset(new Op[n]);
+  j.nops = n;
+  post_get_round(j);
+  return job;
 }
 
-int Pool::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t) {
-  Call call(*this);
-  if (!call.ok) return TS_E_CLOSED;
-  if (n == 0) return TS_OK;
-  if (!pages || !bufs) return TS_E_BAD_ARGUMENT;
-  std::vector<Slab *> slab(n);
-  std::vector<std::shared_ptr<Slab>> held;
+void Pool::post_get_round(Job &j) {
+  for (size_t i = 0; i < j.n; i++) {
+    Op &op = j.ops[i];
+    op.batch = nullptr;
+    op.result = 0;
+    if (j.status[i] != kPendingRead) continue;
+    Slab &s = *j.slab[i];
+    uint64_t off = j.pages[i] % slab_pages_;
+    Replica rep;
+    int r = -1;
+    {
+      std::lock_guard<std::mutex> lk(s.reps_mu);
+      for (int k = 0; k < kMaxReplicas; k++) {
+        int cand = static_cast<int>((j.pages[i] + j.round + k) % kMaxReplicas);
+        const Replica &x = s.reps[cand];
+        if (x.state != kActive || (j.tried[i] >> cand) & 1 || !conn_up(x.conn)) continue;
+        r = cand;
+        rep = x;
+        break;
+      }
+    }
+    if (r < 0) {
+      j.status[i] = j.bad_crc[i] ? TS_E_CHECKSUM : TS_E_UNAVAILABLE;
+      j.todo--;
+      continue;
+    }
+    j.tried[i] |= static_cast<uint8_t>(1u << r);
+    j.slot[i] = static_cast<int8_t>(r);
+    s.touched.store(true, std::memory_order_relaxed);
+    op.batch = &j.batch;
+    j.batch.pending.fetch_add(1);
+    if (!post(false, op, rep.conn, j.bufs[i], page_size_, local_desc(j, j.bufs[i], page_size_), rep.addr + off * page_size_, rep.rkey))
+      j.batch.pending.fetch_sub(1);
+  }
+}
+
+void Pool::finish_get_round(Job &j) {
+  for (size_t i = 0; i < j.n; i++) {
+    if (j.ops[i].batch != &j.batch || j.status[i] != kPendingRead) continue;
+    Slab &s = *j.slab[i];
+    if (j.ops[i].result != 0) {
+      mark_replica_dead(s, j.slot[i]);
+      continue;
+    }
+    uint32_t expect = load(s.crc[j.pages[i] % slab_pages_]);
+    if (tierstack::crc32c(j.bufs[i], page_size_) == expect) {
+      j.status[i] = TS_PAGE_FOUND;
+      j.todo--;
+    } else {
+      j.bad_crc[i] = 1;
+    }
+  }
+}
+
+std::unique_ptr<Job> Pool::start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs) {
+  auto job = new_job(this, calls_mu_, calls_, closed_);
+  if (job->done) return job;
+  Job &j = *job;
+  j.write = true;
+  j.ns = ns;
+  j.n = n;
+  j.pages.assign(pages, pages + n);
+  j.bufs.resize(n);
+  for (size_t i = 0; i < n; i++) j.bufs[i] = const_cast<void *>(bufs[i]);
+  j.page_slab.resize(n);
   {
     std::shared_ptr<Slab> last;
     uint64_t last_idx = ~0ULL;
@@ -561,28 +617,27 @@ int Pool::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *b
         last = find(ns, idx);
         last_idx = idx;
         // A page with no slab yet: slabs are allocated by the control plane (JavaScript).
-        if (!last) return TS_E_NO_SPACE;
-        held.push_back(last);
+        if (!last) {
+          j.rc = TS_E_NO_SPACE;
+          j.done = true;
+          j.slab.clear();
+          return job;
+        }
+        j.slab.push_back(last);
       }
-      slab[i] = last.get();
+      j.page_slab[i] = last.get();
     }
   }
-  std::sort(held.begin(), held.end());
-  held.erase(std::unique(held.begin(), held.end()), held.end());
-  std::vector<std::shared_lock<std::shared_mutex>> locks;
-  locks.reserve(held.size());
-  for (auto &s : held) locks.emplace_back(s->io);  // ascending address order: no deadlock
-
-  LocalRegs regs{fd_.domain, mr_local_, nullptr, {}};
-  std::atomic<uint64_t> key_seq{1ULL << 48};
-  regs.key_seq = &key_seq;
-  const size_t total = n * kMaxReplicas;
-  std::unique_ptr<Op[]> ops(new Op[total]);
-  std::vector<uint32_t> crc(n);
-  Batch b;
+  std::sort(j.slab.begin(), j.slab.end());
+  j.slab.erase(std::unique(j.slab.begin(), j.slab.end()), j.slab.end());
+  for (auto &s : j.slab) s->io.lock_shared();  // ascending address order: no deadlock
+  j.locked = true;
+  j.nops = n * kMaxReplicas;
+  j.ops.reset(new Op[j.nops]);
+  j.crc.resize(n);
   for (size_t i = 0; i < n; i++) {
-    crc[i] = tierstack::crc32c(bufs[i], page_size_);
-    Slab &s = *slab[i];
+    j.crc[i] = tierstack::crc32c(j.bufs[i], page_size_);
+    Slab &s = *j.page_slab[i];
     s.touched.store(true, std::memory_order_relaxed);
     uint64_t off = pages[i] % slab_pages_;
     Replica reps[kMaxReplicas];
@@ -590,35 +645,38 @@ int Pool::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *b
       std::lock_guard<std::mutex> lk(s.reps_mu);
       std::copy(std::begin(s.reps), std::end(s.reps), reps);
     }
-    void *desc = regs.desc(bufs[i], page_size_);
+    void *desc = local_desc(j, j.bufs[i], page_size_);
     for (int r = 0; r < kMaxReplicas; r++) {
-      Op &op = ops[i * kMaxReplicas + r];
+      Op &op = j.ops[i * kMaxReplicas + r];
       op.batch = nullptr;
       op.result = -FI_ENOENT;
       if (reps[r].state != kActive && reps[r].state != kSyncing) continue;
-      op.batch = &b;
-      b.pending.fetch_add(1);
-      if (!post(true, op, reps[r].conn, const_cast<void *>(bufs[i]), page_size_, desc, reps[r].addr + off * page_size_, reps[r].rkey))
-        b.pending.fetch_sub(1);
+      op.batch = &j.batch;
+      j.batch.pending.fetch_add(1);
+      if (!post(true, op, reps[r].conn, j.bufs[i], page_size_, desc, reps[r].addr + off * page_size_, reps[r].rkey))
+        j.batch.pending.fetch_sub(1);
     }
   }
-  wait(b, ops.get(), total);
+  return job;
+}
+
+void Pool::finish_put(Job &j) {
   bool lost = false;
-  for (size_t i = 0; i < n; i++) {
-    Slab &s = *slab[i];
+  for (size_t i = 0; i < j.n; i++) {
+    Slab &s = *j.page_slab[i];
     bool ok = false;
     for (int r = 0; r < kMaxReplicas; r++) {
-      Op &op = ops[i * kMaxReplicas + r];
-      if (op.batch != &b) continue;
+      Op &op = j.ops[i * kMaxReplicas + r];
+      if (op.batch != &j.batch) continue;
       if (op.result == 0)
         ok = true;
       else
         mark_replica_dead(s, r);
     }
-    uint64_t off = pages[i] % slab_pages_;
+    uint64_t off = j.pages[i] % slab_pages_;
     uint8_t before = load(s.state[off]);
     if (ok) {
-      astore(s.crc[off], crc[i]);
+      astore(s.crc[off], j.crc[i]);
       astore(s.state[off], static_cast<uint8_t>(kPresent));
       if (before != kPresent) s.present.fetch_add(1);
     } else {
@@ -628,7 +686,48 @@ int Pool::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *b
       lost = true;
     }
   }
-  return lost ? TS_E_UNAVAILABLE : TS_OK;
+  for (auto &s : j.slab) s->io.unlock_shared();
+  j.locked = false;
+  j.rc = lost ? TS_E_UNAVAILABLE : TS_OK;
+}
+
+bool Pool::advance(Job &j, uint64_t deadline_ns) {
+  while (!j.done) {
+    if (!wait(j.batch, j.ops.get(), j.nops, deadline_ns)) return false;
+    if (j.write) {
+      finish_put(j);
+      j.done = true;
+      break;
+    }
+    finish_get_round(j);
+    j.round++;
+    if (j.todo > 0 && j.round < kMaxReplicas) {
+      post_get_round(j);
+      continue;
+    }
+    for (size_t i = 0; i < j.n; i++)
+      if (j.status[i] == kPendingRead) j.status[i] = j.bad_crc[i] ? TS_E_CHECKSUM : TS_E_UNAVAILABLE;
+    j.done = true;
+  }
+  return true;
+}
+
+int Pool::get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+  if (n == 0) return closed_.load() ? TS_E_CLOSED : TS_OK;
+  if (!pages || !bufs || !status) return TS_E_BAD_ARGUMENT;
+  auto job = start_get(ns, pages, n, bufs);
+  advance(*job, 0);
+  if (job->rc != TS_OK) return job->rc;
+  std::copy(job->status.begin(), job->status.end(), status);
+  return TS_OK;
+}
+
+int Pool::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t) {
+  if (n == 0) return closed_.load() ? TS_E_CLOSED : TS_OK;
+  if (!pages || !bufs) return TS_E_BAD_ARGUMENT;
+  auto job = start_put(ns, pages, n, bufs);
+  advance(*job, 0);
+  return job->rc;
 }
 
 int Pool::abi_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
@@ -731,12 +830,11 @@ int Pool::copy_replica(uint64_t ns, uint64_t index, int slot, std::string &err) 
   const uint64_t chunk = std::min<uint64_t>(slab_pages_, 64);
   std::unique_ptr<char, void (*)(void *)> buf(static_cast<char *>(aligned_alloc(4096, chunk * page_size_)), free);
   LocalRegs regs{fd_.domain, mr_local_, nullptr, {}};
-  std::atomic<uint64_t> key_seq{1ULL << 50};
-  regs.key_seq = &key_seq;
+  regs.key_seq = &local_key_seq_;
   void *desc = regs.desc(buf.get(), chunk * page_size_);
   for (uint64_t first = 0; first < slab_pages_; first += chunk) {
     const uint64_t count = std::min(chunk, slab_pages_ - first);
-    std::unique_lock<std::shared_mutex> io(s->io);
+    std::unique_lock<IoLock> io(s->io);
     bool any = false;
     for (uint64_t k = 0; k < count && !any; k++) any = load(s->state[first + k]) == kPresent;
     if (!any) continue;

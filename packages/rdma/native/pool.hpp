@@ -38,10 +38,45 @@ struct Replica {
   uint64_t slab_id = 0;  // the donor's id of the slab (for the control plane)
 };
 
+// A readers/writer lock with no thread affinity: a put batch may take it on the JS thread and
+// release it on a worker that finished the batch (std::shared_mutex forbids that). Writers
+// (replica copies) are preferred so that a stream of puts cannot starve them.
+class IoLock {
+ public:
+  void lock_shared() {
+    std::unique_lock<std::mutex> l(m_);
+    cv_.wait(l, [this] { return !writer_ && writers_waiting_ == 0; });
+    readers_++;
+  }
+  void unlock_shared() {
+    std::lock_guard<std::mutex> l(m_);
+    if (--readers_ == 0) cv_.notify_all();
+  }
+  void lock() {
+    std::unique_lock<std::mutex> l(m_);
+    writers_waiting_++;
+    cv_.wait(l, [this] { return !writer_ && readers_ == 0; });
+    writers_waiting_--;
+    writer_ = true;
+  }
+  void unlock() {
+    std::lock_guard<std::mutex> l(m_);
+    writer_ = false;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  int readers_ = 0;
+  int writers_waiting_ = 0;
+  bool writer_ = false;
+};
+
 struct Slab {
   // Puts hold it shared for their batch; copying a replica holds it exclusively per chunk so
   // that a concurrent put either lands before the chunk is copied or writes the new replica too.
-  std::shared_mutex io;
+  IoLock io;
   std::mutex reps_mu;  // guards reps[] (short critical sections)
   Replica reps[kMaxReplicas];
   std::vector<uint32_t> crc;
@@ -77,6 +112,37 @@ struct SlabKey {
 };
 struct SlabKeyHash {
   size_t operator()(const SlabKey &k) const { return std::hash<uint64_t>()(k.ns * 0x9E3779B97F4A7C15ULL ^ k.index); }
+};
+
+class Pool;
+
+// One batch in flight. It can be started on one thread (posting its operations), polled there
+// for a short while, and finished on another (a libuv worker) if it takes longer: the JS path
+// answers small batches without a thread hop when the donor is quick.
+struct Job {
+  bool write = false;
+  uint64_t ns = 0;
+  size_t n = 0;
+  std::vector<uint64_t> pages;
+  std::vector<void *> bufs;
+  std::vector<int32_t> status;              // get: per-page result
+  std::vector<std::shared_ptr<Slab>> slab;  // get: per page; put: the distinct slabs, io held shared
+  std::vector<Slab *> page_slab;            // put: per page
+  std::vector<uint8_t> tried, bad_crc;
+  std::vector<int8_t> slot;
+  std::vector<uint32_t> crc;
+  std::unique_ptr<Op[]> ops;
+  size_t nops = 0;
+  Batch batch;
+  int round = 0;
+  size_t todo = 0;
+  int rc = TS_OK;
+  bool done = false;
+  bool locked = false;
+  bool counted = false;  // holds one of the pool's running-call counts
+  std::vector<fid_mr *> mrs;  // local registrations (FI_MR_LOCAL providers)
+  Pool *pool = nullptr;
+  ~Job();
 };
 
 struct SlabView {  // for JavaScript: what the map holds
@@ -131,6 +197,12 @@ class Pool {
   int abi_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
   int abi_remove(uint64_t ns, const uint64_t *pages, size_t n);
 
+  // Resumable batches: start (posts), then advance until done. deadline_ns = 0 waits as long
+  // as it takes (with the donor timeout); otherwise advance returns false at the deadline.
+  std::unique_ptr<Job> start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs);
+  std::unique_ptr<Job> start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs);
+  bool advance(Job &job, uint64_t deadline_ns);
+
   // Data path (any thread).
   int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
   int put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
@@ -142,7 +214,12 @@ class Pool {
   // Posts one RMA op, progressing the CQ while the provider says EAGAIN. False when the
   // connection is down or the post failed for good (op->result set).
   bool post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void *desc, uint64_t addr, uint64_t key);
-  void wait(Batch &b, Op *ops, size_t n);
+  bool wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns = 0);
+  void post_get_round(Job &job);
+  void finish_get_round(Job &job);
+  void finish_put(Job &job);
+  void *local_desc(Job &job, const void *buf, size_t len);
+  friend struct Job;
   void progress();  // reads and dispatches completions (takes cq_mu_)
   void dispatch_locked();
   void fail_closed_locked(Op *ops, size_t n, Batch &b);
@@ -181,6 +258,7 @@ class Pool {
   int calls_ = 0;
   std::atomic<uint64_t> degraded_{0};
 
+  std::atomic<uint64_t> local_key_seq_{1ULL << 48};
   std::atomic<int> backup_mode_{0};
   tierstack::StoreRef backup_;
   ts_page_store_ops ops_{};

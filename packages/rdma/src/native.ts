@@ -40,8 +40,9 @@ export interface NativePool {
   slabs(): NativeSlabView[];
   takeTouched(): Array<[number, bigint]>;
   degradedEvents(): number;
-  get(ns: bigint, pages: Float64Array, out: Buffer): Promise<Int32Array>;
-  put(ns: bigint, pages: Float64Array, data: Buffer): Promise<void>;
+  /** Per-page status; with syncUs > 0 a small batch may complete on the calling thread (no promise). */
+  get(ns: bigint, pages: Float64Array, out: Buffer, syncUs?: number): Int32Array | Promise<Int32Array>;
+  put(ns: bigint, pages: Float64Array, data: Buffer, syncUs?: number): void | Promise<void>;
   remove(ns: bigint, pages: Float64Array): number;
   handle(): NativePageStoreHandle;
   /** The tier has a backup: its native handle, or null when it has none (C ABI put/remove then refuse). */

@@ -59,6 +59,14 @@ export interface RdmaPoolTierOptions {
   statsIntervalMs?: number;
   /** How often slab activity is reported to donors (default 1000 ms). */
   activityIntervalMs?: number;
+  /**
+   * Small batches (at most syncMaxBytes) are posted and polled on the JS thread for up to this
+   * many microseconds before a worker thread takes over: a quick donor then answers with no
+   * thread hop (default 150; 0 = always use a worker).
+   */
+  syncWaitUs?: number;
+  /** Largest batch polled on the JS thread (default 64 KiB). */
+  syncMaxBytes?: number;
   /** Random source for placement (tests). */
   random?: () => number;
 }
@@ -103,6 +111,8 @@ export class RdmaPoolTier extends BasePageStore {
   private readonly timers: NodeJS.Timeout[] = [];
   private handleCache: NativePageStoreHandle | undefined;
   private repairs = 0;
+  private readonly syncWaitUs: number;
+  private readonly syncMaxBytes: number;
 
   private constructor(
     private readonly options: RdmaPoolTierOptions,
@@ -119,6 +129,8 @@ export class RdmaPoolTier extends BasePageStore {
     }
     this.log = options.logger ?? silentLogger;
     this.random = options.random ?? Math.random;
+    this.syncWaitUs = options.syncWaitUs ?? 150;
+    this.syncMaxBytes = options.syncMaxBytes ?? 64 * 1024;
   }
 
   /** Connects to the donors (at least one must answer) and returns the tier. */
@@ -224,7 +236,7 @@ export class RdmaPoolTier extends BasePageStore {
 
   protected async doGet(ns: string, pages: number[], out: Buffer, found: Uint8Array): Promise<number> {
     const nsId = namespaceId(ns);
-    const status = await this.native.get(nsId, Float64Array.from(pages), out);
+    const status = await this.native.get(nsId, Float64Array.from(pages), out, this.syncBudget(pages.length));
     let hits = 0;
     const failed: number[] = [];
     for (let i = 0; i < status.length; i++) {
@@ -264,7 +276,7 @@ export class RdmaPoolTier extends BasePageStore {
     for (let attempt = 0; attempt < 3; attempt++) {
       await this.ensureSlabs(nsId, pages);
       try {
-        await this.native.put(nsId, list, data);
+        await this.native.put(nsId, list, data, this.syncBudget(pages.length));
         poolErr = undefined;
         break;
       } catch (err) {
@@ -283,6 +295,10 @@ export class RdmaPoolTier extends BasePageStore {
       }
       throw isTierStackError(poolErr) ? poolErr : new TierStackError(ErrorCode.Io, String(poolErr), { cause: poolErr });
     }
+  }
+
+  private syncBudget(pages: number): number {
+    return pages * this.pageSize <= this.syncMaxBytes ? this.syncWaitUs : 0;
   }
 
   protected async doRemove(ns: string, pages: number[]): Promise<void> {
