@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { runPageStoreConformance, makePages, pageMatches } from '@tierstack/core/testing';
-import { RedisTier, VALUE_HEADER_BYTES } from '../src/index.js';
+import { RedisTier, VALUE_HEADER_BYTES, isClientInstance, isClusterInstance } from '../src/index.js';
 import { RedisServer } from '../src/testing/index.js';
 
 let server: RedisServer;
@@ -70,6 +70,16 @@ describe('RedisTier standalone', () => {
     } finally {
       await sentinel.stop();
     }
+  });
+
+  it('recognises clients by shape, not instanceof', () => {
+    const fn = (): void => {};
+    const likeRedis = { status: 'ready', pipeline: fn, on: fn, sendCommand: fn, isCluster: false };
+    const likeCluster = { status: 'ready', pipeline: fn, on: fn, sendCommand: fn, nodes: fn, refreshSlotsCache: fn };
+    expect(isClientInstance(likeRedis) && !isClusterInstance(likeRedis)).toBe(true);
+    expect(isClientInstance(likeCluster) && isClusterInstance(likeCluster)).toBe(true);
+    expect(isClientInstance({ host: 'x', port: 1 })).toBe(false);
+    expect(isClientInstance(plain) && !isClusterInstance(plain)).toBe(true);
   });
 
   it('rejects ioredis keyPrefix and bad options with typed errors', () => {
