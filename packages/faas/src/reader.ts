@@ -26,7 +26,6 @@ export interface FetchResult {
 export async function fetchSnapshotPages(store: PageStore, m: SnapshotManifest, pages: ArrayLike<number>, out?: Buffer): Promise<FetchResult> {
   const ps = m.pageSize;
   const data = out ?? Buffer.alloc(pages.length * ps);
-  if (out) data.fill(0);
   const want: number[] = [];
   const slot: number[] = [];
   const bad: BadPage[] = [];
@@ -34,22 +33,26 @@ export async function fetchSnapshotPages(store: PageStore, m: SnapshotManifest, 
     const p = pages[i]!;
     if (p < 0 || p >= m.pageCount) {
       bad.push({ page: p, code: ErrorCode.NotFound });
+      if (out) data.fill(0, i * ps, (i + 1) * ps);
     } else if (!m.isZero(p)) {
       want.push(p);
       slot.push(i);
+    } else if (out) {
+      data.fill(0, i * ps, (i + 1) * ps);
     }
   }
-  if (want.length > 0) {
-    const r = await store.get(m.namespace, want);
-    for (let k = 0; k < want.length; k++) {
-      const page = r.data.subarray(k * ps, (k + 1) * ps);
-      if (!r.found[k]) {
-        bad.push({ page: want[k]!, code: ErrorCode.NotFound });
-      } else if (pageChecksum(page) !== m.checksum(want[k]!)) {
-        bad.push({ page: want[k]!, code: ErrorCode.Checksum });
-      } else {
-        page.copy(data, slot[k]! * ps);
-      }
+  if (want.length === 0) return { data, bad, fetched: 0 };
+  // No zero pages in the batch: the stack writes straight into the result (no extra copy).
+  const direct = want.length === pages.length;
+  const r = await store.get(m.namespace, want, direct ? { out: data } : {});
+  for (let k = 0; k < want.length; k++) {
+    const page = r.data.subarray(k * ps, (k + 1) * ps);
+    const code = !r.found[k] ? ErrorCode.NotFound : pageChecksum(page) !== m.checksum(want[k]!) ? ErrorCode.Checksum : undefined;
+    if (code) {
+      bad.push({ page: want[k]!, code });
+      data.fill(0, slot[k]! * ps, (slot[k]! + 1) * ps);
+    } else if (!direct) {
+      page.copy(data, slot[k]! * ps);
     }
   }
   return { data, bad, fetched: want.length };

@@ -37,8 +37,10 @@ export interface RestoreHookOptions {
   missing?: MissingPolicy;
   /** Pages installed per fault (aligned block, 1..64; default 16). */
   faultAround?: number;
-  /** Pages per prefetch install batch (one wake each; default 256). */
+  /** Pages per prefetch call (installed without waking, one wake each; default 2048). */
   prefetchChunkPages?: number;
+  /** Prefetch calls in flight (default 1). */
+  prefetchConcurrency?: number;
   /** Fault threads per restore (default 1). */
   faultThreads?: number;
   logger?: Logger;
@@ -167,12 +169,12 @@ export class RestoreHook {
       throw err;
     }
 
-    // Bulk prefetch in first-touch order, grouped per region: chunks are installed without
-    // waking and woken once each, two in flight, so the instance can run on the first chunks
-    // while later ones are fetched; faults outside the set are served on demand meanwhile.
+    // Bulk prefetch in first-touch order, grouped per region: chunks (2048 pages by default)
+    // are installed without waking and woken once each, so the instance runs on the first
+    // chunks while later ones are fetched; faults outside the set are served on demand meanwhile.
     let prefetchMs = 0;
     let prefetchRequested = 0;
-    const chunkPages = ro.eager ? 4096 : (o.prefetchChunkPages ?? 256);
+    const chunkPages = ro.eager ? 4096 : (o.prefetchChunkPages ?? 2048);
     const prefetched = (async () => {
       if (prefetchPages.length === 0) return 0;
       const jobs: Array<{ r: UffdRegion; idx: number[] }> = [];
@@ -189,7 +191,7 @@ export class RestoreHook {
           n += await j.r.prefetch(j.idx);
         }
       };
-      await Promise.all([worker(), worker()]);
+      await Promise.all(Array.from({ length: Math.max(1, o.prefetchConcurrency ?? 1) }, () => worker()));
       prefetchMs = performance.now() - t0;
       return n;
     })();

@@ -70,19 +70,19 @@ export class SnapshotPageSource extends BasePageStore {
         }
       }
     }
-    const r = await fetchSnapshotPages(this.stack, m, pages);
+    // Fetched straight into the engine's buffer; bad pages are zero-filled and reported missing.
+    const r = await fetchSnapshotPages(this.stack, m, pages, out);
     this.counts.requested += pages.length;
     this.counts.fetched += r.fetched;
-    const badSet = new Set(r.bad.map((b) => b.page));
-    let hits = 0;
-    const ps = this.pageSize;
-    for (let i = 0; i < pages.length; i++) {
-      if (badSet.has(pages[i]!)) continue;
-      if (pages[i]! < m.pageCount && m.isZero(pages[i]!)) this.counts.zeroServed++;
-      r.data.copy(out, i * ps, i * ps, (i + 1) * ps);
-      found[i] = 1;
-      hits++;
+    let hits = pages.length;
+    if (r.bad.length) {
+      const badSet = new Set(r.bad.map((b) => b.page));
+      for (let i = 0; i < pages.length; i++) if (badSet.has(pages[i]!)) hits--;
+      for (let i = 0; i < pages.length; i++) found[i] = badSet.has(pages[i]!) ? 0 : 1;
+    } else {
+      found.fill(1);
     }
+    this.counts.zeroServed += pages.length - r.fetched - r.bad.filter((b) => b.page >= m.pageCount).length;
     if (r.bad.length) {
       this.counts.bad += r.bad.length;
       if (this.badPages.length < 64) this.badPages.push(...r.bad.slice(0, 64 - this.badPages.length));
