@@ -481,6 +481,7 @@ export class RdmaPoolTier extends BasePageStore {
     for (const r of s.replicas) {
       if (r.state !== DEAD) continue;
       this.native.dropReplica(s.ns, s.index, r.slot);
+      this.evicting.delete(`${r.conn}:${r.slabId}`);
       const d = this.donors[r.conn];
       if (d?.up) await d.client!.freeSlab(r.slabId).catch(() => {});
     }

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runPageStoreConformance, makePages, pageMatches } from '@tierstack/core/testing';
 import { namespaceId, FileTier } from '@tierstack/core';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RdmaPoolTier, rdmaAddon } from '../src/index.js';
@@ -18,6 +18,26 @@ afterAll(stopAll);
 
 runPageStoreConformance('RdmaPoolTier (1 donor)', () => RdmaPoolTier.open({ donors: [one.address] }));
 runPageStoreConformance('RdmaPoolTier (3 donors, replicas 2)', () => RdmaPoolTier.open({ donors: three.map((m) => m.address), replicas: 2 }));
+
+describe('RdmaPoolTier options', () => {
+  it('reads donors from a file, and refuses a wrong token or no reachable donor with typed errors', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rdma-donors-'));
+    const file = join(dir, 'donors');
+    writeFileSync(file, `# the pool\n${three[0]!.address}\n\n${three[1]!.address}  # second\n`);
+    const tier = await RdmaPoolTier.open({ donorsFile: file, replicas: 2 });
+    try {
+      await tier.put('df', [0], makePages('df', [0], tier.pageSize));
+      expect(tier.replicaReport().donorsUp).toEqual([0, 1]);
+      expect(Object.keys(tier.replicaReport().perDonor).sort()).toEqual(['0', '1']);
+    } finally {
+      await tier.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    await expect(RdmaPoolTier.open({ donors: ['127.0.0.1:1'] })).rejects.toMatchObject({ code: 'TS_ERR_UNAVAILABLE' });
+    await expect(RdmaPoolTier.open({ donors: [] })).rejects.toMatchObject({ code: 'TS_ERR_BAD_ARGUMENT' });
+    await expect(RdmaPoolTier.open({ donors: [one.address], replicas: 9 })).rejects.toMatchObject({ code: 'TS_ERR_BAD_ARGUMENT' });
+  });
+});
 
 describe('RdmaPoolTier native handle', () => {
   it('serves pages written from JavaScript through the C ABI from a native thread', async () => {

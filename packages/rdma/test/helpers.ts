@@ -25,10 +25,15 @@ let built = false;
 export function ensureBuilt(): void {
   if (built) return;
   const build = (): void => void execFileSync(process.execPath, [join(repo, 'scripts', 'build-native.mjs')], { cwd: pkgDir, stdio: 'pipe' });
-  try {
-    build();
-  } catch {
-    build(); // a concurrent rebuild of the same build directory (another test run) can fail once
+  // A concurrent rebuild of the same build directory (another test run or setup) can fail: retry.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      build();
+      break;
+    } catch (err) {
+      if (attempt >= 3) throw err;
+      execFileSync('sleep', ['2']);
+    }
   }
   if (newest(entry) < Math.max(newest(join(pkgDir, 'src')), newest(join(repo, 'packages', 'core', 'src')))) {
     execFileSync(join(repo, 'node_modules', '.bin', 'tsc'), ['-b', pkgDir], { cwd: repo, stdio: 'inherit' });
