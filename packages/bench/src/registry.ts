@@ -13,6 +13,7 @@ const loaders = new Map<string, SuiteLoader>([
   ['cxl', async () => (await import('./suites/cxl.js')).cxlSuite],
   ['redis', async () => (await import('./suites/redis.js')).redisSuite],
   ['restore', async () => (await import('./suites/restore.js')).restoreSuite],
+  ['uffd', async () => (await import('./suites/uffd.js')).uffdSuite],
 ]);
 
 export function registerSuite(name: string, loader: SuiteLoader): void {

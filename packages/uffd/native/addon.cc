@@ -347,7 +347,9 @@ class SourceWrap : public Napi::ObjectWrap<SourceWrap> {
     Napi::Env env = info.Env();
     Region *r = region_arg(info, 0);
     if (!r) return env.Undefined();
-    int rc = engine_->discard(*source_, *r);
+    uint64_t first = info.Length() > 1 ? static_cast<uint64_t>(info[1].ToNumber().Int64Value()) : 0;
+    uint64_t count = info.Length() > 2 ? static_cast<uint64_t>(info[2].ToNumber().Int64Value()) : r->npages;
+    int rc = engine_->discard(*source_, *r, first, count);
     if (rc != TS_OK) return throw_error(env, code_of_status(rc), "discard failed");
     return env.Undefined();
   }

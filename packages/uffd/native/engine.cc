@@ -48,6 +48,10 @@ Region::Region(uint32_t id_, const RegionConfig &c, uint32_t ps)
 struct Engine::Scratch {
   std::vector<uffd_msg> msgs = std::vector<uffd_msg>(kMsgBatch);
   std::vector<std::pair<Region *, Fault>> queued;  // page faults read, not yet served
+  std::vector<std::pair<Region *, Fault>> batch;
+  std::vector<Fault> faults;
+  std::vector<Want> wants, uniq;
+  std::vector<uint64_t> blocks;
   std::vector<uint8_t> buf;
   std::vector<uint64_t> pages;
   std::vector<void *> bufs;
@@ -173,15 +177,10 @@ std::shared_ptr<Source> Engine::lookup(uint64_t id) {
 }
 
 void Engine::serve_source(Source &s, Scratch &sc) {
+  // The uffd is level-triggered with exclusive wake-ups: while this thread serves what it
+  // read, a fault arriving meanwhile wakes another fault thread.
   ssize_t n = ::read(s.fd, sc.msgs.data(), sc.msgs.size() * sizeof(uffd_msg));
   int err = errno;
-  // Re-arm at once so that other fault threads read the next faults while this one serves.
-  if (!s.closing.load()) {
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLONESHOT;
-    ev.data.u64 = tag_of(s.id, false);
-    epoll_ctl(epfd_, EPOLL_CTL_MOD, s.fd, &ev);
-  }
   if (n < 0) {
     if (err == EAGAIN || err == EINTR) return;
     source_died(lookup(s.id), err);
@@ -253,11 +252,12 @@ void Engine::handle_remove(Source &s, uint64_t start, uint64_t end, bool unmap) 
 
 void Engine::serve_faults(Source &s, Scratch &sc) {
   while (!sc.queued.empty()) {
-    std::vector<std::pair<Region *, Fault>> batch;
+    std::vector<std::pair<Region *, Fault>> &batch = sc.batch;
+    batch.clear();
     batch.swap(sc.queued);
     // Group by region, keeping arrival order within each.
     std::stable_sort(batch.begin(), batch.end(), [](const auto &a, const auto &b) { return a.first < b.first; });
-    std::vector<Fault> faults;
+    std::vector<Fault> &faults = sc.faults;
     for (size_t i = 0; i < batch.size();) {
       Region *r = batch[i].first;
       faults.clear();
@@ -292,11 +292,12 @@ void Engine::serve_region_faults(Source &s, Region &r, std::vector<Fault> &fault
   RegionStats::add(r.stats.faults, faults.size());
   if (r.gone.load()) return;
   const uint64_t fa = std::max<uint32_t>(1, std::min<uint32_t>(64, r.cfg.fault_around));
-  std::vector<Want> wants;
-  wants.reserve(faults.size() * fa);
+  std::vector<Want> &wants = sc.wants;
+  wants.clear();
   // Aligned blocks around each fault; the faulting page always (its bit may be stale), the
   // others only when not installed.
-  std::vector<uint64_t> blocks;
+  std::vector<uint64_t> &blocks = sc.blocks;
+  blocks.clear();
   for (size_t fi = 0; fi < faults.size(); fi++) {
     const Fault &f = faults[fi];
     uint64_t idx = r.index_of(f.addr);
@@ -316,8 +317,8 @@ void Engine::serve_region_faults(Source &s, Region &r, std::vector<Fault> &fault
     return a.idx != b.idx ? a.idx < b.idx : a.fault > b.fault;  // a faulting entry first
   });
   // Unique by page, keeping a faulting entry; extra faults on the same page only need a wake.
-  std::vector<Want> uniq;
-  uniq.reserve(wants.size());
+  std::vector<Want> &uniq = sc.uniq;
+  uniq.clear();
   for (auto &w : wants) {
     if (!uniq.empty() && uniq.back().idx == w.idx) continue;
     uniq.push_back(w);
@@ -710,20 +711,23 @@ int Engine::flush(Source &s, Region &r) {
   return rc != TS_OK ? rc : frc;
 }
 
-int Engine::discard(Source &s, Region &r) {
+int Engine::discard(Source &s, Region &r, uint64_t first, uint64_t count) {
   if (!s.owns_mapping) return TS_E_UNSUPPORTED;
+  if (first >= r.npages) return TS_OK;
+  count = std::min<uint64_t>(count, r.npages - first);
   if (r.cfg.managed) {
     int rc = flush(s, r);
     if (rc != TS_OK) return rc;
   }
   std::lock_guard<std::mutex> lk(r.mu);
-  madvise(reinterpret_cast<void *>(r.cfg.base), r.cfg.size, MADV_DONTNEED);
-  r.installed.clear_all();
-  r.removed.clear_all();
-  if (r.cfg.managed) {
-    r.fifo.clear();
-    r.resident = 0;
-    for (size_t i = 0; i < r.npages; i++) r.evict_gen[i].fetch_add(1);
+  madvise(reinterpret_cast<void *>(r.addr_of(first)), count * page_size_, MADV_DONTNEED);
+  for (uint64_t i = first; i < first + count; i++) {
+    bool was = r.installed.clear(i);
+    r.removed.clear(i);
+    if (r.cfg.managed) {
+      r.evict_gen[i].fetch_add(1);
+      if (was) r.resident--;
+    }
   }
   return TS_OK;
 }
@@ -770,7 +774,7 @@ int64_t Engine::ensure(Source &s, Region &r, uint64_t first, uint64_t count, int
 
 int Engine::add_to_epoll(Source &s) {
   epoll_event ev{};
-  ev.events = EPOLLIN | EPOLLONESHOT;
+  ev.events = EPOLLIN | EPOLLEXCLUSIVE;
   ev.data.u64 = tag_of(s.id, false);
   if (epoll_ctl(epfd_, EPOLL_CTL_ADD, s.fd, &ev) != 0) return -errno;
   if (s.pidfd >= 0) {

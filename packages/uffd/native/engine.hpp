@@ -144,8 +144,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int64_t ensure(Source &s, Region &r, uint64_t first, uint64_t count, int32_t *bad_status, uint64_t *bad_page);
   // Managed: writes every dirty page back to the stack, then flushes the stack.
   int flush(Source &s, Region &r);
-  // Drops every installed page of an in-process region (the next touch faults again).
-  int discard(Source &s, Region &r);
+  // Drops installed pages [first, first + count) of an in-process region (the next touch
+  // faults again); managed regions write dirty pages back first.
+  int discard(Source &s, Region &r, uint64_t first, uint64_t count);
 
   // Events for JavaScript.
   void set_notifier(std::function<void()> fn) { notify_ = std::move(fn); }

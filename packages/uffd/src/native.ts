@@ -59,7 +59,7 @@ export interface NativeSource {
   prefetch(i: number, pages: Float64Array): Promise<number>;
   ensure(i: number, first: number, count: number): number;
   flush(i: number): Promise<void>;
-  discard(i: number): void;
+  discard(i: number, first: number, count: number): void;
   residentPages(i: number): number;
   beginClose(): void;
   busy(): boolean;

@@ -147,11 +147,14 @@ export class UffdRegion extends EventEmitter {
     return this.source.flush(this.index);
   }
 
-  /** In-process regions: drops every resident page (dirty ones written back first); the next
-   *  touch faults again. */
-  discard(): void {
+  /** In-process regions: drops resident pages [first, first + count) (default: all; managed
+   *  regions write dirty pages back first); the next touch faults again. */
+  discard(first = 0, count = this.pages - first): void {
     this.assertOpen();
-    this.source.discard(this.index);
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > this.pages) {
+      throw badArgument('page range outside the region');
+    }
+    this.source.discard(this.index, first, count);
   }
 
   stats(): RegionStats {
