@@ -64,6 +64,7 @@ export async function importImage(catalog: SnapshotCatalog, id: string, src: Ima
   const ps = catalog.pageSize;
   const imageSize = src.segments.reduce((n, s) => n + s.length, 0);
   const pageCount = Math.ceil(imageSize / ps);
+  if (pageCount >= 2 ** 32) throw new TierStackError(ErrorCode.Unsupported, `an image of ${pageCount} pages is larger than a manifest can describe (2^32 pages)`);
   const regions = src.regions ?? [{ name: 'memory', size: pageCount * ps, fileOffset: 0, base: 0, pid: 0 }];
   for (const r of regions) {
     if (r.size % ps !== 0 || r.fileOffset % ps !== 0 || r.fileOffset + r.size > pageCount * ps) {

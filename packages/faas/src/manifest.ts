@@ -43,6 +43,24 @@ const KIND_TO_ENUM: Record<SourceKind, number> = { unknown: 0, raw: 1, firecrack
 const ENUM_TO_KIND: SourceKind[] = ['unknown', 'raw', 'firecracker', 'criu'];
 export const MANIFEST_VERSION = 1;
 
+/** A Uint32Array as little-endian bytes (a view on little-endian hosts). */
+function u32Bytes(a: Uint32Array): Uint8Array {
+  if (LITTLE_ENDIAN) return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const b = Buffer.alloc(a.length * 4);
+  a.forEach((v, i) => b.writeUInt32LE(v, i * 4));
+  return b;
+}
+
+function bytesU32(b: Uint8Array, what: string): Uint32Array {
+  if (b.length % 4 !== 0) throw new TierStackError(ErrorCode.Corrupt, `manifest ${what} are not whole u32 values`);
+  const out = new Uint32Array(b.length / 4);
+  if (LITTLE_ENDIAN) new Uint8Array(out.buffer).set(b);
+  else for (let i = 0; i < out.length; i++) out[i] = Buffer.from(b.buffer, b.byteOffset, b.length).readUInt32LE(i * 4);
+  return out;
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 /** Snapshot ids become part of namespaces and file names: a conservative alphabet. */
@@ -142,7 +160,8 @@ export class SnapshotManifest implements ManifestFields {
 
   encode(): Buffer {
     const { Manifest } = protoTypes();
-    const msg = Manifest.fromObject({
+    // create() (not fromObject): the big fields are already bytes, nothing to convert.
+    const msg = Manifest.create({
       version: MANIFEST_VERSION,
       id: this.id,
       pageSize: this.pageSize,
@@ -150,8 +169,8 @@ export class SnapshotManifest implements ManifestFields {
       pageCount: this.pageCount,
       imageSize: this.imageSize,
       zeroBitmap: this.zeroBitmap,
-      checksums: Array.from(this.checksums),
-      workingSets: this.workingSets.map((w) => ({ pages: w.pages, recordedAt: w.recordedAt })),
+      checksums: u32Bytes(this.checksums),
+      workingSets: this.workingSets.map((w) => ({ pages: u32Bytes(Uint32Array.from(w.pages)), recordedAt: w.recordedAt })),
       sourceKind: KIND_TO_ENUM[this.sourceKind],
       source: this.source,
       createdAt: this.createdAt,
@@ -164,7 +183,7 @@ export class SnapshotManifest implements ManifestFields {
     const { Manifest } = protoTypes();
     let o: Record<string, unknown>;
     try {
-      o = Manifest.toObject(Manifest.decode(bytes), { longs: Number, defaults: true, arrays: true }) as Record<string, unknown>;
+      o = Manifest.decode(bytes) as unknown as Record<string, unknown>;
     } catch (err) {
       throw new TierStackError(ErrorCode.Corrupt, `${what} does not decode: ${(err as Error).message}`, { cause: err });
     }
@@ -173,10 +192,10 @@ export class SnapshotManifest implements ManifestFields {
     const pageSize = Number(o.pageSize);
     const pageCount = toNumber(o.pageCount);
     if (!pageSize || (pageSize & (pageSize - 1)) !== 0) throw corrupt(`bad page size ${pageSize}`);
-    const zeroBitmap = (o.zeroBitmap as Uint8Array) ?? new Uint8Array(0);
+    const zeroBitmap = (o.zeroBitmap as Uint8Array | undefined) ?? new Uint8Array(0);
     if (zeroBitmap.length !== Math.ceil(pageCount / 8)) throw corrupt('zero bitmap length does not match the page count');
-    const regions = (o.regions as Array<Record<string, unknown>>).map((r) => ({
-      name: String(r.name),
+    const regions = ((o.regions as Array<Record<string, unknown>> | undefined) ?? []).map((r) => ({
+      name: String(r.name ?? ''),
       size: toNumber(r.size),
       fileOffset: toNumber(r.fileOffset),
       base: toNumber(r.base),
@@ -189,21 +208,21 @@ export class SnapshotManifest implements ManifestFields {
     }
     try {
       return new SnapshotManifest({
-        id: String(o.id),
+        id: String(o.id ?? ''),
         pageSize,
         regions,
         pageCount,
         imageSize: toNumber(o.imageSize),
         zeroBitmap: new Uint8Array(zeroBitmap),
-        checksums: Uint32Array.from(o.checksums as number[]),
-        workingSets: (o.workingSets as Array<Record<string, unknown>>).map((w) => ({
-          pages: (w.pages as unknown[]).map(toNumber),
+        checksums: bytesU32((o.checksums as Uint8Array | undefined) ?? new Uint8Array(0), 'checksums'),
+        workingSets: ((o.workingSets as Array<Record<string, unknown>> | undefined) ?? []).map((w) => ({
+          pages: Array.from(bytesU32((w.pages as Uint8Array | undefined) ?? new Uint8Array(0), 'working set')),
           recordedAt: toNumber(w.recordedAt),
         })),
-        sourceKind: ENUM_TO_KIND[Number(o.sourceKind)] ?? 'unknown',
+        sourceKind: ENUM_TO_KIND[Number(o.sourceKind ?? 0)] ?? 'unknown',
         source: String(o.source ?? ''),
         createdAt: toNumber(o.createdAt),
-        namespace: String(o.namespace),
+        namespace: String(o.namespace ?? ''),
       });
     } catch (err) {
       if ((err as { code?: string }).code === ErrorCode.Corrupt) throw err;
