@@ -5,5 +5,5 @@ export default defineProject({
   ssr: { resolve: { conditions: ['tierstack-source'] } },
   resolve: { conditions: ['tierstack-source'] },
   // Block devices, mounts and swap areas are machine-global: run this package's files one at a time.
-  test: { name: 'ublk', include: ['test/**/*.test.ts'], testTimeout: 120_000, hookTimeout: 60_000, fileParallelism: false },
+  test: { name: 'ublk', include: ['test/**/*.test.ts'], globalSetup: ['test/global-setup.ts'], testTimeout: 120_000, hookTimeout: 60_000, fileParallelism: false },
 });

@@ -5,6 +5,7 @@ import { registerMemdCommand } from './commands/memd.js';
 import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerRestoreCommand } from './commands/restore.js';
 import { registerCxlCommands } from './commands/cxl.js';
+import { registerUblkCommands } from './commands/ublk.js';
 
 export const positiveInt = (v: string): number => {
   const n = Number(v);
@@ -54,6 +55,8 @@ export function buildProgram(): Command {
       const measure = { ...(o.roundMs ? { roundMs: o.roundMs } : {}), ...(o.rounds ? { rounds: o.rounds } : {}) };
       await runBenchmarks({ suites, json: o.json === true, measure });
     });
+
+  registerUblkCommands(program);
 
   return program;
 }

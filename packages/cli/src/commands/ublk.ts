@@ -1,0 +1,160 @@
+/**
+ * `tierstack ublk add|del|list`, `tierstack swap on|off`, `tierstack monitor <cgroup>`.
+ *
+ * `ublk add` serves the device in the foreground (the device lives as long as this process:
+ * run it under systemd, tmux or `&`); it prints one JSON line when the device is up and tears
+ * the device down on SIGINT/SIGTERM. `ublk del` (from another shell) signals it and waits.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import { pino } from 'pino';
+import {
+  serveDevice,
+  deleteDevice,
+  listStates,
+  readDeviceStats,
+  readCgroupMemory,
+  swapOn,
+  swapOff,
+  DEFAULT_STATE_DIR,
+  type Transport,
+} from '@tierstack/ublk';
+
+export const parseSize = (v: string): number => {
+  const m = /^(\d+)([KMGT]i?B?|[kmgt])?$/.exec(v.trim());
+  if (!m) throw new InvalidArgumentError('expected a size like 1073741824, 512M or 4G');
+  const mult = { K: 1 << 10, M: 1 << 20, G: 1 << 30, T: 2 ** 40 }[(m[2] ?? '').charAt(0).toUpperCase()] ?? 1;
+  const n = Number(m[1]) * mult;
+  if (n <= 0 || n % 4096 !== 0) throw new InvalidArgumentError('the size must be a positive multiple of 4096 bytes');
+  return n;
+};
+
+const int = (lo: number, hi: number) => (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < lo || n > hi) throw new InvalidArgumentError(`expected an integer in ${lo}..${hi}`);
+  return n;
+};
+
+const mib = (b: number): string => (b / (1 << 20)).toFixed(1);
+
+export function registerUblkCommands(program: Command): void {
+  const ublk = program.command('ublk').description('the tier stack as a block device (ublk, or loop over FUSE on kernels without ublk)');
+
+  ublk
+    .command('add')
+    .description('serve a block device in the foreground until SIGINT/SIGTERM (prints a JSON line when it is up)')
+    .requiredOption('--name <name>', 'device name (state in --state-dir)')
+    .requiredOption('--size <bytes>', 'device size (e.g. 4G)', parseSize)
+    .option('--transport <t>', 'ublk | fuse-loop (default: ublk when /dev/ublk-control exists)')
+    .option('--queues <n>', 'ublk queues (one thread + io_uring each)', int(1, 64))
+    .option('--depth <n>', 'ublk queue depth', int(1, 4096))
+    .option('--data-dir <dir>', 'stack: a FileTier in this directory below the DRAM tier')
+    .option('--memory-mib <n>', 'stack: DRAM tier budget in MiB', int(1, 1 << 20))
+    .option('--swap [priority]', 'make it a swap area (swapon -p priority, default 100) and remove it on exit')
+    .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
+    .action(async (o: { name: string; size: number; transport?: string; queues?: number; depth?: number; dataDir?: string; memoryMib?: number; swap?: string | boolean; stateDir: string }) => {
+      if (o.transport !== undefined && o.transport !== 'ublk' && o.transport !== 'fuse-loop') throw new InvalidArgumentError('--transport must be ublk or fuse-loop');
+      const logger = pino({ level: process.env.LOG_LEVEL ?? 'info' }, pino.destination(2));
+      const swapPriority = o.swap === undefined ? undefined : o.swap === true ? 100 : int(-1, 32767)(String(o.swap));
+      const server = await serveDevice({
+        name: o.name,
+        sizeBytes: o.size,
+        stateDir: o.stateDir,
+        logger,
+        ...(o.transport ? { transport: o.transport as Transport } : {}),
+        ...(o.queues ? { queues: o.queues } : {}),
+        ...(o.depth ? { depth: o.depth } : {}),
+        ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+        ...(o.memoryMib ? { memoryMiB: o.memoryMib } : {}),
+        ...(swapPriority !== undefined ? { swapPriority } : {}),
+      });
+      console.log(JSON.stringify({ event: 'ready', ...server.state }));
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string): void => {
+          logger.info({ sig }, 'stopping');
+          server.stop().then(resolve, (err: unknown) => {
+            logger.error({ err }, 'stop failed');
+            process.exitCode = 1;
+            resolve();
+          });
+        };
+        process.once('SIGINT', () => stop('SIGINT'));
+        process.once('SIGTERM', () => stop('SIGTERM'));
+      });
+      console.log(JSON.stringify({ event: 'stopped', name: o.name }));
+    });
+
+  ublk
+    .command('del')
+    .description('stop a served device (signals its server and waits; deletes a ublk device whose server died)')
+    .argument('<name>')
+    .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
+    .action(async (name: string, o: { stateDir: string }) => {
+      await deleteDevice(name, { stateDir: o.stateDir });
+      console.log(`deleted ${name}`);
+    });
+
+  ublk
+    .command('list')
+    .description('list served devices')
+    .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
+    .option('--json', 'JSON output')
+    .action((o: { stateDir: string; json?: boolean }) => {
+      const states = listStates(o.stateDir);
+      if (o.json) {
+        console.log(JSON.stringify(states));
+        return;
+      }
+      const rows = [['name', 'transport', 'device', 'size MiB', 'pid', 'alive', 'swap']];
+      for (const s of states) rows.push([s.name, s.transport, s.path, mib(s.sizeBytes), String(s.pid), s.alive ? 'yes' : 'NO', s.swap ? 'yes' : '']);
+      const w = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+      console.log(rows.map((r) => r.map((x, c) => x.padEnd(w[c]!)).join('  ')).join('\n'));
+    });
+
+  const swap = program.command('swap').description('make a block device a swap area, or remove it');
+  swap
+    .command('on')
+    .argument('<device>')
+    .option('-p, --priority <n>', 'swap priority', int(-1, 32767), 100)
+    .action(async (device: string, o: { priority: number }) => {
+      await swapOn(device, { priority: o.priority });
+      console.log(`swap on ${device} (priority ${o.priority})`);
+    });
+  swap
+    .command('off')
+    .argument('<device>')
+    .action(async (device: string) => {
+      await swapOff(device);
+      console.log(`swap off ${device}`);
+    });
+
+  program
+    .command('monitor')
+    .description("a cgroup's RAM and swap use, live, next to a served device's request and tier stats")
+    .argument('<cgroup>', 'a memory cgroup: a path, or a name under /sys/fs/cgroup/memory (v1) or the v2 root')
+    .option('--device <name>', 'a device served by `tierstack ublk add`')
+    .option('--interval <ms>', 'refresh period', int(100, 3_600_000), 1000)
+    .option('--count <n>', 'stop after n samples', int(1, 1 << 30))
+    .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
+    .action(async (cgroup: string, o: { device?: string; interval: number; count?: number; stateDir: string }) => {
+      for (let i = 0; o.count === undefined || i < o.count; i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, o.interval));
+        const cg = await readCgroupMemory(cgroup);
+        const parts = [
+          new Date().toISOString().slice(11, 19),
+          `cgroup ram ${mib(cg.ramBytes)} MiB${Number.isFinite(cg.limitBytes) ? ` / ${mib(cg.limitBytes)}` : ''}`,
+          `swap ${mib(cg.swapBytes)} MiB`,
+        ];
+        const s = o.device ? readDeviceStats(o.device, o.stateDir) : undefined;
+        if (s) {
+          const d = s.device;
+          parts.push(
+            `dev r ${d.read.requests} (${mib(d.read.bytes)} MiB, p99 ${d.read.latency.p99Us.toFixed(0)} us)`,
+            `w ${d.write.requests} (${mib(d.write.bytes)} MiB, p99 ${d.write.latency.p99Us.toFixed(0)} us)`,
+            `discard ${d.discard.requests}`,
+            ...s.stack.tiers.map((t) => `${t.name}: get ${t.ops.get.pages} hit ${t.ops.get.hits} put ${t.ops.put.pages}`),
+          );
+        } else if (o.device) parts.push(`(no stats for device ${o.device})`);
+        console.log(parts.join(' | '));
+      }
+    });
+}
