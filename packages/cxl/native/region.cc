@@ -223,12 +223,14 @@ Status Region::open(const OpenOptions &o) {
     }
   }
 
-  // Map what the existing header says (bounded by the backing), or what will be formatted.
-  uint64_t want = backing_bytes;
-  if (o.format && o.size) want = o.size;
-  Status st = map(want, -1);
+  // Map the whole backing; a new layout uses `size` bytes of it when given (a devdax prefix).
+  Status st = map(backing_bytes, -1);
   if (!st.is_ok()) return st;
-  if (o.format || all_zero(base_, kHeaderBytes)) return format(o, want);
+  if (o.format || all_zero(base_, kHeaderBytes)) {
+    if (o.size > backing_bytes)
+      return Status::fail(TS_E_BAD_ARGUMENT, "size " + std::to_string(o.size) + " exceeds the backing's " + std::to_string(backing_bytes) + " bytes");
+    return format(o, o.size ? o.size : backing_bytes);
+  }
   st = validate(o, backing_bytes);
   if (!st.is_ok()) return st;
   // The mapping stays as large as the backing; the layout uses region_bytes of it.
