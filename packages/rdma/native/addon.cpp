@@ -79,6 +79,7 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "Donor",
                        {InstanceMethod<&DonorWrap::Address>("address"), InstanceMethod<&DonorWrap::MrMode>("mrMode"),
+                        InstanceMethod<&DonorWrap::RawAddress>("rawAddress"),
                         InstanceMethod<&DonorWrap::AllocSlab>("allocSlab"), InstanceMethod<&DonorWrap::FreeSlab>("freeSlab"),
                         InstanceMethod<&DonorWrap::Stats>("stats"), InstanceMethod<&DonorWrap::Close>("close")});
   }
@@ -108,6 +109,11 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
     o.Set("node", donor_->node());
     o.Set("service", donor_->service());
     return o;
+  }
+  Napi::Value RawAddress(const Napi::CallbackInfo &info) {
+    if (!check(info.Env())) return info.Env().Undefined();
+    const std::string &a = donor_->raw_address();
+    return Napi::Buffer<char>::Copy(info.Env(), a.data(), a.size());
   }
   Napi::Value MrMode(const Napi::CallbackInfo &info) {
     if (!check(info.Env())) return info.Env().Undefined();
@@ -213,11 +219,17 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   }
 
  private:
+  // connect(idx, node, service, rawAddr?: Buffer)
   Napi::Value Connect(const Napi::CallbackInfo &info) {
     int32_t idx = info[0].As<Napi::Number>().Int32Value();
     std::string node = info[1].As<Napi::String>(), service = info[2].As<Napi::String>();
+    std::string raw;
+    if (info.Length() > 3 && info[3].IsBuffer()) {
+      auto b = info[3].As<Napi::Buffer<char>>();
+      raw.assign(b.Data(), b.Length());
+    }
     Pool *p = pool_;
-    auto *w = new PoolWorker(info.Env(), p, [p, idx, node, service](std::string &err) { return p->connect(idx, node, service, err); }, nullptr, {});
+    auto *w = new PoolWorker(info.Env(), p, [p, idx, node, service, raw](std::string &err) { return p->connect(idx, node, service, raw, err); }, nullptr, {});
     auto promise = w->Promise();
     w->Queue();
     return promise;

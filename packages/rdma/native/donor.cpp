@@ -26,22 +26,42 @@ bool Donor::open(const std::string &provider, const std::string &node, const std
   cq_attr.size = 1024;
   rc = fi_cq_open(fd_.domain, &cq_attr, &cq_, nullptr);
   if (rc) return fail("fi_cq_open", rc);
-  rc = fi_passive_ep(fd_.fabric, fd_.info, &pep_, nullptr);
-  if (rc) return fail("fi_passive_ep", rc);
-  rc = fi_pep_bind(pep_, &eq_->fid, 0);
-  if (rc) return fail("fi_pep_bind", rc);
-  rc = fi_listen(pep_);
-  if (rc) return fail("fi_listen", rc);
-  char addr[128];
+  char addr[256];
   size_t len = sizeof addr;
-  rc = fi_getname(&pep_->fid, addr, &len);
-  if (rc) return fail("fi_getname", rc);
-  if (!sockaddr_to_strings(addr, len, node_, service_)) {
-    error_ = "the passive endpoint has a non-IP address";
-    close();
-    return false;
+  if (fd_.rdm()) {
+    // Reliable datagrams: one endpoint, clients address it through their address vectors and
+    // the provider (ofi_rxm) makes connections underneath. Only progress is needed here.
+    fi_av_attr av_attr{};
+    av_attr.type = FI_AV_TABLE;
+    rc = fi_av_open(fd_.domain, &av_attr, &av_, nullptr);
+    if (rc) return fail("fi_av_open", rc);
+    rc = fi_endpoint(fd_.domain, fd_.info, &rdm_ep_, nullptr);
+    if (rc) return fail("fi_endpoint", rc);
+    rc = fi_ep_bind(rdm_ep_, &av_->fid, 0);
+    if (rc) return fail("fi_ep_bind(av)", rc);
+    rc = fi_ep_bind(rdm_ep_, &cq_->fid, FI_TRANSMIT | FI_RECV);
+    if (rc) return fail("fi_ep_bind(cq)", rc);
+    rc = fi_enable(rdm_ep_);
+    if (rc) return fail("fi_enable", rc);
+    rc = fi_getname(&rdm_ep_->fid, addr, &len);
+    if (rc) return fail("fi_getname", rc);
+  } else {
+    rc = fi_passive_ep(fd_.fabric, fd_.info, &pep_, nullptr);
+    if (rc) return fail("fi_passive_ep", rc);
+    rc = fi_pep_bind(pep_, &eq_->fid, 0);
+    if (rc) return fail("fi_pep_bind", rc);
+    rc = fi_listen(pep_);
+    if (rc) return fail("fi_listen", rc);
+    rc = fi_getname(&pep_->fid, addr, &len);
+    if (rc) return fail("fi_getname", rc);
   }
-  eq_thread_ = std::thread([this] { eq_loop(); });
+  raw_addr_.assign(addr, len);
+  if (!sockaddr_to_strings(addr, len, node_, service_)) {
+    // Not an IP address (e.g. efa): clients use the raw address only.
+    node_ = "";
+    service_ = "";
+  }
+  if (!fd_.rdm()) eq_thread_ = std::thread([this] { eq_loop(); });
   progress_thread_ = std::thread([this] { progress_loop(); });
   return true;
 }
@@ -171,6 +191,10 @@ void Donor::close() {
     }
     slabs_.clear();
   }
+  if (rdm_ep_) fi_close(&rdm_ep_->fid);
+  if (av_) fi_close(&av_->fid);
+  rdm_ep_ = nullptr;
+  av_ = nullptr;
   if (pep_) fi_close(&pep_->fid);
   if (cq_) fi_close(&cq_->fid);
   if (eq_) fi_close(&eq_->fid);

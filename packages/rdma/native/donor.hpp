@@ -35,6 +35,9 @@ class Donor {
   const std::string &node() const { return node_; }
   const std::string &service() const { return service_; }
   int mr_mode() const { return fd_.mr_mode(); }
+  bool rdm() const { return fd_.rdm(); }
+  // The endpoint's raw libfabric address (what a client inserts into its address vector).
+  const std::string &raw_address() const { return raw_addr_; }
 
   // Maps and registers a slab under `id` (also the requested key unless FI_MR_PROV_KEY).
   bool alloc_slab(uint64_t id, size_t size, DonorSlab &out);
@@ -50,6 +53,9 @@ class Donor {
   fid_eq *eq_ = nullptr;
   fid_cq *cq_ = nullptr;
   fid_pep *pep_ = nullptr;
+  fid_ep *rdm_ep_ = nullptr;  // RDM providers: one endpoint serves every client
+  fid_av *av_ = nullptr;
+  std::string raw_addr_;
   std::string error_, node_, service_;
   std::atomic<bool> stop_{false};
   std::thread eq_thread_, progress_thread_;

@@ -13,6 +13,10 @@ std::string fi_err(const char *what, int rc) {
   return std::string(what) + ": " + fi_strerror(rc < 0 ? -rc : rc) + " (" + std::to_string(rc) + ")";
 }
 
+fi_ep_type ep_type_for(const std::string &provider) {
+  return provider.find("ofi_rxm") != std::string::npos || provider == "efa" ? FI_EP_RDM : FI_EP_MSG;
+}
+
 bool FabricDomain::open(const std::string &provider, const char *node, const char *service, bool source) {
   set_mr_cache_monitor_default();
   fi_info *hints = fi_allocinfo();
@@ -20,7 +24,8 @@ bool FabricDomain::open(const std::string &provider, const char *node, const cha
     error = "fi_allocinfo failed";
     return false;
   }
-  hints->ep_attr->type = FI_EP_MSG;
+  ep_type = ep_type_for(provider);
+  hints->ep_attr->type = ep_type;
   hints->caps = FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE;
   // Our operation contexts start with a struct fi_context2, so both context modes are fine.
   hints->mode = FI_CONTEXT | FI_CONTEXT2;

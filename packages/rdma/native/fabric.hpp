@@ -25,14 +25,21 @@ constexpr int kSupportedMrMode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED
 // front-end. Respects a value the user already set.
 void set_mr_cache_monitor_default();
 
+// RDM-only providers (utility provider ofi_rxm over a core provider, or efa) get reliable
+// datagram endpoints addressed through an address vector; everything else gets connected
+// message endpoints (FI_EP_MSG).
+fi_ep_type ep_type_for(const std::string &provider);
+
 struct FabricDomain {
   fi_info *info = nullptr;  // owned
   fid_fabric *fabric = nullptr;
   fid_domain *domain = nullptr;
   std::string error;  // set when open() fails
 
+  fi_ep_type ep_type = FI_EP_MSG;
   // Opens the provider for node/service. `source` = passive side (FI_SOURCE).
   bool open(const std::string &provider, const char *node, const char *service, bool source);
+  bool rdm() const { return ep_type == FI_EP_RDM; }
   void close();
   int mr_mode() const { return info ? info->domain_attr->mr_mode : 0; }
   ~FabricDomain() { close(); }

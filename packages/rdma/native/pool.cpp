@@ -109,7 +109,7 @@ bool Pool::conn_up(int32_t idx) {
   return c && c->up.load();
 }
 
-int Pool::connect(int32_t idx, const std::string &node, const std::string &service, std::string &err) {
+int Pool::connect(int32_t idx, const std::string &node, const std::string &service, const std::string &raw_addr, std::string &err) {
   Call call(*this);
   if (!call.ok) {
     err = "pool is closed";
@@ -130,7 +130,7 @@ int Pool::connect(int32_t idx, const std::string &node, const std::string &servi
     std::lock_guard<std::mutex> lk(conns_mu_);
     if (!fd_.domain) {
       // The first donor decides the fabric and domain (the interface that reaches it).
-      if (!fd_.open(provider_, node.c_str(), service.c_str(), false)) {
+      if (!fd_.open(provider_, node.empty() ? nullptr : node.c_str(), node.empty() ? nullptr : service.c_str(), false)) {
         err = fd_.error;
         return TS_E_UNAVAILABLE;
       }
@@ -146,6 +146,7 @@ int Pool::connect(int32_t idx, const std::string &node, const std::string &servi
         return TS_E_UNAVAILABLE;
       }
     }
+    if (fd_.rdm()) return connect_rdm(c, raw_addr, err);
     fi_info *hints = fi_dupinfo(fd_.info);
     free(hints->dest_addr);
     hints->dest_addr = nullptr;
@@ -205,6 +206,38 @@ int Pool::connect(int32_t idx, const std::string &node, const std::string &servi
   return TS_OK;
 }
 
+// Called with conns_mu_ and the connection's `use` lock held.
+int Pool::connect_rdm(Conn *c, const std::string &raw_addr, std::string &err) {
+  auto fail = [&](const char *what, int rc) {
+    err = fi_err(what, rc);
+    if (c->ep) fi_close(&c->ep->fid);
+    if (c->av) fi_close(&c->av->fid);
+    c->ep = nullptr;
+    c->av = nullptr;
+    return TS_E_UNAVAILABLE;
+  };
+  if (raw_addr.empty()) {
+    err = "the donor sent no libfabric address";
+    return TS_E_UNAVAILABLE;
+  }
+  fi_av_attr av_attr{};
+  av_attr.type = FI_AV_TABLE;
+  int rc = fi_av_open(fd_.domain, &av_attr, &c->av, nullptr);
+  if (rc) return fail("fi_av_open", rc);
+  rc = fi_endpoint(fd_.domain, fd_.info, &c->ep, nullptr);
+  if (rc) return fail("fi_endpoint", rc);
+  rc = fi_ep_bind(c->ep, &c->av->fid, 0);
+  if (rc) return fail("fi_ep_bind(av)", rc);
+  rc = fi_ep_bind(c->ep, &cq_->fid, FI_TRANSMIT | FI_RECV);
+  if (rc) return fail("fi_ep_bind(cq)", rc);
+  rc = fi_enable(c->ep);
+  if (rc) return fail("fi_enable", rc);
+  int n = fi_av_insert(c->av, raw_addr.data(), 1, &c->dest, 0, nullptr);
+  if (n != 1) return fail("fi_av_insert", n < 0 ? n : -FI_EINVAL);
+  c->up.store(true);
+  return TS_OK;
+}
+
 void Pool::kill_conn(int32_t idx) {
   Conn *c = conn(idx);
   if (!c) return;
@@ -225,7 +258,9 @@ void Pool::kill_conn(int32_t idx) {
       close_epoch_.fetch_add(1);
     }
     if (c->eq) fi_close(&c->eq->fid);
+    if (c->av) fi_close(&c->av->fid);
     c->eq = nullptr;
+    c->av = nullptr;
   }
   std::shared_lock<std::shared_mutex> ml(map_mu_);
   for (auto &kv : map_) {
@@ -356,7 +391,7 @@ bool Pool::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, voi
         return false;
       }
       op.result = 1;
-      rc = write ? fi_write(c->ep, buf, len, desc, 0, addr, key, &op.ctx) : fi_read(c->ep, buf, len, desc, 0, addr, key, &op.ctx);
+      rc = write ? fi_write(c->ep, buf, len, desc, c->dest, addr, key, &op.ctx) : fi_read(c->ep, buf, len, desc, c->dest, addr, key, &op.ctx);
     }
     if (rc == 0) return true;
     if (rc != -FI_EAGAIN) {
@@ -875,8 +910,10 @@ void Pool::close() {
     c->up.store(false);
     if (c->ep) fi_close(&c->ep->fid);
     if (c->eq) fi_close(&c->eq->fid);
+    if (c->av) fi_close(&c->av->fid);
     c->ep = nullptr;
     c->eq = nullptr;
+    c->av = nullptr;
     c->closed = true;
   }
   {

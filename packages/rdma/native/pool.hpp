@@ -87,7 +87,9 @@ struct Slab {
 
 struct Conn {
   fid_ep *ep = nullptr;
-  fid_eq *eq = nullptr;
+  fid_eq *eq = nullptr;      // MSG endpoints: connection events
+  fid_av *av = nullptr;      // RDM endpoints: the donor's address
+  fi_addr_t dest = 0;        // RDM: the donor in `av`; MSG: unused (0)
   std::shared_mutex use;  // posters hold it shared; closing holds it exclusively
   std::atomic<bool> up{false};
   bool closed = false;  // guarded by use (exclusive) and read under cq_mu_ by waiters
@@ -169,7 +171,9 @@ class Pool {
   void close();  // further calls return TS_E_CLOSED; waits for running calls
 
   // Control (JS thread or a worker).
-  int connect(int32_t idx, const std::string &node, const std::string &service, std::string &err);
+  // MSG providers connect to node:service; RDM providers insert `raw_addr` (the donor's
+  // fi_getname) into a per-donor address vector.
+  int connect(int32_t idx, const std::string &node, const std::string &service, const std::string &raw_addr, std::string &err);
   void kill_conn(int32_t idx);
   bool conn_up(int32_t idx);
   void add_slab(uint64_t ns, uint64_t index, const std::vector<Replica> &reps);
@@ -209,6 +213,7 @@ class Pool {
   int remove(uint64_t ns, const uint64_t *pages, size_t n);
 
  private:
+  int connect_rdm(Conn *c, const std::string &raw_addr, std::string &err);
   std::shared_ptr<Slab> find(uint64_t ns, uint64_t index);
   Conn *conn(int32_t idx);
   // Posts one RMA op, progressing the CQ while the provider says EAGAIN. False when the

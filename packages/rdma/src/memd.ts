@@ -291,6 +291,7 @@ export class MemdServer {
           slabSize: String(this.opts.slabBytes),
           mrMode: this.donor!.mrMode(),
           clientId: String(conn.id),
+          dataAddr: this.donor!.rawAddress(),
         },
       });
       this.log.info({ client: conn.name }, 'client connected');

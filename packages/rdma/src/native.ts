@@ -19,6 +19,7 @@ export interface NativeSlabView {
 
 export interface NativeDonor {
   address(): { node: string; service: string };
+  rawAddress(): Buffer;
   mrMode(): number;
   allocSlab(id: bigint, size: number): { addr: bigint; rkey: bigint };
   freeSlab(id: bigint): boolean;
@@ -27,7 +28,7 @@ export interface NativeDonor {
 }
 
 export interface NativePool {
-  connect(idx: number, node: string, service: string): Promise<void>;
+  connect(idx: number, node: string, service: string, rawAddress?: Buffer): Promise<void>;
   killConn(idx: number): void;
   connUp(idx: number): boolean;
   addSlab(ns: bigint, index: number, reps: NativeReplica[]): void;

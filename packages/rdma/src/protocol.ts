@@ -21,7 +21,7 @@ export type U64 = string;
 export interface Hello { version?: number; token?: string; clientName?: string }
 export interface HelloOk {
   version: number; donorId: string; provider: string; dataNode: string; dataService: string;
-  slabSize: U64; mrMode: number; clientId: U64;
+  slabSize: U64; mrMode: number; clientId: U64; dataAddr: Uint8Array;
 }
 export interface AllocSlab { tag?: string }
 export interface SlabGrant { slabId: U64; remoteAddr: U64; rkey: U64; size: U64 }

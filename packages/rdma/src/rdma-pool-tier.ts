@@ -190,7 +190,7 @@ export class RdmaPoolTier extends BasePageStore {
           return;
         }
         try {
-          await this.native.connect(idx, c.hello.dataNode, c.hello.dataService);
+          await this.native.connect(idx, c.hello.dataNode, c.hello.dataService, Buffer.from(c.hello.dataAddr ?? []));
         } catch (err) {
           this.log.warn({ donor: `${address.host}:${address.port}`, err: (err as Error).message }, 'libfabric connect failed');
           c.close();

@@ -63,6 +63,7 @@ export interface SpawnOptions {
   evictGraceMs?: number;
   headroomPollMs?: number;
   metricsPort?: number;
+  provider?: string;
   extra?: string[];
 }
 
@@ -72,6 +73,7 @@ export async function spawnMemd(o: SpawnOptions = {}): Promise<MemdProcess> {
   ensureBuilt();
   const args = [entry, '--port', '0', '--capacity', o.capacity ?? '64M', '--slab-size', o.slabSize ?? '1M', '--log-level', 'info'];
   if (o.token) args.push('--token', o.token);
+  if (o.provider) args.push('--provider', o.provider);
   if (o.headroom) args.push('--headroom', o.headroom);
   if (o.freeMemoryFile) args.push('--free-memory-file', o.freeMemoryFile);
   if (o.evictGraceMs !== undefined) args.push('--evict-grace-ms', String(o.evictGraceMs));
