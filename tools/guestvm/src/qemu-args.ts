@@ -38,6 +38,11 @@ export function qemuArgs(plan: QemuPlan): string[] {
     'mitigations=off',
     '8250.nr_uarts=1',
     'random.trust_cpu=on',
+    // Boot-time work that dominated initcall_debug under emulation and that no test needs:
+    // crypto self-tests, loading the module-signing certificates (modules then load unverified,
+    // which this kernel allows), the jitter-entropy self-test and encrypted-keys setup.
+    'cryptomgr.notests',
+    'initcall_blacklist=load_system_certificate_list,crypto_kdf108_init,jent_mod_init,init_encrypted',
     ...(plan.cxl ? ['pcie_ports=compat'] : []), // else cxl_pci fails probing the event log
     ...(plan.extraKernelArgs ?? []),
   ];

@@ -1,5 +1,4 @@
 /** runInGuest: boot the guest, run one command, return its output and exact exit status. */
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -9,6 +8,7 @@ import { GUEST_JOB_DIR } from './initramfs.js';
 import { jobScript, setupStepsScript } from './job-script.js';
 import { prepareGuest } from './prepare.js';
 import { qemuArgs, type QemuPlan } from './qemu-args.js';
+import { runQemu } from './qemu-process.js';
 import { SETUP_STEPS, type GuestSetupStep } from './setup-steps.js';
 
 export interface RunInGuestOptions {
@@ -180,6 +180,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
     const started = Date.now();
     const outcome = await runQemu(guest.tools.qemu, qemuArgs(plan), {
       timeoutMs,
+      consoleLog: plan.consoleLog,
       env: { ...process.env, LD_LIBRARY_PATH: guest.tools.libraryPath, QEMU_MODULE_DIR: guest.tools.qemuModuleDir },
     });
     const durationMs = Date.now() - started;
@@ -188,17 +189,21 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
     const stderr = await readOr(join(jobDir, 'stderr'));
     const setupLog = await readOr(join(jobDir, 'setup.log'));
     const status = await readOr(join(jobDir, 'status'), '');
-    const consoleTail = tail(`${consoleText}\n${outcome.qemuStderr ? `[qemu] ${outcome.qemuStderr}` : ''}`);
-    if (outcome.timedOut) {
-      throw new GuestVmError(GuestErrorCode.Timeout, `guest did not finish within ${timeoutMs} ms`, { consoleTail, setupLog: tail(setupLog), stdout, stderr });
-    }
+    const consoleTail = consoleSummary(consoleText, outcome.qemuStderr);
+    // A status file means the command finished: that is the result, even if the guest then
+    // failed to power off in time.
     if (status.trim() === '') {
+      if (outcome.timedOut) {
+        throw new GuestVmError(GuestErrorCode.Timeout, `guest did not finish within ${timeoutMs} ms`, { consoleTail, setupLog: tail(setupLog), stdout, stderr });
+      }
       if (existsSync(join(jobDir, 'setup-failed'))) {
         throw new GuestVmError(GuestErrorCode.Setup, `guest setup (${(options.setup ?? []).join(', ')}) failed`, { consoleTail, setupLog: tail(setupLog) });
       }
       throw new GuestVmError(
         GuestErrorCode.Crash,
-        `guest stopped without reporting an exit status (qemu exit ${outcome.exitCode ?? outcome.signal})`,
+        outcome.panicked
+          ? 'guest kernel panicked before the command finished'
+          : `guest stopped without reporting an exit status (qemu exit ${outcome.exitCode ?? outcome.signal})`,
         { consoleTail, setupLog: tail(setupLog), stdout, stderr },
       );
     }
@@ -216,53 +221,13 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
   }
 }
 
-interface QemuOutcome {
-  exitCode: number | null;
-  signal: NodeJS.Signals | null;
-  timedOut: boolean;
-  qemuStderr: string;
-}
-
-function runQemu(qemu: string, args: string[], o: { timeoutMs: number; env: NodeJS.ProcessEnv }): Promise<QemuOutcome> {
-  return new Promise((resolvePromise, reject) => {
-    // coreutils timeout is a backstop that outlives us: if this process is SIGKILLed (a test
-    // worker torn down), the guest still dies shortly after its deadline.
-    const backstopSeconds = String(Math.ceil(o.timeoutMs / 1000) + 10);
-    const child = spawn('timeout', ['-s', 'KILL', backstopSeconds, qemu, ...args], { env: o.env, stdio: ['ignore', 'ignore', 'pipe'] });
-    let qemuStderr = '';
-    child.stderr.on('data', (b: Buffer) => {
-      qemuStderr = (qemuStderr + b.toString('utf8')).slice(-8192);
-    });
-    // timeout(1) puts itself and QEMU in their own process group: kill the whole group.
-    const killGuest = () => {
-      try {
-        if (child.pid) process.kill(-child.pid, 'SIGKILL');
-      } catch {
-        child.kill('SIGKILL');
-      }
-    };
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      killGuest();
-    }, o.timeoutMs);
-    // If the test process exits (vitest tearing down), take the guest with it.
-    const onExit = killGuest;
-    process.once('exit', onExit);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      process.removeListener('exit', onExit);
-      reject(new GuestVmError(GuestErrorCode.Unsupported, `cannot start QEMU (${qemu}): ${err.message}`, { cause: err }));
-    });
-    child.on('close', (exitCode, signal) => {
-      clearTimeout(timer);
-      process.removeListener('exit', onExit);
-      // Known noise from TCG emulating -cpu max; keep real messages only.
-      qemuStderr = qemuStderr
-        .split('\n')
-        .filter((l) => l && !/host doesn't support requested feature|TCG doesn't support requested feature/.test(l))
-        .join('\n');
-      resolvePromise({ exitCode, signal, timedOut, qemuStderr });
-    });
-  });
+/** The console's last lines, plus the kernel's panic/oops headline if it scrolled out of them. */
+function consoleSummary(consoleText: string, qemuStderr: string): string {
+  const text = `${consoleText}\n${qemuStderr ? `[qemu] ${qemuStderr}` : ''}`;
+  const last = tail(text, 50);
+  const headline = text
+    .replace(/\r/g, '')
+    .split('\n')
+    .find((l) => /Kernel panic - not syncing|BUG:|Oops:/.test(l));
+  return headline && !last.includes(headline) ? `${headline}\n[...]\n${last}` : last;
 }
