@@ -233,7 +233,7 @@ export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ r
       { mode: 'lazy (first touch)', restore: { prefetch: 'none' as const, recordWorkingSet: true } },
       { mode: 'lazy + working-set prefetch', restore: { prefetch: 'latest' as const } },
     ];
-    const hook = createRestoreHook(ds.stack, { catalog, faultAround: 8 });
+    const hook = createRestoreHook(ds.stack, { catalog, faultAround: 16 });
     for (const [i, m] of modes.entries()) {
       const socketPath = join(dir, `fc-${i}.sock`);
       let end: ((s: import('@tierstack/faas').RestoreStats) => void) | undefined;
