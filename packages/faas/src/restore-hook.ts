@@ -14,11 +14,11 @@
  * `eager: true` installs every page before the restore returns (the baseline lazy restore beats).
  */
 import { TierStackError, ErrorCode, silentLogger, type Logger, type PageStore, type StoreStats } from '@tierstack/core';
-import { createUffdEngine, type UffdRegion, type AdoptedUffd, type RegionStats, type MissingPolicy } from '@tierstack/uffd';
+import { createUffdEngine, listenForUffd, closeFd, type UffdRegion, type AdoptedUffd, type RegionStats, type MissingPolicy } from '@tierstack/uffd';
 import { SnapshotCatalog, DEFAULT_KEEP_WORKING_SETS } from './catalog.js';
 import type { SnapshotManifest } from './manifest.js';
 import { SnapshotPageSource, type SnapshotSourceStats } from './snapshot-source.js';
-import type { GuestMapping } from './firecracker-handshake.js';
+import { parseFirecrackerHandshake, type GuestMapping } from './firecracker-handshake.js';
 
 export type PrefetchMode = 'latest' | 'union' | 'none';
 
@@ -59,7 +59,9 @@ export type RestoreTarget =
   /** A region in this process, created by the hook and sized to the snapshot. */
   | { kind: 'in-process' }
   /** Another process's userfaultfd (received over a Unix socket) and its guest mappings. */
-  | { kind: 'adopt'; fd: number; pid?: number; mappings: GuestMapping[]; features?: bigint };
+  | { kind: 'adopt'; fd: number; pid?: number; mappings: GuestMapping[]; features?: bigint }
+  /** Listen on a Unix socket for one sender of a uffd + JSON mappings (Firecracker's handshake). */
+  | { kind: 'socket'; socketPath: string; timeoutMs?: number };
 
 export interface TierFetchStats {
   tier: string;
@@ -132,6 +134,7 @@ export class RestoreHook {
   }
 
   async restore(snapshotId: string, target: RestoreTarget = { kind: 'in-process' }, ro: RestoreOptions = {}): Promise<RestoreHandle> {
+    if (target.kind === 'socket') return this.restoreFromSocket(snapshotId, target.socketPath, target.timeoutMs, ro);
     const t0 = performance.now();
     const m = await this.catalog.get(snapshotId);
     const o = this.options;
@@ -251,6 +254,40 @@ export class RestoreHook {
       return closed;
     };
     return { snapshotId: m.id, manifest: m, region, adopted, prefetched, stats, close };
+  }
+
+  /** Waits for one sender on `socketPath` (JSON mappings + uffd), checks it, and serves it. */
+  private async restoreFromSocket(snapshotId: string, socketPath: string, timeoutMs: number | undefined, ro: RestoreOptions): Promise<RestoreHandle> {
+    const m = await this.catalog.get(snapshotId);
+    const listener = listenForUffd(socketPath);
+    let got;
+    try {
+      got = await listener.accept(timeoutMs === undefined ? {} : { timeoutMs });
+    } finally {
+      listener.close();
+    }
+    let mappings: GuestMapping[];
+    try {
+      if (!(got.fd >= 0)) throw new TierStackError(ErrorCode.Protocol, 'the sender passed no userfaultfd (SCM_RIGHTS)');
+      mappings = parseFirecrackerHandshake(got.message, m);
+    } catch (err) {
+      if (got.fd >= 0) closeFd(got.fd);
+      got.closeConnection();
+      throw err;
+    }
+    // From here the engine owns the descriptor.
+    const h = await this.restore(snapshotId, { kind: 'adopt', fd: got.fd, pid: got.pid, mappings }, ro).catch((err: unknown) => {
+      got.closeConnection();
+      throw err;
+    });
+    return {
+      ...h,
+      close: async () => {
+        const s = await h.close();
+        got.closeConnection();
+        return s;
+      },
+    };
   }
 }
 

@@ -4,7 +4,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { writeFileSync, existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -137,5 +137,34 @@ describe('Firecracker UFFD handler', () => {
   it('an unknown snapshot id fails before binding', async () => {
     const hook = createRestoreHook(stack, { catalog });
     await expect(serveFirecracker(hook, { socketPath: join(dir, 'x.sock'), snapshotId: 'nope' })).rejects.toMatchObject({ code: 'TS_ERR_NOT_FOUND' });
+  });
+});
+
+describe('restore target: a uffd arriving over a Unix socket', () => {
+  it('restore(id, { kind: "socket" }) accepts one sender, serves it, and cleans up on close', async () => {
+    const hook = createRestoreHook(stack, { catalog, faultAround: 4, prefetch: 'none', recordWorkingSet: false });
+    const sock = join(dir, 'one.sock');
+    const pending = hook.restore('vm', { kind: 'socket', socketPath: sock, timeoutMs: 20_000 });
+    await until(() => existsSync(sock), 'the socket');
+    const vm = run([sock, join(dir, 'mem'), ...regionArgs, '--touch', '100:200', '--wait-signal']);
+    const h = await pending;
+    vm.child.kill('SIGUSR1');
+    const r = await vm.result;
+    expect(r.mismatches).toBe(0);
+    expect(r.pages).toBe(200);
+    await h.adopted!.exited;
+    const s = await h.close();
+    expect(s.faults).toBeGreaterThan(0);
+  });
+
+  it('a sender without a descriptor is TS_ERR_PROTOCOL', async () => {
+    const hook = createRestoreHook(stack, { catalog });
+    const sock = join(dir, 'two.sock');
+    const pending = hook.restore('vm', { kind: 'socket', socketPath: sock, timeoutMs: 20_000 });
+    pending.catch(() => undefined);
+    await until(() => existsSync(sock), 'the socket');
+    const bad = run([sock, join(dir, 'mem'), ...regionArgs, '--no-fd']);
+    await expect(pending).rejects.toMatchObject({ code: 'TS_ERR_PROTOCOL' });
+    expect((await bad.result).closed_by_handler).toBe(true);
   });
 });
