@@ -263,8 +263,9 @@ async function refreshAptLists(): Promise<void> {
   if (listsRefreshed || process.getuid?.() !== 0) return;
   listsRefreshed = true;
   // Other tierstack tooling serialises apt on this lock file; flock may be absent elsewhere.
+  // Best effort: a failure shows up as the download or kernel lookup failing afterwards.
   const viaFlock = await exec('flock', ['/tmp/tierstack-apt.lock', 'apt-get', 'update', '-qq'], { env: aptEnv() }).catch(() => null);
-  if (viaFlock === null) await exec('apt-get', ['update', '-qq'], { env: aptEnv() });
+  if (viaFlock === null) await exec('apt-get', ['update', '-qq'], { env: aptEnv() }).catch(() => null);
 }
 
 async function cachedKernels(cacheDir: string): Promise<string[]> {
