@@ -275,8 +275,9 @@ export class RestoreHook {
       got.closeConnection();
       throw err;
     }
-    // From here the engine owns the descriptor.
+    // Once adopted the engine owns the descriptor; a failed adoption leaves it to us.
     const h = await this.restore(snapshotId, { kind: 'adopt', fd: got.fd, pid: got.pid, mappings }, ro).catch((err: unknown) => {
+      closeFd(got.fd);
       got.closeConnection();
       throw err;
     });
