@@ -92,9 +92,10 @@ try {
     memoryMiB: v.mem ? Number(v.mem) : undefined,
     timeoutMs: Number(v.timeout ?? 120) * 1000,
     keepJobDir: v.keep,
+    // Streamed as the guest writes them (polled a few times a second).
+    onStdout: (chunk) => process.stdout.write(chunk),
+    onStderr: (chunk) => process.stderr.write(chunk),
   });
-  process.stdout.write(r.stdout);
-  process.stderr.write(r.stderr);
   if (v.console) {
     process.stderr.write(`--- guest console ---\n${r.console.replace(/\r/g, '')}${r.setupLog ? `--- setup log ---\n${r.setupLog}` : ''}`);
     process.stderr.write(`--- ${r.kernelRelease}, exit ${r.exitCode}, ${r.durationMs} ms\n`);

@@ -17,13 +17,15 @@ export interface QemuRunOptions {
   env: NodeJS.ProcessEnv;
   /** The file QEMU writes the serial console to. */
   consoleLog: string;
+  /** Files (the command's stdout/stderr on the job share) whose new bytes are handed over as they grow. */
+  follow?: readonly { path: string; onData: (chunk: Buffer) => void }[];
 }
 
 const PANIC = /Kernel panic - not syncing/;
 // After a panic the kernel should reset at once (panic=-1 + -no-reboot ends QEMU), but under
 // TCG it sometimes stalls on the way; give it this long to flush the console, then stop it.
 const PANIC_GRACE_MS = 2_000;
-const CONSOLE_POLL_MS = 500;
+const POLL_MS = 250;
 
 export function runQemu(qemu: string, args: readonly string[], o: QemuRunOptions): Promise<QemuOutcome> {
   return new Promise((resolvePromise, reject) => {
@@ -51,27 +53,28 @@ export function runQemu(qemu: string, args: readonly string[], o: QemuRunOptions
       killGuest();
     }, o.timeoutMs);
 
-    let consoleOffset = 0;
     let consoleCarry = '';
-    let polling = false;
+    const followers = [
+      new FileFollower(o.consoleLog, (chunk) => {
+        const text = consoleCarry + chunk.toString('utf8');
+        consoleCarry = text.slice(-64); // a match may straddle two reads
+        if (!panicked && PANIC.test(text)) {
+          panicked = true;
+          panicTimer = setTimeout(killGuest, PANIC_GRACE_MS);
+        }
+      }),
+      ...(o.follow ?? []).map((f) => new FileFollower(f.path, f.onData)),
+    ];
+    let polling: Promise<void> | undefined;
+    const drainAll = async () => {
+      // A failing read (or a throwing callback) must not stop the others or the run.
+      for (const f of followers) await f.drain().catch(() => undefined);
+    };
     const poll = setInterval(() => {
-      if (polling || panicked) return;
-      polling = true;
-      readFrom(o.consoleLog, consoleOffset)
-        .then((chunk) => {
-          consoleOffset += chunk.length;
-          const text = consoleCarry + chunk.toString('utf8');
-          consoleCarry = text.slice(-64); // a match may straddle two reads
-          if (PANIC.test(text)) {
-            panicked = true;
-            panicTimer = setTimeout(killGuest, PANIC_GRACE_MS);
-          }
-        })
-        .catch(() => undefined)
-        .finally(() => {
-          polling = false;
-        });
-    }, CONSOLE_POLL_MS);
+      polling ??= drainAll().finally(() => {
+        polling = undefined;
+      });
+    }, POLL_MS);
 
     // If the test process exits (vitest tearing down), take the guest with it.
     const onExit = killGuest;
@@ -86,8 +89,11 @@ export function runQemu(qemu: string, args: readonly string[], o: QemuRunOptions
       cleanup();
       reject(new GuestVmError(GuestErrorCode.Unsupported, `cannot start QEMU (${qemu}): ${err.message}`, { cause: err }));
     });
-    child.on('close', (exitCode, signal) => {
+    child.on('close', async (exitCode, signal) => {
       cleanup();
+      // Deliver whatever the guest wrote last before reporting the outcome.
+      await polling;
+      await drainAll();
       // Known noise from TCG emulating -cpu max; keep real messages only.
       qemuStderr = qemuStderr
         .split('\n')
@@ -98,15 +104,31 @@ export function runQemu(qemu: string, args: readonly string[], o: QemuRunOptions
   });
 }
 
-async function readFrom(path: string, offset: number): Promise<Buffer> {
-  const fh = await open(path, 'r');
-  try {
-    const { size } = await fh.stat();
-    if (size <= offset) return Buffer.alloc(0);
-    const buf = Buffer.alloc(size - offset);
-    const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
-    return buf.subarray(0, bytesRead);
-  } finally {
-    await fh.close();
+/** Hands over the bytes appended to a file since the last call (the file may not exist yet). */
+class FileFollower {
+  private offset = 0;
+
+  constructor(
+    private readonly path: string,
+    private readonly onData: (chunk: Buffer) => void,
+  ) {}
+
+  async drain(): Promise<void> {
+    let fh;
+    try {
+      fh = await open(this.path, 'r');
+    } catch {
+      return;
+    }
+    try {
+      const { size } = await fh.stat();
+      if (size <= this.offset) return;
+      const buf = Buffer.alloc(size - this.offset);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, this.offset);
+      this.offset += bytesRead;
+      if (bytesRead > 0) this.onData(buf.subarray(0, bytesRead));
+    } finally {
+      await fh.close();
+    }
   }
 }

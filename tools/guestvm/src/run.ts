@@ -52,6 +52,12 @@ export interface RunInGuestOptions {
   kernelArgs?: readonly string[];
   /** Keep the per-run job directory (job script, console log, output files) and print its path. */
   keepJobDir?: boolean;
+  /**
+   * Called with the command's output as it is written (polled a few times a second), for
+   * progress in long runs; the result still carries all of it.
+   */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
 }
 
 export interface GuestResult {
@@ -181,6 +187,10 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
     const outcome = await runQemu(guest.tools.qemu, qemuArgs(plan), {
       timeoutMs,
       consoleLog: plan.consoleLog,
+      follow: [
+        ...(options.onStdout ? [{ path: join(jobDir, 'stdout'), onData: options.onStdout }] : []),
+        ...(options.onStderr ? [{ path: join(jobDir, 'stderr'), onData: options.onStderr }] : []),
+      ],
       env: { ...process.env, LD_LIBRARY_PATH: guest.tools.libraryPath, QEMU_MODULE_DIR: guest.tools.qemuModuleDir },
     });
     const durationMs = Date.now() - started;

@@ -32,7 +32,9 @@ async function expectGuestError(p: Promise<unknown>): Promise<GuestVmError> {
 describe.skipIf(!cap.ok)('guestvm: commands in a QEMU guest', () => {
   it('runs a command: node matches the host, exit status exact, stdout/stderr separate, ublk, ext4 on the disk, cgroup2, results share', async () => {
     const results = join(scratch, 'results');
+    const streamed: Buffer[] = [];
     const r = await runInGuest({
+      onStdout: (chunk) => streamed.push(chunk),
       command: [
         'node -v',
         'uname -r',
@@ -58,6 +60,7 @@ describe.skipIf(!cap.ok)('guestvm: commands in a QEMU guest', () => {
     expect(lines.slice(2)).toEqual(['ublk-control-present', `vda-sectors=${(16 * 1024 * 1024) / 512}`, 'on-disk', 'cgroup2-mounted']);
     expect(r.stderr).toBe('this-goes-to-stderr\n');
     expect(r.exitCode).toBe(3);
+    expect(Buffer.concat(streamed).toString()).toBe(r.stdout);
     expect(r.setupLog).toContain('modprobe ublk_drv');
     expect(readFileSync(join(results, 'greeting.txt'), 'utf8')).toBe("hello 'guest' $HOME\n");
   });
