@@ -82,7 +82,8 @@ export interface RestoreStats {
   /** Milliseconds from restore() to the end of the bulk prefetch / eager copy (0 if none). */
   prefetchMs: number;
   source: SnapshotSourceStats;
-  /** Per tier of the stack: pages served during this restore (hits are what each tier supplied). */
+  /** Per tier of the stack: pages asked for and served while this restore ran (hits are what each
+   *  tier supplied; stack-wide counters, so concurrent restores on one stack are included). */
   tiers: TierFetchStats[];
   /** Pages in the working set saved on close (0 when nothing was recorded). */
   workingSetRecorded: number;
@@ -199,7 +200,14 @@ export class RestoreHook {
       return n;
     })();
     prefetched.catch((err) => this.log.warn({ err, id: m.id }, 'working-set prefetch failed'));
-    if (ro.eager) await prefetched;
+    if (ro.eager) {
+      try {
+        await prefetched;
+      } catch (err) {
+        await engine.close().catch(() => undefined);
+        throw err;
+      }
+    }
 
     let closed: RestoreStats | undefined;
     let workingSetRecorded = 0;
@@ -237,22 +245,31 @@ export class RestoreHook {
       };
     };
     const keep = o.keepWorkingSets ?? DEFAULT_KEEP_WORKING_SETS;
-    const close = async (): Promise<RestoreStats> => {
-      if (closed) return closed;
-      await prefetched.catch(() => undefined);
-      const final = stats();
-      if (region) await region.close();
-      if (adopted) await adopted.close();
-      await engine.close();
-      const ws = source.workingSet();
-      if (record && ws.length > 0) {
-        await this.catalog.addWorkingSet(m.id, ws, keep);
-        workingSetRecorded = ws.length;
-      }
-      closed = { ...final, workingSetRecorded };
-      await source.close();
-      return closed;
-    };
+    let closing: Promise<RestoreStats> | undefined;
+    const close = (): Promise<RestoreStats> =>
+      (closing ??= (async () => {
+        await prefetched.catch(() => undefined);
+        const final = stats();
+        try {
+          if (region) await region.close();
+          if (adopted) await adopted.close();
+        } finally {
+          await engine.close();
+        }
+        const ws = source.workingSet();
+        if (record && ws.length > 0) {
+          try {
+            await this.catalog.addWorkingSet(m.id, ws, keep);
+            workingSetRecorded = ws.length;
+          } catch (err) {
+            // The snapshot may have been removed meanwhile: the restore itself went fine.
+            this.log.warn({ err, id: m.id }, 'could not save the recorded working set');
+          }
+        }
+        closed = { ...final, workingSetRecorded };
+        await source.close();
+        return closed;
+      })());
     return { snapshotId: m.id, manifest: m, region, adopted, prefetched, stats, close };
   }
 
