@@ -5,6 +5,9 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <thread>
+
 #include <tierstack/page_store_napi.hpp>
 #include <tierstack/stack_client.hpp>
 
@@ -110,8 +113,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   void Shutdown() {
     if (!engine_) return;
     engine_->set_notifier(nullptr);
-    engine_->stop();
+    // Fail JS-path waiters first: a fault thread waiting for JavaScript (which cannot answer
+    // while this thread is here) then returns, and the threads can be joined.
     if (client_) client_->close();
+    engine_->stop();
     events_.Release();
     engine_.reset();
     client_.reset();
@@ -189,11 +194,17 @@ class SourceWrap : public Napi::ObjectWrap<SourceWrap> {
     // may still hold the source briefly; they only use it through their own shared_ptr.
     if (source_ && engine_ && !finished_) {
       engine_->begin_close(source_);
-      while (source_->busy.load() > 0) sched_yield();
       // A Buffer handed out may outlive this wrapper: keep the mapping rather than unmap
       // memory JavaScript can still reach (close() detaches the buffers first).
       if (!buffers_.empty()) source_->owns_mapping = false;
-      engine_->finish_close(source_);
+      // A fault thread may still be serving this source, possibly waiting for the JS thread
+      // (which is running this finalizer): release the kernel objects once it is done.
+      auto engine = engine_;
+      auto source = source_;
+      std::thread([engine, source] {
+        while (source->busy.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        engine->finish_close(source);
+      }).detach();
     }
   }
 

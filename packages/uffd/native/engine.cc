@@ -573,13 +573,13 @@ void Engine::page_error(Source &s, Region &r, uint64_t idx, int32_t status, uint
 }
 
 void Engine::post(EngineEvent ev) {
-  bool first;
+  std::function<void()> notify;
   {
     std::lock_guard<std::mutex> lk(ev_mu_);
-    first = events_.empty();
+    if (events_.empty()) notify = notify_;  // one wake-up per batch of events
     if (events_.size() < 65536) events_.push_back(std::move(ev));  // bounded: JS may be slow
   }
-  if (first && notify_) notify_();
+  if (notify) notify();
 }
 
 std::vector<EngineEvent> Engine::take_events() {

@@ -149,7 +149,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int discard(Source &s, Region &r, uint64_t first, uint64_t count);
 
   // Events for JavaScript.
-  void set_notifier(std::function<void()> fn) { notify_ = std::move(fn); }
+  void set_notifier(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lk(ev_mu_);
+    notify_ = std::move(fn);
+  }
   std::vector<EngineEvent> take_events();
 
   uint32_t next_region_id() { return next_region_id_.fetch_add(1); }

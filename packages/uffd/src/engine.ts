@@ -69,7 +69,9 @@ export interface AdoptedRegionOptions extends Omit<RegionOptions, 'managed'> {
 export interface AdoptOptions {
   /** The userfaultfd (received over a Unix socket); the engine owns it from now on. */
   fd: number;
-  /** The owner process: its exit ends the adoption (pidfd). Default: unknown. */
+  /** The owner process: its exit ends the adoption (watched with a pidfd). Without it the engine
+   *  cannot notice the exit (a uffd reports nothing when its mm goes away): pass the pid that
+   *  listenForUffd()/receiveUffd() report (SO_PEERCRED), or close() the adoption yourself. */
   pid?: number;
   /** The sender already did the UFFDIO_API handshake and registered the ranges (Firecracker
    *  does); default true. When false the engine negotiates and registers the regions itself. */
