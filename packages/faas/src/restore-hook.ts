@@ -19,6 +19,8 @@ import { SnapshotCatalog, DEFAULT_KEEP_WORKING_SETS } from './catalog.js';
 import type { SnapshotManifest } from './manifest.js';
 import { SnapshotPageSource, type SnapshotSourceStats } from './snapshot-source.js';
 import { parseFirecrackerHandshake, type GuestMapping } from './firecracker-handshake.js';
+import { serveCriuPages, type CriuPageServer, type CriuPageServerOptions } from './criu-page-server.js';
+import type { FirecrackerHandler, FirecrackerHandlerOptions } from './firecracker.js';
 
 export type PrefetchMode = 'latest' | 'union' | 'none';
 
@@ -271,6 +273,17 @@ export class RestoreHook {
         return closed;
       })());
     return { snapshotId: m.id, manifest: m, region, adopted, prefetched, stats, close };
+  }
+
+  /** A Firecracker UFFD handler on `socketPath` serving `snapshotId` through this hook. */
+  async serveFirecracker(opts: FirecrackerHandlerOptions): Promise<FirecrackerHandler> {
+    const { serveFirecracker } = await import('./firecracker.js');
+    return serveFirecracker(this, opts);
+  }
+
+  /** A CRIU lazy-pages page server for `snapshotId` from this hook's catalog. */
+  serveCriuPages(opts: CriuPageServerOptions): Promise<CriuPageServer> {
+    return serveCriuPages(this.catalog, opts);
   }
 
   /** Waits for one sender on `socketPath` (JSON mappings + uffd), checks it, and serves it. */

@@ -63,7 +63,7 @@ describe('Firecracker UFFD handler', () => {
   it('serves a VM (two regions, REMOVE → zeros), rejects garbage clients while it keeps working', async () => {
     const hook = createRestoreHook(stack, { catalog, faultAround: 8 });
     const sock = join(dir, 'fc.sock');
-    const handler: FirecrackerHandler = await serveFirecracker(hook, { socketPath: sock, snapshotId: 'vm' });
+    const handler: FirecrackerHandler = await hook.serveFirecracker({ socketPath: sock, snapshotId: 'vm' });
     try {
       // VM 1 connects and waits (SIGUSR1 = "resume the VM") so the bad clients arrive meanwhile.
       const vm = run([sock, join(dir, 'mem'), ...regionArgs, '--touch', '0:300', '--touch', '350:30', '--dontneed', '20:10', '--wait-signal']);
