@@ -66,7 +66,7 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
   const reject = (got: ReceivedUffd, why: string): void => {
     totals.rejected++;
     lastError = why;
-    log.warn({ snapshot: opts.snapshotId, pid: got.pid, reason: why }, 'firecracker handler: rejected a connection');
+    log.warn({ snapshot: opts.snapshotId, peerPid: got.pid, reason: why }, 'firecracker handler: rejected a connection');
     if (got.fd >= 0) closeFd(got.fd);
     got.closeConnection();
   };
@@ -87,7 +87,7 @@ export async function serveFirecracker(hook: RestoreHook, opts: FirecrackerHandl
     }
     totals.restores++;
     live.add(handle);
-    log.info({ snapshot: opts.snapshotId, pid: got.pid, regions: mappings.length }, 'firecracker handler: serving a VM');
+    log.info({ snapshot: opts.snapshotId, peerPid: got.pid, regions: mappings.length }, 'firecracker handler: serving a VM');
     opts.onRestore?.(handle, got.pid);
     // The VM's end (its process exits) ends the restore and saves its working set.
     void handle.adopted!.exited.then(async () => {
