@@ -12,6 +12,9 @@ interface RestoreCliOptions extends StackCliOptions {
   criuPort?: number;
   host: string;
   criuLayout: CriuHeaderLayout;
+  prefetch: 'latest' | 'union' | 'none';
+  eager?: boolean;
+  record: boolean;
 }
 
 /** Resolves on SIGINT/SIGTERM. */
@@ -30,7 +33,10 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
       .option('--firecracker <socket>', 'listen on this Unix socket as a Firecracker UFFD handler')
       .option('--criu-port <port>', 'serve CRIU lazy-pages GETs on this TCP port', Number)
       .option('--host <addr>', 'CRIU: address to bind', '127.0.0.1')
-      .option('--criu-layout <layout>', 'CRIU header layout: v42 (CRIU >= 4.2), legacy (3.x-4.1) or auto', 'auto'),
+      .option('--criu-layout <layout>', 'CRIU header layout: v42 (CRIU >= 4.2), legacy (3.x-4.1) or auto', 'auto')
+      .option('--prefetch <mode>', 'Firecracker: prefetch the latest recorded working set, the union of the kept ones, or none', 'latest')
+      .option('--eager', 'Firecracker: install every page before the VM runs')
+      .option('--no-record', 'Firecracker: do not record working sets'),
   ).action(async (id: string, o: RestoreCliOptions) => {
     if ((o.firecracker === undefined) === (o.criuPort === undefined)) throw new Error('give exactly one of --firecracker <socket> or --criu-port <port>');
     const logger = pino({ level: process.env['TIERSTACK_LOG'] ?? 'info' }, pino.destination(2));
@@ -44,8 +50,9 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
         out(JSON.stringify(server.stats()));
         await server.close();
       } else {
-        const hook = createRestoreHook(stack, { catalog, logger });
-        const handler = await serveFirecracker(hook, { socketPath: o.firecracker!, snapshotId: id, logger });
+        if (!['latest', 'union', 'none'].includes(o.prefetch)) throw new Error('--prefetch must be latest, union or none');
+        const hook = createRestoreHook(stack, { catalog, logger, prefetch: o.prefetch, recordWorkingSet: o.record });
+        const handler = await serveFirecracker(hook, { socketPath: o.firecracker!, snapshotId: id, logger, restore: { eager: o.eager === true } });
         out(`Firecracker UFFD handler for ${id} listening on ${o.firecracker}; Ctrl-C stops`);
         await untilSignal();
         out(JSON.stringify(handler.health()));
