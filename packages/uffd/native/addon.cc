@@ -2,6 +2,7 @@
 // arguments, owns native objects and turns statuses into typed errors.
 #include <napi.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -469,6 +470,13 @@ Napi::Value ReceiveCommon(const Napi::CallbackInfo &info, bool accept) {
 Napi::Value AcceptFd(const Napi::CallbackInfo &info) { return ReceiveCommon(info, true); }
 Napi::Value ReceiveFd(const Napi::CallbackInfo &info) { return ReceiveCommon(info, false); }
 
+// Wakes a thread waiting in accept/poll on a listening socket (it then fails with EINVAL).
+Napi::Value ShutdownFd(const Napi::CallbackInfo &info) {
+  int fd = info[0].ToNumber().Int32Value();
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+  return info.Env().Undefined();
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo &info) {
   int fd = info[0].ToNumber().Int32Value();
   if (fd >= 0) ::close(fd);
@@ -614,6 +622,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("receiveFd", Napi::Function::New(env, ReceiveFd));
   exports.Set("sendFd", Napi::Function::New(env, SendFd));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("shutdownFd", Napi::Function::New(env, ShutdownFd));
   exports.Set("touchPages", Napi::Function::New(env, TouchPages));
   exports.Set("createTestStore", Napi::Function::New(env, CreateTestStore));
   exports.Set("testStoreOp", Napi::Function::New(env, TestStoreOp));

@@ -104,6 +104,7 @@ export interface UffdAddon {
   receiveFd(connFd: number, timeoutMs?: number): Promise<ReceivedFd>;
   sendFd(path: string, message: Buffer, fd: number): number;
   closeFd(fd: number): void;
+  shutdownFd(fd: number): void;
   touchPages(address: bigint, pages: Float64Array, pageSize: number, out?: Buffer, write?: Buffer, cpu?: number): Promise<void>;
   createTestStore(pageSize: number): NativePageStoreHandle;
   testStoreOp(handle: NativePageStoreHandle, op: string, ns?: bigint, pages?: Float64Array, data?: Buffer, status?: number): unknown;

@@ -43,19 +43,41 @@ function wrap(r: { fd: number; conn: number; pid: number; uid: number; gid: numb
 
 export class UffdListener {
   #fd: number;
+  #closed = false;
+  /** Accepts under way (each on its own native thread, using #fd). */
+  readonly #pending = new Set<Promise<unknown>>();
+
   constructor(readonly path: string) {
     this.#fd = uffdAddon().listenUnix(path);
   }
 
   /** Waits for one sender and receives its message and descriptor. */
   async accept(options: AcceptOptions = {}): Promise<ReceivedUffd> {
-    if (this.#fd < 0) throw new TierStackError(ErrorCode.Closed, `listener ${this.path} is closed`);
-    return wrap(await uffdAddon().acceptFd(this.#fd, options.timeoutMs ?? -1));
+    if (this.#closed) throw new TierStackError(ErrorCode.Closed, `listener ${this.path} is closed`);
+    const p = uffdAddon().acceptFd(this.#fd, options.timeoutMs ?? -1);
+    this.#pending.add(p);
+    try {
+      return wrap(await p);
+    } catch (err) {
+      if (this.#closed) throw new TierStackError(ErrorCode.Closed, `listener ${this.path} was closed`, { cause: err });
+      throw err;
+    } finally {
+      this.#pending.delete(p);
+    }
   }
 
+  /** Stops listening. A pending accept() fails with TS_ERR_CLOSED; the descriptor is closed once
+   *  no native thread uses it (never while one might still call accept on its number). */
   close(): void {
-    if (this.#fd >= 0) uffdAddon().closeFd(this.#fd);
-    this.#fd = -1;
+    if (this.#closed) return;
+    this.#closed = true;
+    const fd = this.#fd;
+    if (this.#pending.size === 0) {
+      uffdAddon().closeFd(fd);
+      return;
+    }
+    uffdAddon().shutdownFd(fd);
+    void Promise.allSettled([...this.#pending]).then(() => uffdAddon().closeFd(fd));
   }
 }
 
