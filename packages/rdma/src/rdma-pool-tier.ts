@@ -67,12 +67,18 @@ export interface RdmaPoolTierOptions {
   syncWaitUs?: number;
   /** Largest batch polled on the JS thread (default 64 KiB). */
   syncMaxBytes?: number;
+  /** How often a lost or unreachable donor is tried again (default 1000 ms; 0 = never). */
+  reconnectMs?: number;
   /** Random source for placement (tests). */
   random?: () => number;
 }
 
 interface DonorState {
+  /** Position in the donor list (stable; what replicaReport() and logs use). */
   idx: number;
+  /** The native connection of the current session with this donor (-1: none yet). A donor that
+   *  comes back after a loss gets a new connection: replicas of the old one are never reused. */
+  conn: number;
   address: DonorAddress;
   client?: DonorClient;
   freeBytes: number;
@@ -136,7 +142,12 @@ export class RdmaPoolTier extends BasePageStore {
   /** Connects to the donors (at least one must answer) and returns the tier. */
   static async open(options: RdmaPoolTierOptions): Promise<RdmaPoolTier> {
     const tier = new RdmaPoolTier(options, options.pageSize ?? DEFAULT_PAGE_SIZE);
-    await tier.init();
+    try {
+      await tier.init();
+    } catch (err) {
+      await tier.close().catch(() => {}); // stops reconnect attempts, closes what was opened
+      throw err;
+    }
     return tier;
   }
 
@@ -162,6 +173,7 @@ export class RdmaPoolTier extends BasePageStore {
     const hello = first.value.hello;
     this.slabBytes = Number(hello.slabSize);
     if (this.slabBytes % this.pageSize !== 0) {
+      for (const c of clients) if (c.status === 'fulfilled') c.value.close();
       throw new TierStackError(ErrorCode.PageSize, `donor slab size ${this.slabBytes} is not a multiple of the page size ${this.pageSize}`);
     }
     this.slabPages = this.slabBytes / this.pageSize;
@@ -174,36 +186,20 @@ export class RdmaPoolTier extends BasePageStore {
       name: this.name,
     });
     if (this.backup) this.native.setBackup(this.backup.nativeHandle ?? null);
+    this.provider = provider;
+    this.nextConn = addrs.length;
+    addrs.forEach((address, idx) => this.donors.push({ idx, conn: -1, address, freeBytes: 0, up: false }));
     await Promise.all(
-      addrs.map(async (address, idx) => {
-        const d: DonorState = { idx, address, freeBytes: 0, up: false };
-        this.donors.push(d);
-        const r = clients[idx]!;
+      this.donors.map(async (d) => {
+        const r = clients[d.idx]!;
         if (r.status === 'rejected') {
-          this.log.warn({ donor: `${address.host}:${address.port}`, err: (r.reason as Error).message }, 'donor unavailable at open');
+          this.log.warn({ donor: `${d.address.host}:${d.address.port}`, err: (r.reason as Error).message }, 'donor unavailable at open');
+          this.scheduleReconnect(d);
           return;
         }
-        const c = r.value;
-        if (Number(c.hello.slabSize) !== this.slabBytes || c.hello.provider !== provider) {
-          this.log.warn({ donor: `${address.host}:${address.port}` }, 'donor has a different slab size or provider: not used');
-          c.close();
-          return;
-        }
-        try {
-          await this.native.connect(idx, c.hello.dataNode, c.hello.dataService, Buffer.from(c.hello.dataAddr ?? []));
-        } catch (err) {
-          this.log.warn({ donor: `${address.host}:${address.port}`, err: (err as Error).message }, 'libfabric connect failed');
-          c.close();
-          return;
-        }
-        d.client = c;
-        d.up = true;
-        d.freeBytes = Number((await c.stats().catch(() => ({ freeBytes: '0' }))).freeBytes);
-        c.on('close', () => this.donorLost(d, 'control connection closed'));
-        c.on('evict', (n) => this.onEvict(d, n));
+        await this.attach(d, r.value, d.idx);
       }),
     );
-    this.donors.sort((a, b) => a.idx - b.idx);
     if (!this.donors.some((d) => d.up)) throw new TierStackError(ErrorCode.Unavailable, 'no donor could be connected');
     const every = (ms: number, fn: () => void): void => {
       const t = setInterval(fn, ms);
@@ -313,7 +309,7 @@ export class RdmaPoolTier extends BasePageStore {
   protected override async doClose(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     await this.repairRunning?.catch(() => {});
-    await this.native.close();
+    if (this.native) await this.native.close();
     for (const d of this.donors) d.client?.close();
   }
 
@@ -324,8 +320,74 @@ export class RdmaPoolTier extends BasePageStore {
 
   // ------------------------------------------------------------------ slabs and placement
 
+  /** Connects the data path of a donor whose control connection said hello; false if unusable. */
+  private async attach(d: DonorState, c: DonorClient, conn: number): Promise<boolean> {
+    const where = `${d.address.host}:${d.address.port}`;
+    if (Number(c.hello.slabSize) !== this.slabBytes || c.hello.provider !== this.provider) {
+      this.log.warn({ donor: where }, 'donor has a different slab size or provider: not used');
+      c.close();
+      return false;
+    }
+    try {
+      await this.native.connect(conn, c.hello.dataNode, c.hello.dataService, Buffer.from(c.hello.dataAddr ?? []));
+    } catch (err) {
+      this.log.warn({ donor: where, err: (err as Error).message }, 'libfabric connect failed');
+      c.close();
+      this.scheduleReconnect(d);
+      return false;
+    }
+    d.client = c;
+    d.conn = conn;
+    d.up = true;
+    this.byConn.set(conn, d);
+    d.freeBytes = Number((await c.stats().catch(() => ({ freeBytes: '0' }))).freeBytes);
+    c.on('close', () => this.donorLost(d, 'control connection closed'));
+    c.on('evict', (n) => this.onEvict(d, n));
+    return true;
+  }
+
+  private scheduleReconnect(d: DonorState): void {
+    const ms = this.options.reconnectMs ?? 1000;
+    if (ms <= 0 || this.isClosed) return;
+    const t = setTimeout(() => void this.reconnect(d), ms);
+    t.unref();
+  }
+
+  private async reconnect(d: DonorState): Promise<void> {
+    if (this.isClosed || d.up || !this.native) return;
+    if (this.nextConn >= 256) {
+      this.log.error({ donor: d.idx }, 'no native connection slots left: not reconnecting');
+      return;
+    }
+    let c: DonorClient;
+    try {
+      c = await DonorClient.connect(d.address, { ...(this.options.token ? { token: this.options.token } : {}), clientName: this.name, timeoutMs: this.options.opTimeoutMs ?? 5000 });
+    } catch {
+      this.scheduleReconnect(d);
+      return;
+    }
+    if (this.isClosed) {
+      c.close();
+      return;
+    }
+    if (await this.attach(d, c, this.nextConn++)) {
+      this.log.info({ donor: `${d.address.host}:${d.address.port}`, conn: d.conn }, 'donor connected again');
+      this.scheduleRepair();
+    }
+  }
+
   private upDonors(exclude: Set<number> = new Set()): DonorState[] {
-    return this.donors.filter((d) => d.up && !exclude.has(d.idx) && this.native.connUp(d.idx));
+    return this.donors.filter((d) => d.up && !exclude.has(d.idx) && this.native.connUp(d.conn));
+  }
+
+  /** Donor positions holding the given replicas. */
+  private donorsOf(reps: Array<{ conn: number }>): Set<number> {
+    const out = new Set<number>();
+    for (const r of reps) {
+      const d = this.byConn.get(r.conn);
+      if (d) out.add(d.idx);
+    }
+    return out;
   }
 
   /** Allocates one slab on a donor picked by two choices among the others; undefined if none can. */
@@ -349,7 +411,7 @@ export class RdmaPoolTier extends BasePageStore {
   }
 
   private replicaOf(d: DonorState, g: SlabGrant): NativeReplica {
-    return { conn: d.idx, addr: BigInt(g.remoteAddr), rkey: BigInt(g.rkey), slabId: BigInt(g.slabId) };
+    return { conn: d.conn, addr: BigInt(g.remoteAddr), rkey: BigInt(g.rkey), slabId: BigInt(g.slabId) };
   }
 
   private ensureSlabs(nsId: bigint, pages: number[]): Promise<void> {
@@ -416,7 +478,10 @@ export class RdmaPoolTier extends BasePageStore {
       list.push(String(slabId));
       byConn.set(conn, list);
     }
-    for (const [conn, ids] of byConn) this.donors[conn]?.client?.send({ slabActivity: { slabIds: ids } });
+    for (const [conn, ids] of byConn) {
+      const d = this.byConn.get(conn);
+      if (d?.up && d.conn === conn) d.client?.send({ slabActivity: { slabIds: ids } });
+    }
   }
 
   // ------------------------------------------------------------------ failures, eviction, repair
@@ -426,14 +491,15 @@ export class RdmaPoolTier extends BasePageStore {
     d.up = false;
     this.log.warn({ donor: `${d.address.host}:${d.address.port}`, why }, 'donor lost');
     if (!this.isClosed) {
-      this.native.killConn(d.idx);
+      this.native.killConn(d.conn);
       this.scheduleRepair();
+      this.scheduleReconnect(d);
     }
   }
 
   private onEvict(d: DonorState, n: EvictNotice): void {
     this.log.info({ donor: d.idx, slabs: n.slabIds, graceMs: n.graceMs, reason: n.reason }, 'evict notice');
-    for (const id of n.slabIds) this.evicting.add(`${d.idx}:${id}`);
+    for (const id of n.slabIds) this.evicting.add(`${d.conn}:${id}`);
     d.freeBytes = 0;
     this.scheduleRepair();
   }
@@ -482,8 +548,8 @@ export class RdmaPoolTier extends BasePageStore {
       if (r.state !== DEAD) continue;
       this.native.dropReplica(s.ns, s.index, r.slot);
       this.evicting.delete(`${r.conn}:${r.slabId}`);
-      const d = this.donors[r.conn];
-      if (d?.up) await d.client!.freeSlab(r.slabId).catch(() => {});
+      const d = this.byConn.get(r.conn);
+      if (d?.up && d.conn === r.conn) await d.client!.freeSlab(r.slabId).catch(() => {});
     }
     const live = () => this.native.slabs().find((x) => x.ns === s.ns && x.index === s.index)!;
     let cur = live();
@@ -502,7 +568,7 @@ export class RdmaPoolTier extends BasePageStore {
     // 3. Top up to `replicas` copies that are not being evicted.
     const staying = () => active.filter((r) => !isEvicting(r));
     while (staying().length < this.replicas) {
-      const exclude = new Set(cur.replicas.filter((r) => r.state === ACTIVE || r.state === SYNCING).map((r) => r.conn));
+      const exclude = this.donorsOf(cur.replicas.filter((r) => r.state === ACTIVE || r.state === SYNCING));
       const got = await this.allocOn(exclude, key);
       if (!got) {
         if (active.some(isEvicting)) this.log.warn({ slab: key }, 'no donor can take an evicted slab');
@@ -531,8 +597,8 @@ export class RdmaPoolTier extends BasePageStore {
       if (staying().length < this.replicas) break;
       this.native.dropReplica(s.ns, s.index, r.slot);
       this.evicting.delete(`${r.conn}:${r.slabId}`);
-      const d = this.donors[r.conn];
-      if (d?.up) await d.client!.freeSlab(r.slabId).catch(() => {});
+      const d = this.byConn.get(r.conn);
+      if (d?.up && d.conn === r.conn) await d.client!.freeSlab(r.slabId).catch(() => {});
       active = active.filter((x) => x !== r);
     }
   }
@@ -553,6 +619,9 @@ export class RdmaPoolTier extends BasePageStore {
   }
 
   private readonly nsNames = new Map<bigint, string>();
+  private readonly byConn = new Map<number, DonorState>();
+  private nextConn = 0;
+  private provider = 'tcp';
 
   override put(ns: string, pages: ArrayLike<number>, data: Uint8Array, options?: PutOptions): Promise<void> {
     if (typeof ns === 'string' && ns.length > 0 && ns.length < 1024 && !ns.includes('\0')) {
@@ -578,7 +647,10 @@ export class RdmaPoolTier extends BasePageStore {
         slabs++;
         const act = s.replicas.filter((r) => r.state === ACTIVE && this.native.connUp(r.conn));
         if (act.filter((r) => !this.evicting.has(`${r.conn}:${r.slabId}`)).length < this.replicas) under++;
-        for (const r of act) perDonor[r.conn] = (perDonor[r.conn] ?? 0) + 1;
+        for (const r of act) {
+          const idx = this.byConn.get(r.conn)?.idx ?? -1;
+          perDonor[idx] = (perDonor[idx] ?? 0) + 1;
+        }
       }
     }
     return { slabs, underReplicated: under, perDonor, donorsUp: this.donors.filter((d) => d.up).map((d) => d.idx) };

@@ -121,6 +121,38 @@ describe('donor failure', () => {
   });
 });
 
+describe('donor restart', () => {
+  it('reconnects to a donor that comes back and restores the replicas on it', async () => {
+    const donors = await Promise.all([0, 1].map(() => spawnMemd({ capacity: '64M', slabSize: '256K' })));
+    const tier = await RdmaPoolTier.open({ donors: donors.map((d) => d.address), replicas: 2, reconnectMs: 100 });
+    try {
+      const ns = 'restart';
+      const pages = range(256);
+      await tier.put(ns, pages, makePages(ns, pages, PAGE, 1));
+      const port = donors[1]!.port;
+      await donors[1]!.kill9();
+      await until(() => tier.replicaReport().donorsUp.length === 1, 'the loss being noticed');
+      // One donor left: reads and writes go on with one replica each.
+      await tier.put(ns, pages.slice(0, 64), makePages(ns, pages.slice(0, 64), PAGE, 2));
+      const v = (p: number): number => (p < 64 ? 2 : 1);
+      const r1 = await tier.get(ns, pages);
+      expect(wrongPages(r1.data, r1.found, ns, pages, v)).toEqual([]);
+      expect(tier.replicaReport().underReplicated).toBe(4);
+      // The donor comes back on the same address: a fresh process with empty memory.
+      await spawnMemd({ capacity: '64M', slabSize: '256K', port });
+      await until(async () => {
+        await tier.repaired();
+        const rep = tier.replicaReport();
+        return rep.underReplicated === 0 && rep.perDonor[1] === 4;
+      }, 'replicas restored on the restarted donor');
+      const r2 = await tier.get(ns, pages);
+      expect(wrongPages(r2.data, r2.found, ns, pages, v)).toEqual([]);
+    } finally {
+      await tier.close();
+    }
+  });
+});
+
 describe('checksums', () => {
   it('reads the other replica when one holds wrong bytes, and reports TS_ERR_CHECKSUM when none is right', async () => {
     const donors = await Promise.all([0, 1].map(() => spawnMemd({ capacity: '64M', slabSize: '256K' })));
