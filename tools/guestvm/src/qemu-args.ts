@@ -42,6 +42,11 @@ export function qemuArgs(plan: QemuPlan): string[] {
     // crypto self-tests, loading the module-signing certificates (modules then load unverified,
     // which this kernel allows), the jitter-entropy self-test and encrypted-keys setup.
     'cryptomgr.notests',
+    // TCG's CPU has no constant TSC: without a preset the second CPU's delay-loop calibration
+    // falls back to the slow loop (~0.15 s). The value is what the first CPU derives from the TSC.
+    'lpj=8377268',
+    // 4-level page tables: one level less to walk on every emulated TLB miss (TCG offers LA57).
+    'no5lvl',
     'initcall_blacklist=load_system_certificate_list,crypto_kdf108_init,jent_mod_init,init_encrypted',
     ...(plan.cxl ? ['pcie_ports=compat'] : []), // else cxl_pci fails probing the event log
     ...(plan.extraKernelArgs ?? []),

@@ -19,7 +19,7 @@ const WAIT_FOR = `wait_for() {
     if [ "\${up%.*}" -ge "$end" ]; then echo "timed out waiting for $1"; return 1; fi
     busybox sleep 0.05
   done
-  echo "present: $1"; set -x
+  echo "present: $1 (uptime $up)"; set -x
 }`;
 
 const STEPS: Record<GuestSetupStep, string> = {
@@ -41,5 +41,6 @@ wait_for /dev/dax0.0`,
 /** The sh text of the given steps, in order. */
 export function setupScript(steps: readonly GuestSetupStep[]): string {
   if (steps.length === 0) return '';
-  return [WAIT_FOR, ...steps.map((s) => `echo "== guestvm setup: ${s}"\n${STEPS[s]}`)].join('\n');
+  // Each step is stamped with the guest's uptime (read without a fork) for the setup log.
+  return [WAIT_FOR, ...steps.map((s) => `read up _ < /proc/uptime; echo "== guestvm setup: ${s} (uptime $up)"\n${STEPS[s]}`)].join('\n');
 }
