@@ -22,7 +22,11 @@ export interface RunInGuestOptions {
   cxl?: {
     /** Device size in MiB, a multiple of 256. Default 256. */
     sizeMiB?: number;
-    /** Host file backing the device memory (created sparse if absent); default: a temporary file. */
+    /**
+     * Host file backing the device memory (created sparse if absent); default: a temporary file.
+     * Its bytes survive the run; the label area does not (each run starts with empty labels, so
+     * the 'cxl-devdax' step can create the region and namespace again).
+     */
     backingFile?: string;
   };
   /** Adds a virtio-blk disk, /dev/vda in the guest (raw image, created sparse if absent). */
@@ -100,6 +104,8 @@ function validate(o: RunInGuestOptions): void {
   const mem = o.memoryMiB ?? 1024;
   if (!Number.isInteger(mem) || mem < 256 || mem > 2048) throw badArgument(`runInGuest: memoryMiB must be 256..2048, got ${mem}`);
   if (o.timeoutMs !== undefined && !(o.timeoutMs > 0)) throw badArgument('runInGuest: timeoutMs must be positive');
+  const cpus = o.cpus ?? 2;
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > 8) throw badArgument(`runInGuest: cpus must be 1..8, got ${cpus}`);
   for (const k of Object.keys(o.env ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw badArgument(`runInGuest: bad environment variable name ${JSON.stringify(k)}`);
   }
