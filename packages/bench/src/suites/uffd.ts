@@ -4,8 +4,8 @@
  * measured in the same run with the same thread placement: the fault-serving thread (engine
  * fault thread / C handler thread) and the touching threads pinned with sched_setaffinity, by
  * default all to CPU 1 (see HANDLER_CPU below; the JS thread is not pinned).
- * One op = drop a 4 MiB chunk of the region (MADV_DONTNEED) and read one word of each of its
- * 1024 pages (sequential or random order within the chunk), cycling over a 256 MiB region.
+ * One op = drop a 16 MiB chunk of the region (MADV_DONTNEED) and read one word of each of its
+ * 4096 pages (sequential or random order within the chunk), cycling over a 256 MiB region.
  * Cases (bars from issue 7):
  *   - native tier, single page: pages in CxlTier(memfd) served on the fault thread via the C ABI
  *     (>= 0.9x the C handler), sequential and random;
@@ -22,7 +22,7 @@ import { compare, result, type Suite } from '../harness.js';
 
 const PAGE = 4096;
 const REGION_PAGES = 65536; // 256 MiB
-const CHUNK = 1024; // pages per op (4 MiB): short ops keep a run to seconds even on a busy machine
+const CHUNK = 4096; // pages per op (16 MiB): per-op overheads (thread start, madvise, promise) stay small
 // Placement: the fault-serving thread and the touchers share one CPU by default (a fault is then
 // a switch on that CPU, not a cross-CPU wake-up, which on a shared VM costs far more and varies
 // with the neighbours' load). TIERSTACK_BENCH_UFFD_CPUS="<handler>,<toucher>" overrides it.
