@@ -162,6 +162,7 @@ Napi::Value Info(const Napi::CallbackInfo &info) {
   o.Set("setBytes", h.set_bytes);
   o.Set("dataOffset", double(h.data_offset));
   o.Set("indexBytesPerPage", index_bytes_per_page(h.ways));
+  o.Set("checksum", c.crc_kind());
   o.Set("createdUnixMs", double(h.created_unix_ns / 1000000ULL));
   o.Set("creatorPid", h.creator_pid);
   o.Set("creatorHost", std::string(h.creator_host, strnlen(h.creator_host, sizeof h.creator_host)));

@@ -40,6 +40,7 @@ class Cache {
 
   uint32_t page_size() const { return page_size_; }
   uint64_t slot_count() const { return set_count_ * ways_; }
+  const char *crc_kind() const { return crc_.kind(); }
 
   // page_store.h semantics. get(): status[i] = FOUND / MISS / TS_E_CHECKSUM.
   int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);

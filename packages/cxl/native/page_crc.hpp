@@ -8,10 +8,15 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include <tierstack/page_store.hpp>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace cxl {
 
@@ -45,12 +50,26 @@ class PageCrc {
     std::vector<uint8_t> copied(page_size);
     const uint32_t want = tierstack::crc32c(probe.data(), page_size);
     if ((*this)(probe.data()) != want || copy(copied.data(), probe.data()) != want || copied != probe) lane_ = 0;
+#if defined(__x86_64__)
+    // Carry-less multiplication folding (AVX-512 VPCLMULQDQ), when the CPU has it.
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq") && page_size % 256 == 0) {
+      fold_constants(2048, k2048_);
+      fold_constants(512, k512_);
+      clmul_ = true;
+      std::fill(copied.begin(), copied.end(), 0);
+      if ((*this)(probe.data()) != want || copy(copied.data(), probe.data()) != want || copied != probe) clmul_ = false;
+    }
+#endif
   }
+
+  // Which implementation runs: "vpclmulqdq", "crc32x3" or "crc32".
+  const char *kind() const { return clmul_ ? "vpclmulqdq" : lane_ ? "crc32x3" : "crc32"; }
 
   // Copies a page and returns the CRC-32C of the bytes copied, in one pass: the crc work runs
   // while the copy waits on memory, instead of after it.
   uint32_t copy(void *dst, const void *src) const {
 #if defined(__x86_64__)
+    if (clmul_) return clmul(static_cast<uint8_t *>(dst), static_cast<const uint8_t *>(src));
     if (lane_ && lane_ % 64 == 0) return copy_lanes(static_cast<uint8_t *>(dst), static_cast<const uint8_t *>(src));
 #endif
     std::memcpy(dst, src, n_);
@@ -59,6 +78,7 @@ class PageCrc {
 
   uint32_t operator()(const void *data) const {
 #if defined(__x86_64__)
+    if (clmul_) return clmul(nullptr, static_cast<const uint8_t *>(data));
     if (lane_) return lanes(static_cast<const uint8_t *>(data));
 #endif
     return tierstack::crc32c(data, n_);
@@ -123,7 +143,69 @@ class PageCrc {
   }
 #endif
 
+  // x^n mod P (n = 7 mod 8) as the CRC register of a message that is a single 1 bit followed by
+  // zeros, (n - 31) bits long; returned in the 64-bit reflected form PCLMULQDQ wants (<< 32).
+  static uint64_t x_pow_mod(uint32_t n) {
+    std::vector<uint8_t> msg((n - 31) / 8, 0);
+    msg[0] = 1;
+    return uint64_t(tierstack::detail::crc32c_soft(0, msg.data(), msg.size())) << 32;
+  }
+  // Folding a 128-bit chunk (H = its first 8 bytes, L = the next 8) forward by `bits`:
+  // H * x^(64+bits) + L * x^bits (mod P); one less power because a reflected carry-less product
+  // comes out multiplied by x.
+  static void fold_constants(uint32_t bits, uint64_t out[2]) {
+    out[0] = x_pow_mod(64 + bits - 1);
+    out[1] = x_pow_mod(bits - 1);
+  }
+
+#if defined(__x86_64__)
+  __attribute__((target("avx512f,vpclmulqdq,sse4.2"))) static __m512i fold(__m512i z, __m512i k) {
+    return _mm512_xor_si512(_mm512_clmulepi64_epi128(z, k, 0x00), _mm512_clmulepi64_epi128(z, k, 0x11));
+  }
+
+  // CRC-32C by folding 256 bytes per step in four 512-bit accumulators; copies to `dst` when given.
+  __attribute__((target("avx512f,vpclmulqdq,sse4.2"))) uint32_t clmul(uint8_t *dst, const uint8_t *src) const {
+    const int64_t a0 = int64_t(k2048_[0]), a1 = int64_t(k2048_[1]), b0 = int64_t(k512_[0]), b1 = int64_t(k512_[1]);
+    const __m512i k2048 = _mm512_set_epi64(a1, a0, a1, a0, a1, a0, a1, a0);  // per 128-bit lane: lo = K(H), hi = K(L)
+    const __m512i k512 = _mm512_set_epi64(b1, b0, b1, b0, b1, b0, b1, b0);
+    __m512i z0 = _mm512_loadu_si512(src), z1 = _mm512_loadu_si512(src + 64);
+    __m512i z2 = _mm512_loadu_si512(src + 128), z3 = _mm512_loadu_si512(src + 192);
+    if (dst) {
+      _mm512_storeu_si512(dst, z0);
+      _mm512_storeu_si512(dst + 64, z1);
+      _mm512_storeu_si512(dst + 128, z2);
+      _mm512_storeu_si512(dst + 192, z3);
+    }
+    z0 = _mm512_xor_si512(z0, _mm512_zextsi128_si512(_mm_cvtsi32_si128(-1)));  // the initial register ~0
+    for (uint32_t off = 256; off < n_; off += 256) {
+      __m512i d0 = _mm512_loadu_si512(src + off), d1 = _mm512_loadu_si512(src + off + 64);
+      __m512i d2 = _mm512_loadu_si512(src + off + 128), d3 = _mm512_loadu_si512(src + off + 192);
+      if (dst) {
+        _mm512_storeu_si512(dst + off, d0);
+        _mm512_storeu_si512(dst + off + 64, d1);
+        _mm512_storeu_si512(dst + off + 128, d2);
+        _mm512_storeu_si512(dst + off + 192, d3);
+      }
+      z0 = _mm512_xor_si512(fold(z0, k2048), d0);
+      z1 = _mm512_xor_si512(fold(z1, k2048), d1);
+      z2 = _mm512_xor_si512(fold(z2, k2048), d2);
+      z3 = _mm512_xor_si512(fold(z3, k2048), d3);
+    }
+    z1 = _mm512_xor_si512(fold(z0, k512), z1);
+    z2 = _mm512_xor_si512(fold(z1, k512), z2);
+    z3 = _mm512_xor_si512(fold(z2, k512), z3);
+    alignas(64) uint64_t rest[8];
+    _mm512_store_si512(rest, z3);
+    uint64_t crc = 0;  // the 64 bytes left are congruent to the whole page: plain CRC from 0
+    for (int i = 0; i < 8; i++) crc = _mm_crc32_u64(crc, rest[i]);
+    return ~uint32_t(crc);
+  }
+#endif
+
   uint32_t n_;
+  bool clmul_ = false;
+  uint64_t k2048_[2] = {0, 0};
+  uint64_t k512_[2] = {0, 0};
   uint32_t lane_ = 0;
   bool hw_ = false;
   uint32_t shift_[4][256];

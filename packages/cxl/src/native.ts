@@ -53,6 +53,8 @@ export interface NativeRegionInfo {
   setBytes: number;
   dataOffset: number;
   indexBytesPerPage: number;
+  /** How page CRC-32Cs are computed here: 'vpclmulqdq', 'crc32x3' or 'crc32'. */
+  checksum: string;
   createdUnixMs: number;
   creatorPid: number;
   creatorHost: string;
@@ -103,7 +105,8 @@ export interface CxlAddon {
     defaultNsEntries: number;
   };
   memcpyBaseline(spanPages: number, pageSize: number): MemcpyBaselineHandle;
-  benchMemcpy(b: MemcpyBaselineHandle, mode: 'get' | 'put', pages: Float64Array, batch: number, iterations: number): number;
+  /** Thread CPU ns of `iterations` batches of memcpy, walking `pages` from index `start`. */
+  benchMemcpy(b: MemcpyBaselineHandle, mode: 'get' | 'put', pages: Float64Array, batch: number, iterations: number, start?: number): number;
   benchStore(
     handle: NativePageStoreHandle,
     ns: bigint,
@@ -111,6 +114,7 @@ export interface CxlAddon {
     pages: Float64Array,
     batch: number,
     iterations: number,
+    start?: number,
   ): { ns: number; misses: number; status: number };
 }
 
