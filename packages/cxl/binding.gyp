@@ -7,6 +7,7 @@
         "native/cache.cc",
         "native/store.cc",
         "native/bench.cc",
+        "native/selftest.cc",
         "native/addon.cc"
       ],
       "include_dirs": [

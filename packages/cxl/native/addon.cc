@@ -396,6 +396,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abandonPutForTest", Napi::Function::New(env, AbandonPutForTest, "abandonPutForTest"));
   exports.Set("layoutInfo", Napi::Function::New(env, LayoutInfo, "layoutInfo"));
   register_bench(env, exports);
+  register_selftest(env, exports);
   return exports;
 }
 

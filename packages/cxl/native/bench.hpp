@@ -6,4 +6,5 @@
 
 namespace cxl {
 void register_bench(Napi::Env env, Napi::Object exports);
+void register_selftest(Napi::Env env, Napi::Object exports);
 }

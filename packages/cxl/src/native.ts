@@ -104,6 +104,14 @@ export interface CxlAddon {
     nsEntryBytes: number;
     defaultNsEntries: number;
   };
+  /** Test helper: `threads` native threads put/get overlapping pages through the C ABI and check every read. */
+  threadStress(
+    handle: NativePageStoreHandle,
+    ns: bigint,
+    threads: number,
+    millis: number,
+    keySpan: number,
+  ): { puts: number; gets: number; hits: number; mismatches: number; errors: number; noSpace: number };
   memcpyBaseline(spanPages: number, pageSize: number): MemcpyBaselineHandle;
   /** Thread CPU ns of `iterations` batches of memcpy, walking `pages` from index `start`. */
   benchMemcpy(b: MemcpyBaselineHandle, mode: 'get' | 'put', pages: Float64Array, batch: number, iterations: number, start?: number): number;
