@@ -14,6 +14,7 @@ const loaders = new Map<string, SuiteLoader>([
   ['redis', async () => (await import('./suites/redis.js')).redisSuite],
   ['restore', async () => (await import('./suites/restore.js')).restoreSuite],
   ['uffd', async () => (await import('./suites/uffd.js')).uffdSuite],
+  ['ublk', async () => (await import('./suites/ublk.js')).ublkSuite],
 ]);
 
 export function registerSuite(name: string, loader: SuiteLoader): void {
