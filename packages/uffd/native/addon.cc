@@ -611,6 +611,21 @@ Napi::Value TestStoreOp(const Napi::CallbackInfo &info) {
 
 Napi::Value GetTid(const Napi::CallbackInfo &info) { return Napi::Number::New(info.Env(), current_tid()); }
 
+// pinCurrentThread(cpus: number[]): sets the calling (JS) thread's CPU affinity; [] = all CPUs.
+// For benchmarks that place the whole fault-service path on chosen CPUs.
+Napi::Value PinCurrentThread(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  Napi::Array a = info[0].As<Napi::Array>();
+  if (a.Length() == 0) {
+    for (int c = 0; c < CPU_SETSIZE; c++) CPU_SET(c, &set);
+  }
+  for (uint32_t i = 0; i < a.Length(); i++) CPU_SET(a.Get(i).ToNumber().Int32Value(), &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) return throw_error(env, "TS_ERR_IO", "sched_setaffinity", errno);
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto *data = new AddonData();
   data->engine_ctor = Napi::Persistent(EngineWrap::Define(env));
@@ -627,6 +642,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createTestStore", Napi::Function::New(env, CreateTestStore));
   exports.Set("testStoreOp", Napi::Function::New(env, TestStoreOp));
   exports.Set("gettid", Napi::Function::New(env, GetTid));
+  exports.Set("pinCurrentThread", Napi::Function::New(env, PinCurrentThread));
   return exports;
 }
 

@@ -109,6 +109,7 @@ export interface UffdAddon {
   createTestStore(pageSize: number): NativePageStoreHandle;
   testStoreOp(handle: NativePageStoreHandle, op: string, ns?: bigint, pages?: Float64Array, data?: Buffer, status?: number): unknown;
   gettid(): number;
+  pinCurrentThread(cpus: number[]): void;
 }
 
 let addon: UffdAddon | undefined;

@@ -25,6 +25,11 @@ export function gettid(): number {
   return uffdAddon().gettid();
 }
 
+/** Pins the calling thread (the JS thread when called from JS) to `cpus` ([] = all CPUs). */
+export function pinCurrentThread(cpus: number[]): void {
+  uffdAddon().pinCurrentThread(cpus);
+}
+
 /** A native DRAM page store (hash map) exposed both as a PageStore and as a C ABI handle. */
 export class NativeTestTier extends BasePageStore {
   readonly #handle: NativePageStoreHandle;

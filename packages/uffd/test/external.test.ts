@@ -7,7 +7,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createTierStack, MemoryTier } from '@tierstack/core';
@@ -81,6 +81,32 @@ describe('external region over a Unix socket (SCM_RIGHTS)', () => {
     listener.close();
     expect(fdCount()).toBeLessThanOrEqual(before); // uffd, pidfd, connection and listener all closed
 
+    await engine.close();
+    await stack.close();
+  });
+
+  it('adopts a fresh uffd: negotiates and registers the sender\'s range itself (apiDone: false)', async () => {
+    const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 16 << 20 })] });
+    const engine = createUffdEngine({ stack, faultThreads: 1 });
+    const ns = uniqueNs('ext-fresh');
+    const pages = 64;
+    await seed(stack, ns, pages);
+    const sock = join(dir, 'fresh.sock');
+    const listener = listenForUffd(sock);
+    const child = spawn(exe, [sock, ns, String(pages), '0'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TS_UNREGISTERED: '1' } });
+    let stdout = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    const got = await listener.accept({ timeoutMs: 10_000 });
+    const [m] = parseMappings(got.message);
+    const adopted = engine.adopt({ fd: got.fd, pid: got.pid, apiDone: false, regions: [{ base: m!.base, size: m!.size, namespace: ns, faultAround: 4 }] });
+    writeSync(got.conn, Buffer.from('g')); // registered: the sender may touch now
+    expect(await exited).toBe(0);
+    expect(stdout).toContain(`touched ${pages} bad 0`);
+    expect(stdout).toContain('removed-zero 8'); // the engine asked for REMOVE events itself
+    await adopted.exited;
+    got.closeConnection();
+    listener.close();
     await engine.close();
     await stack.close();
   });
