@@ -44,6 +44,18 @@ describe('CxlTier region validation', () => {
     expect(info.namespaces.map((n) => n.name)).toEqual(['keep']);
   });
 
+  it('shares a memfd region with a second opener through /proc/<pid>/fd/<fd>', async () => {
+    const a = await CxlTier.open({ backing: { kind: 'memfd', size: 4 << 20 } });
+    await a.put('share', [4, 5], makePages('share', [4, 5], a.pageSize, 3), { dirty: true });
+    const b = await CxlTier.open({ backing: { kind: 'file', path: `/proc/${process.pid}/fd/${a.info().fd}` } });
+    const r = await b.get('share', [4, 5]);
+    expect(r.hits).toBe(2);
+    expect(pageMatches(r.data.subarray(0, 4096), 'share', 4, 3)).toBe(true);
+    expect(b.dirtyCount()).toBe(2);
+    await b.close();
+    await a.close();
+  });
+
   it('rejects a foreign file and a corrupted header with TS_ERR_CORRUPT', async () => {
     const foreign = join(dir, 'foreign');
     writeFileSync(foreign, randomBytes(1 << 20));
