@@ -57,7 +57,8 @@ export function qemuArgs(plan: QemuPlan): string[] {
     '-accel',
     'tcg,thread=multi',
     '-cpu',
-    plan.cxl ? 'max,hypervisor=off' : 'max', // else region commit fails to synchronize CPU caches
+    // hypervisor=off for CXL: else region commit fails to synchronize CPU caches.
+    `${process.env.TIERSTACK_GUEST_CPU ?? 'max'}${plan.cxl ? ',hypervisor=off' : ''}`,
     '-m',
     plan.cxl ? `${plan.memoryMiB}M,maxmem=16G,slots=8` : `${plan.memoryMiB}M`,
     '-smp',
