@@ -194,7 +194,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
                         InstanceMethod<&PoolWrap::HasSlab>("hasSlab"), InstanceMethod<&PoolWrap::AddReplica>("addReplica"),
                         InstanceMethod<&PoolWrap::CopyReplica>("copyReplica"), InstanceMethod<&PoolWrap::SetReplicaState>("setReplicaState"),
                         InstanceMethod<&PoolWrap::DropReplica>("dropReplica"), InstanceMethod<&PoolWrap::ReplaceLost>("replaceLost"),
-                        InstanceMethod<&PoolWrap::Slabs>("slabs"), InstanceMethod<&PoolWrap::TakeTouched>("takeTouched"),
+                        InstanceMethod<&PoolWrap::Slabs>("slabs"), InstanceMethod<&PoolWrap::DropEmptySlab>("dropEmptySlab"), InstanceMethod<&PoolWrap::TakeTouched>("takeTouched"),
                         InstanceMethod<&PoolWrap::Degraded>("degradedEvents"), InstanceMethod<&PoolWrap::Get>("get"),
                         InstanceMethod<&PoolWrap::Put>("put"), InstanceMethod<&PoolWrap::Remove>("remove"),
                         InstanceMethod<&PoolWrap::Handle>("handle"), InstanceMethod<&PoolWrap::SetBackup>("setBackup"), InstanceMethod<&PoolWrap::Close>("close")});
@@ -275,6 +275,18 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     auto lost = pool_->replace_lost(to_u64(info[0]), to_u64(info[1]), to_replica(info[2]));
     auto arr = Napi::Float64Array::New(env, lost.size());
     for (size_t i = 0; i < lost.size(); i++) arr[i] = static_cast<double>(lost[i]);
+    return arr;
+  }
+  Napi::Value DropEmptySlab(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    auto reps = pool_->drop_empty_slab(to_u64(info[0]), to_u64(info[1]));
+    auto arr = Napi::Array::New(env, reps.size());
+    for (size_t i = 0; i < reps.size(); i++) {
+      auto x = Napi::Object::New(env);
+      x.Set("conn", reps[i].conn);
+      x.Set("slabId", Napi::BigInt::New(env, reps[i].slab_id));
+      arr.Set(i, x);
+    }
     return arr;
   }
   Napi::Value Slabs(const Napi::CallbackInfo &info) {

@@ -342,6 +342,27 @@ std::vector<uint64_t> Pool::replace_lost(uint64_t ns, uint64_t index, const Repl
   return lost;
 }
 
+std::vector<Replica> Pool::drop_empty_slab(uint64_t ns, uint64_t index) {
+  std::vector<Replica> out;
+  auto s = find(ns, index);
+  if (!s) return out;
+  std::unique_lock<IoLock> io(s->io);  // no put is writing it
+  if (s->present.load() != 0) return out;
+  for (uint64_t off = 0; off < slab_pages_; off++)
+    if (load(s->state[off]) != kAbsent) return out;
+  {
+    std::unique_lock<std::shared_mutex> ml(map_mu_);
+    auto it = map_.find(SlabKey{ns, index});
+    if (it == map_.end() || it->second != s) return out;
+    map_.erase(it);
+  }
+  s->dropped = true;
+  std::lock_guard<std::mutex> lk(s->reps_mu);
+  for (auto &r : s->reps)
+    if (r.state != kNone) out.push_back(r);
+  return out;
+}
+
 std::vector<SlabView> Pool::slabs() {
   std::vector<SlabView> out;
   std::shared_lock<std::shared_mutex> ml(map_mu_);
@@ -460,7 +481,9 @@ void Pool::fail_closed_locked(Op *ops, size_t n, Batch &b) {
 }
 
 bool Pool::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
-  uint64_t epoch = close_epoch_.load();
+  // ~0: check for closed connections on the first pass. A batch may be resumed here after a
+  // connection closed while nobody was waiting on it (the JS thread handed it to a worker).
+  uint64_t epoch = ~0ULL;
   uint64_t start = 0;
   unsigned spins = 0;
   while (b.pending.load(std::memory_order_acquire) > 0) {
@@ -667,6 +690,13 @@ std::unique_ptr<Job> Pool::start_put(uint64_t ns, const uint64_t *pages, size_t 
   j.slab.erase(std::unique(j.slab.begin(), j.slab.end()), j.slab.end());
   for (auto &s : j.slab) s->io.lock_shared();  // ascending address order: no deadlock
   j.locked = true;
+  for (auto &s : j.slab)
+    if (s->dropped) {
+      // Given back while we looked it up: the control plane places the page again.
+      j.rc = TS_E_NO_SPACE;
+      j.done = true;
+      return job;
+    }
   j.nops = n * kMaxReplicas;
   j.ops.reset(new Op[j.nops]);
   j.crc.resize(n);

@@ -83,6 +83,7 @@ struct Slab {
   std::vector<uint8_t> state;  // PageState per page (written under io shared + per page ownership)
   std::atomic<bool> touched{false};
   std::atomic<uint64_t> present{0};
+  bool dropped = false;  // set under io (exclusive): the slab left the map; puts must not use it
 };
 
 struct Conn {
@@ -184,6 +185,9 @@ class Pool {
   bool drop_replica(uint64_t ns, uint64_t index, int slot);
   // The slab lost every replica: `rep` replaces them; pages present become Lost. Returns them.
   std::vector<uint64_t> replace_lost(uint64_t ns, uint64_t index, const Replica &rep);
+  // Removes a slab that holds no page (present and lost both zero) from the map; returns its
+  // replicas so the control plane can give them back, or nothing if it is not empty.
+  std::vector<Replica> drop_empty_slab(uint64_t ns, uint64_t index);
   std::vector<SlabView> slabs();
   std::vector<std::pair<int32_t, uint64_t>> take_touched();
   uint64_t degraded_events() const { return degraded_.load(); }

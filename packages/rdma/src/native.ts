@@ -39,6 +39,8 @@ export interface NativePool {
   dropReplica(ns: bigint, index: number, slot: number): boolean;
   replaceLost(ns: bigint, index: number, rep: NativeReplica): Float64Array;
   slabs(): NativeSlabView[];
+  /** Removes a slab that holds no page; its replicas (to give back), or [] if it is not empty. */
+  dropEmptySlab(ns: bigint, index: number): Array<{ conn: number; slabId: bigint }>;
   takeTouched(): Array<[number, bigint]>;
   degradedEvents(): number;
   /** Per-page status; with syncUs > 0 a small batch may complete on the calling thread (no promise). */

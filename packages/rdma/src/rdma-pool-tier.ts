@@ -89,6 +89,9 @@ const MAX_REPLICAS = 4;
 
 const slabKey = (ns: bigint, index: number): string => `${ns}:${index}`;
 
+/** A slab left the map while it was being repaired (all its pages were removed). */
+class SlabGone extends Error {}
+
 export interface ReplicaReport {
   slabs: number;
   /** Slabs with fewer active replicas than asked for. */
@@ -298,8 +301,18 @@ export class RdmaPoolTier extends BasePageStore {
   }
 
   protected async doRemove(ns: string, pages: number[]): Promise<void> {
-    this.native.remove(namespaceId(ns), Float64Array.from(pages));
+    const nsId = namespaceId(ns);
+    this.native.remove(nsId, Float64Array.from(pages));
+    // Slabs left with no page go back to their donors.
+    const freed: Promise<void>[] = [];
+    for (const index of new Set(pages.map((p) => Math.floor(p / this.slabPages)))) {
+      for (const r of this.native.dropEmptySlab(nsId, index)) {
+        const d = this.byConn.get(r.conn);
+        if (d?.up && d.conn === r.conn) freed.push(d.client!.freeSlab(r.slabId).catch(() => {}));
+      }
+    }
     if (this.backup) await this.backup.remove(ns, pages);
+    await Promise.all(freed);
   }
 
   protected override async doFlush(): Promise<void> {
@@ -536,7 +549,11 @@ export class RdmaPoolTier extends BasePageStore {
     const A = rdmaAddon();
     for (const s of this.native.slabs()) {
       if (this.isClosed) return;
-      await this.repairSlab(s, A.kReplicaActive, A.kReplicaSyncing, A.kReplicaDead);
+      try {
+        await this.repairSlab(s, A.kReplicaActive, A.kReplicaSyncing, A.kReplicaDead);
+      } catch (err) {
+        if (!(err instanceof SlabGone)) throw err;
+      }
     }
   }
 
@@ -551,8 +568,18 @@ export class RdmaPoolTier extends BasePageStore {
       const d = this.byConn.get(r.conn);
       if (d?.up && d.conn === r.conn) await d.client!.freeSlab(r.slabId).catch(() => {});
     }
-    const live = () => this.native.slabs().find((x) => x.ns === s.ns && x.index === s.index)!;
-    let cur = live();
+    const live = (): NativeSlabView => {
+      const v = this.native.slabs().find((x) => x.ns === s.ns && x.index === s.index);
+      // Given back meanwhile (all its pages removed): nothing to repair.
+      if (!v) throw new SlabGone();
+      return v;
+    };
+    let cur: NativeSlabView;
+    try {
+      cur = live();
+    } catch {
+      return;
+    }
     let active = cur.replicas.filter((r) => r.state === ACTIVE && this.native.connUp(r.conn));
     // 2. Nothing left to copy from: start over on a new donor, pages lost unless the backup has them.
     if (active.length === 0 && !cur.replicas.some((r) => r.state === SYNCING)) {

@@ -39,6 +39,31 @@ describe('RdmaPoolTier options', () => {
   });
 });
 
+describe('RdmaPoolTier slab lifetime', () => {
+  it('gives a slab back to its donors when its last page is removed', async () => {
+    const tier = await RdmaPoolTier.open({ donors: three.map((m) => m.address), replicas: 2 });
+    try {
+      const ns = 'give-back';
+      const per = tier.pagesPerSlab;
+      const pages = [0, 1, per, per + 1];
+      await tier.put(ns, pages, makePages(ns, pages, tier.pageSize));
+      expect(tier.replicaReport().slabs).toBe(2);
+      await tier.remove(ns, [0]);
+      expect(tier.replicaReport().slabs).toBe(2);
+      await tier.remove(ns, [1]);
+      expect(tier.replicaReport().slabs).toBe(1);
+      const r = await tier.get(ns, pages);
+      expect([...r.found]).toEqual([0, 0, 1, 1]);
+      // Writing there again places a new slab.
+      await tier.put(ns, [0], makePages(ns, [0], tier.pageSize, 5));
+      expect(pageMatches((await tier.get(ns, [0])).data, ns, 0, 5)).toBe(true);
+      expect(tier.replicaReport().slabs).toBe(2);
+    } finally {
+      await tier.close();
+    }
+  });
+});
+
 describe('RdmaPoolTier native handle', () => {
   it('serves pages written from JavaScript through the C ABI from a native thread', async () => {
     const tier = await RdmaPoolTier.open({ donors: three.map((m) => m.address), replicas: 2 });
