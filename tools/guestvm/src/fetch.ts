@@ -219,6 +219,8 @@ async function fetchTools(cacheDir: string, root: string, stamp: string): Promis
     await removeStaleStaging(cacheDir);
     const staging = `${root}.tmp-${process.pid}`;
     await rm(staging, { recursive: true, force: true });
+    // Only this run's downloads in debs/, so each package maps to exactly one file.
+    await rm(join(cacheDir, 'debs'), { recursive: true, force: true });
     const debs = await aptDownloadFresh(TOOL_PACKAGES, join(cacheDir, 'debs'));
     await unpack(debs, staging);
     const layout = toolsLayout(staging);
