@@ -19,11 +19,14 @@ export interface QemuPlan {
   extraKernelArgs?: readonly string[];
 }
 
+/** A path inside a QEMU option list: commas separate options, so a literal one is doubled. */
+const optPath = (p: string): string => p.replace(/,/g, ',,');
+
 const share = (id: string, path: string, readonly: boolean): string[] => [
   '-fsdev',
   // multidevs=remap: the host root spans several devices; without it inode numbers collide
   // and the guest's view of files gets confused.
-  `local,id=${id},path=${path},security_model=none,multidevs=remap${readonly ? ',readonly=on' : ''}`,
+  `local,id=${id},path=${optPath(path)},security_model=none,multidevs=remap${readonly ? ',readonly=on' : ''}`,
   '-device',
   `virtio-9p-pci,fsdev=${id},mount_tag=${id}`,
 ];
@@ -76,7 +79,7 @@ export function qemuArgs(plan: QemuPlan): string[] {
     '-append',
     kernelArgs.join(' '),
     '-chardev',
-    `file,id=console,path=${plan.consoleLog}`,
+    `file,id=console,path=${optPath(plan.consoleLog)}`,
     '-serial',
     'chardev:console',
     ...share(TAG_ROOT, '/', true),
@@ -84,15 +87,15 @@ export function qemuArgs(plan: QemuPlan): string[] {
     ...share(TAG_RESULTS, plan.resultsDir, false),
   ];
   if (plan.diskPath) {
-    args.push('-drive', `file=${plan.diskPath},format=raw,if=none,id=disk0,cache=unsafe`, '-device', 'virtio-blk-pci,drive=disk0');
+    args.push('-drive', `file=${optPath(plan.diskPath)},format=raw,if=none,id=disk0,cache=unsafe`, '-device', 'virtio-blk-pci,drive=disk0');
   }
   if (plan.cxl) {
     const c = plan.cxl;
     args.push(
       '-object',
-      `memory-backend-file,id=cxl-mem0,share=on,mem-path=${c.backingFile},size=${c.sizeMiB}M`,
+      `memory-backend-file,id=cxl-mem0,share=on,mem-path=${optPath(c.backingFile)},size=${c.sizeMiB}M`,
       '-object',
-      `memory-backend-file,id=cxl-lsa0,share=on,mem-path=${c.lsaFile},size=${c.lsaSizeMiB}M`,
+      `memory-backend-file,id=cxl-lsa0,share=on,mem-path=${optPath(c.lsaFile)},size=${c.lsaSizeMiB}M`,
       '-device',
       'pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.0',
       '-device',
