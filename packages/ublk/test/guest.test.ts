@@ -20,12 +20,12 @@ describe.skipIf(!cap.ok)('ublk in a QEMU guest', () => {
   beforeAll(async () => {
     // The guest runs the built JS (it sees the host's root read-only) and a C memory hog.
     await sh(`cd ${repo} && pnpm exec tsc -b packages/ublk`, { timeout: 120_000 });
-    await sh(`cc -O2 -o ${join(pkg, 'build', 'hog')} ${join(here, 'fixtures', 'hog.c')}`);
+    await sh(`mkdir -p ${join(pkg, '.cache')} && cc -O2 -o ${join(pkg, '.cache', 'hog')} ${join(here, 'fixtures', 'hog.c')}`);
   }, 150_000);
 
   it('serves dd, ext4, fio, swap under a cgroup limit, and survives its server being killed', async () => {
     const r = await runInGuest({
-      command: `bash ${join(here, 'guest', 'ublk-guest.sh')} ${repo} ${join(pkg, 'build', 'hog')}`,
+      command: `bash ${join(here, 'guest', 'ublk-guest.sh')} ${repo} ${join(pkg, '.cache', 'hog')}`,
       setup: ['ublk'],
       disk: { sizeMiB: 512 },
       memoryMiB: 1024,

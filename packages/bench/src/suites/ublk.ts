@@ -8,7 +8,9 @@
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { createTierStack, MemoryTier } from '@tierstack/core';
 import { createBlockDevice, type BlockDevice } from '@tierstack/ublk';
@@ -24,6 +26,16 @@ interface FioSide {
   p99Us: number;
 }
 
+interface FioJob {
+  jobs: Array<Record<'read' | 'write', { iops: number; clat_ns: { percentile: Record<string, number> } }>>;
+}
+
+function fioSide(json: string): FioSide {
+  const job = (JSON.parse(json) as FioJob).jobs[0]!;
+  const pct = (k: string): number => ((job.read.clat_ns.percentile[k] ?? 0) + (job.write.clat_ns.percentile[k] ?? 0)) / 2 / 1000;
+  return { iops: job.read.iops + job.write.iops, p50Us: pct('50.000000'), p99Us: pct('99.000000') };
+}
+
 async function fio(device: string, seconds: number): Promise<FioSide> {
   const { stdout } = await run(
     'fio',
@@ -31,9 +43,7 @@ async function fio(device: string, seconds: number): Promise<FioSide> {
       `--size=${SIZE}`, `--runtime=${seconds}`, '--time_based', '--output-format=json', '--randrepeat=1'],
     { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20 },
   );
-  const job = (JSON.parse(stdout) as { jobs: Array<Record<'read' | 'write', { iops: number; clat_ns: { percentile: Record<string, number> } }>> }).jobs[0]!;
-  const pct = (k: string): number => ((job.read.clat_ns.percentile[k] ?? 0) + (job.write.clat_ns.percentile[k] ?? 0)) / 2 / 1000;
-  return { iops: job.read.iops + job.write.iops, p50Us: pct('50.000000'), p99Us: pct('99.000000') };
+  return fioSide(stdout);
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -92,5 +102,39 @@ export const ublkSuite: Suite = {
       await run('losetup', ['-d', loop]).catch(() => undefined);
       await run('rm', ['-f', img]);
     }
+    if (process.env.TIERSTACK_BENCH_UBLK_GUEST === '1') yield* guestCases(ctx, seconds);
+    else ctx.log('ublk: the ublk transport cases run in a QEMU guest: set TIERSTACK_BENCH_UBLK_GUEST=1 (one boot, a few minutes)');
   },
 };
+
+/** ublk in the guest: tierstack devices vs a minimal C RAM-disk ublk server, one boot. */
+async function* guestCases(ctx: Parameters<Suite['run']>[0], seconds: number): AsyncIterable<ReturnType<typeof result>> {
+  const { runInGuest, guestCapability } = await import('@tierstack/guestvm');
+  const cap = await guestCapability();
+  if (!cap.ok) {
+    ctx.log(`ublk guest cases skipped: ${cap.reason}`);
+    return;
+  }
+  const ublkDir = dirname(createRequire(import.meta.url).resolve('@tierstack/ublk/package.json'));
+  const repo = join(ublkDir, '..', '..');
+  const ramdisk = join(ublkDir, '.cache', 'ublk-ramdisk');
+  mkdirSync(dirname(ramdisk), { recursive: true });
+  await run('cc', ['-O2', '-o', ramdisk, join(ublkDir, 'bench', 'ublk-ramdisk.c'), '-luring', '-lpthread']);
+  const results = join(ctx.tmpDir, 'guest');
+  mkdirSync(results, { recursive: true });
+  const rounds = ctx.measure.rounds;
+  ctx.log(`ublk: guest: C RAM disk vs tierstack ublk (CxlTier / MemoryTier), ${rounds} rounds of ${seconds}s`);
+  const r = await runInGuest({
+    command: `bash ${join(ublkDir, 'bench', 'guest-bench.sh')} ${repo} ${ramdisk} ${seconds} ${rounds}`,
+    setup: ['ublk'],
+    resultsDir: results,
+    memoryMiB: 1024,
+    timeoutMs: 600_000,
+  });
+  if (!r.stdout.includes('BENCH-OK')) throw new Error(`guest bench failed (exit ${r.exitCode}): ${r.stderr.slice(-2000)}`);
+  const side = (name: string): Measurement =>
+    combine(Array.from({ length: rounds }, (_, i) => fioSide(readFileSync(join(results, `${name}-${i + 1}.json`), 'utf8'))));
+  const base = side('c');
+  yield result('ublk', 'ublk [CxlTier memfd, native path] 4k randrw qd32 (guest, TCG)', 'C RAM-disk ublk server', { case: side('cxl'), baseline: base }, 'bar >= 0.7x; 1 queue, depth 32');
+  yield result('ublk', 'ublk [MemoryTier, JS path] 4k randrw qd32 (guest, TCG)', 'C RAM-disk ublk server', { case: side('memory'), baseline: base }, 'bar >= 0.7x; 1 queue, depth 32');
+}
