@@ -38,6 +38,7 @@ bool read_region_config(Napi::Env env, Napi::Object o, uint32_t ps, RegionConfig
   c->zero_after_remove = o.Get("zeroAfterRemove").ToBoolean().Value();
   c->managed = o.Get("managed").ToBoolean().Value();
   c->budget_pages = static_cast<uint64_t>(o.Get("budgetPages").ToNumber().Int64Value());
+  c->fresh = o.Get("fresh").ToBoolean().Value();
   if (c->size == 0 || c->size % ps != 0 || c->base % ps != 0) {
     throw_error(env, "TS_ERR_BAD_ARGUMENT", "region base and size must be non-zero multiples of the page size");
     return false;

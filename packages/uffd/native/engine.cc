@@ -38,7 +38,7 @@ int pidfd_open_(pid_t pid) {
 
 Region::Region(uint32_t id_, const RegionConfig &c, uint32_t ps)
     : id(id_), cfg(c), page_size(ps), npages(c.size / ps), installed(c.size / ps), removed(c.size / ps),
-      dirty(c.managed ? c.size / ps : 0) {
+      dirty(c.managed ? c.size / ps : 0), stored(c.managed && c.fresh ? c.size / ps : 0) {
   if (cfg.managed) {
     evict_gen.reset(new std::atomic<uint32_t>[npages]);
     for (size_t i = 0; i < npages; i++) evict_gen[i].store(0, std::memory_order_relaxed);
@@ -400,16 +400,21 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
   const bool managed = r.cfg.managed;
   const bool zero_policy = r.cfg.missing == MissingPolicy::kZero;
 
+  // Eviction generations first: anything decided from here on about a page (never stored,
+  // in the write-back map, fetched) is re-checked against them before installing.
+  if (managed)
+    for (size_t k = 0; k < n; k++) sc.gens[k] = r.evict_gen[wants[k].idx].load(std::memory_order_acquire);
   // 1. What needs fetching.
   for (size_t k = 0; k < n; k++) {
-    sc.action[k] = (r.cfg.zero_after_remove && r.removed.test(wants[k].idx)) ? kZero : kFetch;
+    const uint64_t idx = wants[k].idx;
+    bool zero = (r.cfg.zero_after_remove && r.removed.test(idx)) || (managed && r.cfg.fresh && !r.stored.test(idx));
+    sc.action[k] = zero ? kZero : kFetch;
     sc.status[k] = TS_PAGE_MISS;
     sc.level[k] = 0;
     sc.pages[k] = r.cfg.page_offset + wants[k].idx;
     sc.bufs[k] = sc.buf.data() + k * ps;
   }
   if (managed) {
-    for (size_t k = 0; k < n; k++) sc.gens[k] = r.evict_gen[wants[k].idx].load(std::memory_order_acquire);
     std::lock_guard<std::mutex> lk(r.mu);
     if (!r.writeback.empty()) {
       for (size_t k = 0; k < n; k++) {
@@ -508,8 +513,9 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
     lk.lock();
     for (size_t k = 0; k < n; k++) {
       if (sc.gens[k] == r.evict_gen[wants[k].idx].load(std::memory_order_acquire)) continue;
-      if (wants[k].fault >= 0 && sc.action[k] == kCopy) return -EAGAIN;  // evicted meanwhile: refetch
-      if (sc.action[k] == kCopy) sc.action[k] = kSkip;
+      bool installs = sc.action[k] == kCopy || sc.action[k] == kZero;
+      if (wants[k].fault >= 0 && installs) return -EAGAIN;  // evicted meanwhile: decide again
+      if (installs) sc.action[k] = kSkip;
     }
   }
   const bool dontwake = mode == Mode::kPrefetch;
@@ -656,6 +662,7 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
         uint64_t page = r.cfg.page_offset + idx;
         r.writeback[page] = copy;
         r.wb_inflight.insert(page);
+        if (r.cfg.fresh) r.stored.set(idx);
         wb_pages.push_back(page);
         wb_data.push_back(copy);
         r.dirty.clear(idx);
@@ -697,6 +704,7 @@ int Engine::flush(Source &s, Region &r) {
         std::memcpy(copy->data(), reinterpret_cast<const void *>(addr), ps);
         uint64_t page = r.cfg.page_offset + idx;
         r.writeback[page] = copy;  // in case the put fails: reads keep seeing it
+        if (r.cfg.fresh) r.stored.set(idx);
         r.dirty.clear(idx);
       }
       for (auto &kv : r.writeback) {  // includes earlier write-backs that failed

@@ -42,6 +42,8 @@ struct RegionConfig {
   bool zero_after_remove = true;  // faults in ranges dropped by REMOVE/UNMAP get zero pages
   bool managed = false;
   uint64_t budget_pages = 0;  // managed: resident pages allowed
+  bool fresh = false;         // managed: the stack holds nothing for this region yet, so a page
+                              // never written back is zero without asking the stack
 };
 
 // Something JavaScript must hear about, queued by native threads.
@@ -71,6 +73,7 @@ class Region {
   // Managed regions only.
   std::mutex mu;       // installs, write-protect changes and evictions of this region
   AtomicBitmap dirty;
+  AtomicBitmap stored;        // fresh regions: pages written back at least once
   std::deque<uint32_t> fifo;  // install order: the eviction queue
   size_t resident = 0;        // installed pages (under mu)
   std::unique_ptr<std::atomic<uint32_t>[]> evict_gen;  // bumped when a page is evicted

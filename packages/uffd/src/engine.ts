@@ -40,6 +40,9 @@ export interface UffdEngineOptions {
 export interface ManagedOptions {
   /** Pages allowed to stay resident; over it, pages are evicted (dirty ones written back first). */
   budgetPages: number;
+  /** The stack holds nothing for this region yet (new swap space): a page this region never
+   *  wrote back is zero-filled on first touch without asking the stack. Default false. */
+  fresh?: boolean;
 }
 
 export interface RegionOptions {
@@ -250,6 +253,7 @@ export class UffdEngine extends EventEmitter {
       zeroAfterRemove: o.zeroAfterRemove !== false,
       managed: managed !== undefined,
       budgetPages: managed?.budgetPages ?? 0,
+      fresh: managed?.fresh === true,
     };
   }
 

@@ -16,6 +16,7 @@ export interface NativeRegionConfig {
   zeroAfterRemove: boolean;
   managed: boolean;
   budgetPages: number;
+  fresh: boolean;
 }
 
 export interface NativeRegionStats {

@@ -44,7 +44,7 @@ describe('managed region', () => {
     const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 16 << 20 }), await FileTier.open({ dir })] });
     const engine = createUffdEngine({ stack, faultThreads: 4 });
     const ns = uniqueNs('managed');
-    const region = engine.createRegion({ size: PAGES * PS, namespace: ns, missing: 'zero', faultAround: 1, managed: { budgetPages: BUDGET } });
+    const region = engine.createRegion({ size: PAGES * PS, namespace: ns, missing: 'zero', faultAround: 1, managed: { budgetPages: BUDGET, fresh: true } });
     const versions = new Int32Array(PAGES); // 0: never written (zero page expected)
     try {
       // Round 1: every page written once (version 1), in random order, by THREADS writers.
