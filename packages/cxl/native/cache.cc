@@ -298,7 +298,7 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
     store_relaxed(&wy->ns, ns);
     store_relaxed(&wy->page, page);
     store_relaxed(&tags(s)[target], tag_of_hash(key_hash(ns, page)));
-    store_relaxed(&wy->crc, crc_.copy(slot_data(s, uint32_t(target)), bufs[i]));
+    store_relaxed(&wy->crc, crc_.copy_to_region(slot_data(s, uint32_t(target)), bufs[i]));
     __atomic_store_n(&h->flags[target], new_flags, __ATOMIC_RELAXED);
     store_release(&wy->seq, seq + 2);
     unlock_set(s);

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -58,6 +59,9 @@ class PageCrc {
       clmul_ = true;
       std::fill(copied.begin(), copied.end(), 0);
       if ((*this)(probe.data()) != want || copy(copied.data(), probe.data()) != want || copied != probe) clmul_ = false;
+      auto *aligned = static_cast<uint8_t *>(std::aligned_alloc(64, page_size));
+      if (!aligned || copy_to_region(aligned, probe.data()) != want || std::memcmp(aligned, probe.data(), page_size) != 0) clmul_ = false;
+      std::free(aligned);
     }
 #endif
   }
@@ -69,16 +73,31 @@ class PageCrc {
   // while the copy waits on memory, instead of after it.
   uint32_t copy(void *dst, const void *src) const {
 #if defined(__x86_64__)
-    if (clmul_) return clmul(static_cast<uint8_t *>(dst), static_cast<const uint8_t *>(src));
+    if (clmul_) return clmul<false>(static_cast<uint8_t *>(dst), static_cast<const uint8_t *>(src));
     if (lane_ && lane_ % 64 == 0) return copy_lanes(static_cast<uint8_t *>(dst), static_cast<const uint8_t *>(src));
 #endif
     std::memcpy(dst, src, n_);
     return (*this)(src);
   }
 
+  // Like copy(), into memory that this thread will not read soon (a slot of the region): with
+  // non-temporal stores where the CPU allows, so the copy neither reads the destination's lines
+  // first nor evicts the caller's working set. Ends with a store fence: the bytes are globally
+  // visible before anything the caller stores next (the seq that publishes them).
+  uint32_t copy_to_region(void *dst, const void *src) const {
+#if defined(__x86_64__)
+    if (clmul_ && (reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
+      uint32_t crc = clmul<true>(static_cast<uint8_t *>(dst), static_cast<const uint8_t *>(src));
+      _mm_sfence();
+      return crc;
+    }
+#endif
+    return copy(dst, src);
+  }
+
   uint32_t operator()(const void *data) const {
 #if defined(__x86_64__)
-    if (clmul_) return clmul(nullptr, static_cast<const uint8_t *>(data));
+    if (clmul_) return clmul<false>(nullptr, static_cast<const uint8_t *>(data));
     if (lane_) return lanes(static_cast<const uint8_t *>(data));
 #endif
     return tierstack::crc32c(data, n_);
@@ -164,6 +183,15 @@ class PageCrc {
   }
 
   // CRC-32C by folding 256 bytes per step in four 512-bit accumulators; copies to `dst` when given.
+  template <bool kStream>
+  __attribute__((target("avx512f,vpclmulqdq,sse4.2"))) static void store64(uint8_t *dst, __m512i v) {
+    if (kStream)
+      _mm512_stream_si512(reinterpret_cast<__m512i *>(dst), v);
+    else
+      _mm512_storeu_si512(dst, v);
+  }
+
+  template <bool kStream>
   __attribute__((target("avx512f,vpclmulqdq,sse4.2"))) uint32_t clmul(uint8_t *dst, const uint8_t *src) const {
     const int64_t a0 = int64_t(k2048_[0]), a1 = int64_t(k2048_[1]), b0 = int64_t(k512_[0]), b1 = int64_t(k512_[1]);
     const __m512i k2048 = _mm512_set_epi64(a1, a0, a1, a0, a1, a0, a1, a0);  // per 128-bit lane: lo = K(H), hi = K(L)
@@ -171,20 +199,20 @@ class PageCrc {
     __m512i z0 = _mm512_loadu_si512(src), z1 = _mm512_loadu_si512(src + 64);
     __m512i z2 = _mm512_loadu_si512(src + 128), z3 = _mm512_loadu_si512(src + 192);
     if (dst) {
-      _mm512_storeu_si512(dst, z0);
-      _mm512_storeu_si512(dst + 64, z1);
-      _mm512_storeu_si512(dst + 128, z2);
-      _mm512_storeu_si512(dst + 192, z3);
+      store64<kStream>(dst, z0);
+      store64<kStream>(dst + 64, z1);
+      store64<kStream>(dst + 128, z2);
+      store64<kStream>(dst + 192, z3);
     }
     z0 = _mm512_xor_si512(z0, _mm512_zextsi128_si512(_mm_cvtsi32_si128(-1)));  // the initial register ~0
     for (uint32_t off = 256; off < n_; off += 256) {
       __m512i d0 = _mm512_loadu_si512(src + off), d1 = _mm512_loadu_si512(src + off + 64);
       __m512i d2 = _mm512_loadu_si512(src + off + 128), d3 = _mm512_loadu_si512(src + off + 192);
       if (dst) {
-        _mm512_storeu_si512(dst + off, d0);
-        _mm512_storeu_si512(dst + off + 64, d1);
-        _mm512_storeu_si512(dst + off + 128, d2);
-        _mm512_storeu_si512(dst + off + 192, d3);
+        store64<kStream>(dst + off, d0);
+        store64<kStream>(dst + off + 64, d1);
+        store64<kStream>(dst + off + 128, d2);
+        store64<kStream>(dst + off + 192, d3);
       }
       z0 = _mm512_xor_si512(fold(z0, k2048), d0);
       z1 = _mm512_xor_si512(fold(z1, k2048), d1);
