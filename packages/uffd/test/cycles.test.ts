@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { createTierStack } from '@tierstack/core';
 import { createUffdEngine } from '../src/index.js';
 import { NativeTestTier, touchPages } from '../src/testing.js';
-import { PS, seed, uniqueNs } from './helpers.js';
+import { PS, eventually, seed, uniqueNs } from './helpers.js';
 
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
 const rssKiB = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]);
@@ -34,7 +34,8 @@ describe('region lifecycle', () => {
     const th = threads();
     for (let i = 0; i < 500; i++) await cycle();
     expect(fdCount()).toBe(fds);
-    expect(threads()).toBe(th);
+    // Toucher threads resolve their promise just before they exit: give the last one a moment.
+    await eventually(() => expect(threads()).toBeLessThanOrEqual(th));
     // 500 MiB were mapped and faulted in over the run; RSS must not keep any of it.
     expect(rssKiB() - rss).toBeLessThan(16 * 1024);
     await engine.close();
