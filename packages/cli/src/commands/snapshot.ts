@@ -2,6 +2,7 @@
  * `tierstack snapshot import|export|ls|rm|info`: the snapshot catalog of @tierstack/faas on the
  * stack described by the shared stack flags (default: [DRAM, FileTier(<data-dir>/pages)]).
  */
+import { statSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { PageStore } from '@tierstack/core';
 import { SnapshotCatalog, importRawFile, importFirecracker, importCriu, exportSnapshot, type SnapshotSummary } from '@tierstack/faas';
@@ -44,13 +45,15 @@ export function registerSnapshotCommands(program: Command, out: Out = (l) => con
       .argument('<path>', 'memory file or CRIU image directory')
       .option('--firecracker', 'the file is a Firecracker guest memory file')
       .option('--regions <json>', 'Firecracker: a JSON file describing the guest memory regions')
-      .option('--criu', 'the path is a CRIU image directory (pagemap-*.img, pages-*.img)')
+      .option('--criu', 'the path is a CRIU image directory (pagemap-*.img, pages-*.img); implied for a directory')
       .option('--pid <pid>', 'CRIU: import only this pid', Number)
       .option('--replace', 'replace an existing snapshot of this id'),
   ).action(async (id: string, path: string, o: StackCliOptions & { firecracker?: boolean; regions?: string; criu?: boolean; pid?: number; replace?: boolean }) => {
     const common = { replace: o.replace === true, progressBar: process.stderr.isTTY === true };
     const r = await withCatalog(o, (c) => {
-      if (o.criu) return importCriu(c, id, path, { ...common, ...(o.pid !== undefined ? { pid: o.pid } : {}) });
+      // A directory is a CRIU image directory even without --criu.
+      const isDir = statSync(path, { throwIfNoEntry: false })?.isDirectory() === true;
+      if (o.criu || isDir) return importCriu(c, id, path, { ...common, ...(o.pid !== undefined ? { pid: o.pid } : {}) });
       if (o.firecracker || o.regions) return importFirecracker(c, id, path, { ...common, ...(o.regions ? { regions: o.regions } : {}) });
       return importRawFile(c, id, path, common);
     });
