@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runPageStoreConformance, makePages, pageMatches } from '@tierstack/core/testing';
-import { namespaceId, FileTier } from '@tierstack/core';
+import { namespaceId, FileTier, createTierStack } from '@tierstack/core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,6 +36,35 @@ describe('RdmaPoolTier options', () => {
     await expect(RdmaPoolTier.open({ donors: ['127.0.0.1:1'] })).rejects.toMatchObject({ code: 'TS_ERR_UNAVAILABLE' });
     await expect(RdmaPoolTier.open({ donors: [] })).rejects.toMatchObject({ code: 'TS_ERR_BAD_ARGUMENT' });
     await expect(RdmaPoolTier.open({ donors: [one.address], replicas: 9 })).rejects.toMatchObject({ code: 'TS_ERR_BAD_ARGUMENT' });
+  });
+});
+
+describe('RdmaPoolTier in a tier stack', () => {
+  it('serves as the native top of a stack over a FileTier, with write-through to the file tier', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rdma-stack-'));
+    const rdma = await RdmaPoolTier.open({ donors: three.map((m) => m.address), replicas: 2 });
+    const file = await FileTier.open({ dir });
+    const stack = createTierStack({ tiers: [rdma, file], policy: { write: 'write-through' } });
+    try {
+      const ns = 'stack';
+      const pages = Array.from({ length: 100 }, (_, i) => i * 3);
+      await stack.put(ns, pages, makePages(ns, pages, rdma.pageSize));
+      await stack.flush();
+      const chain = stack.nativeChain();
+      expect(chain.jsLevel).toBe(1);
+      expect(chain.handles[0]).toBe(rdma.nativeHandle);
+      // A front-end thread reads the pages through the chain's native handle.
+      await rdmaAddon().driveHandle(chain.handles[0]!, namespaceId(ns), Float64Array.from(pages), 25, 'get', 4);
+      const r = await stack.get(ns, pages);
+      expect(r.hits).toBe(pages.length);
+      pages.forEach((p, i) => expect(pageMatches(r.data.subarray(i * rdma.pageSize, (i + 1) * rdma.pageSize), ns, p)).toBe(true));
+      expect((await file.get(ns, pages)).hits).toBe(pages.length);
+    } finally {
+      await stack.close();
+      await rdma.close();
+      await file.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
