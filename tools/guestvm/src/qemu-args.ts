@@ -17,6 +17,19 @@ export interface QemuPlan {
   /** Persistent CXL type-3 device backed by these files. */
   cxl?: { backingFile: string; sizeMiB: number; lsaFile: string; lsaSizeMiB: number };
   extraKernelArgs?: readonly string[];
+  /** Preset loops_per_jiffy (TSC ticks per jiffy), see hostLoopsPerJiffy(). */
+  lpj?: number;
+}
+
+/**
+ * TSC ticks per guest jiffy: the host's TSC rate (under TCG the guest reads the host's TSC)
+ * over the guest kernel's HZ. Undefined when either is unknown; the guest then calibrates.
+ */
+export function hostLoopsPerJiffy(cpuinfo: string, kernelConfig: string): number | undefined {
+  const mhz = Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(cpuinfo)?.[1]);
+  const hz = Number(/^CONFIG_HZ=(\d+)$/m.exec(kernelConfig)?.[1]);
+  if (!(mhz > 0) || !(hz > 0)) return undefined;
+  return Math.round((mhz * 1e6) / hz);
 }
 
 /** A path inside a QEMU option list: commas separate options, so a literal one is doubled. */
@@ -46,8 +59,8 @@ export function qemuArgs(plan: QemuPlan): string[] {
     // which this kernel allows), the jitter-entropy self-test and encrypted-keys setup.
     'cryptomgr.notests',
     // TCG's CPU has no constant TSC: without a preset the second CPU's delay-loop calibration
-    // falls back to the slow loop (~0.15 s). The value is what the first CPU derives from the TSC.
-    'lpj=8377268',
+    // falls back to the slow loop (~0.15 s). The guest's TSC ticks at the host's rate.
+    ...(plan.lpj ? [`lpj=${plan.lpj}`] : []),
     // 4-level page tables: one level less to walk on every emulated TLB miss (TCG offers LA57).
     'no5lvl',
     'initcall_blacklist=load_system_certificate_list,crypto_kdf108_init,jent_mod_init,init_encrypted',

@@ -7,7 +7,7 @@ import { GuestErrorCode, GuestVmError, tail } from './errors.js';
 import { GUEST_JOB_DIR } from './initramfs.js';
 import { jobScript, setupStepsScript } from './job-script.js';
 import { prepareGuest } from './prepare.js';
-import { qemuArgs, type QemuPlan } from './qemu-args.js';
+import { hostLoopsPerJiffy, qemuArgs, type QemuPlan } from './qemu-args.js';
 import { runQemu } from './qemu-process.js';
 import { SETUP_STEPS, type GuestSetupStep } from './setup-steps.js';
 
@@ -152,6 +152,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
       resultsDir,
       consoleLog: join(jobDir, 'console.log'),
       extraKernelArgs: options.kernelArgs,
+      lpj: hostLoopsPerJiffy(await readOr('/proc/cpuinfo'), await readOr(join(guest.kernel.root, 'boot', `config-${guest.kernel.release}`))),
     };
     if (options.disk) {
       plan.diskPath = resolve(options.disk.path ?? join(jobDir, 'disk.img'));

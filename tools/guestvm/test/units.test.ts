@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { buildCpio } from '../src/cpio.js';
 import { guestCacheDir, shQuote } from '../src/index.js';
+import { hostLoopsPerJiffy } from '../src/qemu-args.js';
 
 describe('shQuote', () => {
   it.each([[''], ['plain'], ["it's"], ['$HOME `id` "x" \\ \n tab\t'], ["''"]])('round-trips %j through /bin/sh', (s) => {
@@ -37,5 +38,13 @@ describe('buildCpio (newc)', () => {
     expect(listing).toMatch(/5,\s+1 .*console/);
     const extracted = execFileSync(cpio, ['-i', '--quiet', '--to-stdout', 'odd'], { input: archive });
     expect(extracted.toString()).toBe('12345');
+  });
+});
+
+describe('hostLoopsPerJiffy', () => {
+  it('is the TSC rate over the kernel HZ, or undefined when either is unknown', () => {
+    expect(hostLoopsPerJiffy('processor\t: 0\ncpu MHz\t\t: 2096.039\n', 'CONFIG_X=y\nCONFIG_HZ=250\n')).toBe(8384156);
+    expect(hostLoopsPerJiffy('processor\t: 0\n', 'CONFIG_HZ=250\n')).toBeUndefined();
+    expect(hostLoopsPerJiffy('cpu MHz\t\t: 2096.039\n', '')).toBeUndefined();
   });
 });
