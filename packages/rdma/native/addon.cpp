@@ -123,7 +123,8 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
     auto env = info.Env();
     if (!check(env)) return env.Undefined();
     DonorSlab s;
-    if (!donor_->alloc_slab(to_u64(info[0]), static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()), s)) {
+    uint64_t key = info.Length() > 2 ? to_u64(info[2]) : to_u64(info[0]);
+    if (!donor_->alloc_slab(to_u64(info[0]), static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()), key, s)) {
       throw_error(env, "slab allocation failed: " + donor_->error(), "TS_ERR_NO_SPACE");
       return env.Undefined();
     }

@@ -129,7 +129,7 @@ void Donor::progress_loop() {
   }
 }
 
-bool Donor::alloc_slab(uint64_t id, size_t size, DonorSlab &out) {
+bool Donor::alloc_slab(uint64_t id, size_t size, uint64_t key, DonorSlab &out) {
   std::lock_guard<std::mutex> lk(slabs_mu_);
   if (slabs_.count(id)) {
     error_ = "slab id in use";
@@ -141,7 +141,9 @@ bool Donor::alloc_slab(uint64_t id, size_t size, DonorSlab &out) {
     return false;
   }
   fid_mr *mr = nullptr;
-  int rc = fi_mr_reg(fd_.domain, mem, size, FI_REMOTE_READ | FI_REMOTE_WRITE, 0, id, 0, &mr, nullptr);
+  size_t key_size = fd_.info->domain_attr->mr_key_size;
+  if (key_size > 0 && key_size < 8) key &= (1ULL << (8 * key_size)) - 1;
+  int rc = fi_mr_reg(fd_.domain, mem, size, FI_REMOTE_READ | FI_REMOTE_WRITE, 0, key, 0, &mr, nullptr);
   if (rc) {
     munmap(mem, size);
     error_ = fi_err("fi_mr_reg", rc);

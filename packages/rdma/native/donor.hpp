@@ -39,8 +39,10 @@ class Donor {
   // The endpoint's raw libfabric address (what a client inserts into its address vector).
   const std::string &raw_address() const { return raw_addr_; }
 
-  // Maps and registers a slab under `id` (also the requested key unless FI_MR_PROV_KEY).
-  bool alloc_slab(uint64_t id, size_t size, DonorSlab &out);
+  // Maps and registers a slab under `id`. `key` is the requested MR key (cut to the domain's
+  // key size) unless the provider picks keys itself (FI_MR_PROV_KEY): the daemon passes a random
+  // one, so that a slab's key cannot be guessed from its id.
+  bool alloc_slab(uint64_t id, size_t size, uint64_t key, DonorSlab &out);
   bool free_slab(uint64_t id);
   size_t slab_count();
   size_t connection_count() const { return connections_.load(); }

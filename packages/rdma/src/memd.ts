@@ -117,8 +117,10 @@ export class MemdServer {
       throw new TierStackError(ErrorCode.BadArgument, `capacity ${options.capacityBytes} must hold at least one slab of ${slabBytes} bytes`);
     }
     const host = options.host ?? '127.0.0.1';
-    if (!isLoopback(host) && !options.token) {
-      throw new TierStackError(ErrorCode.Permission, `refusing to bind ${host} (not loopback) without a token: pass --token`);
+    for (const h of [host, options.dataHost ?? host]) {
+      if (!isLoopback(h) && !options.token) {
+        throw new TierStackError(ErrorCode.Permission, `refusing to bind ${h} (not loopback) without a token: pass --token`);
+      }
     }
     this.opts = {
       host,
@@ -363,7 +365,8 @@ export class MemdServer {
     const id = this.nextSlabId++;
     let grant: { addr: bigint; rkey: bigint };
     try {
-      grant = this.donor!.allocSlab(id, this.opts.slabBytes);
+      // A random key: knowing a slab id (or guessing the next one) does not give access to it.
+      grant = this.donor!.allocSlab(id, this.opts.slabBytes, randomBytes(8).readBigUInt64LE(0));
     } catch (err) {
       this.send(conn, { requestId, error: { code: ErrorCode.NoSpace, message: (err as Error).message } });
       return;

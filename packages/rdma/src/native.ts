@@ -21,7 +21,8 @@ export interface NativeDonor {
   address(): { node: string; service: string };
   rawAddress(): Buffer;
   mrMode(): number;
-  allocSlab(id: bigint, size: number): { addr: bigint; rkey: bigint };
+  /** `key`: the requested MR key (ignored by providers that choose keys: FI_MR_PROV_KEY). */
+  allocSlab(id: bigint, size: number, key?: bigint): { addr: bigint; rkey: bigint };
   freeSlab(id: bigint): boolean;
   stats(): { connections: number; slabs: number };
   close(): void;

@@ -118,6 +118,7 @@ describe('memd control port', () => {
 describe('memd configuration', () => {
   it('refuses a non-loopback bind without a token', () => {
     expect(() => new MemdServer({ host: '0.0.0.0', capacityBytes: 1 << 20, slabBytes: 1 << 20 })).toThrow(expect.objectContaining({ code: 'TS_ERR_PERMISSION' }));
+    expect(() => new MemdServer({ dataHost: '0.0.0.0', capacityBytes: 1 << 20, slabBytes: 1 << 20 })).toThrow(expect.objectContaining({ code: 'TS_ERR_PERMISSION' }));
     expect(() => new MemdServer({ host: '0.0.0.0', capacityBytes: 1 << 20, slabBytes: 1 << 20, token: 't' })).not.toThrow();
   });
   it('parses sizes and rejects nonsense', () => {
