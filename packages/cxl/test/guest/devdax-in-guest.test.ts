@@ -21,7 +21,7 @@ describe.skipIf(!inGuest)('CxlTier on a CXL devdax device (guest)', () => {
     expect(geo.size % geo.align).toBe(0);
     const info = await formatCxlRegion({ backing: { kind: 'devdax', path: DAX, size: REGION } });
     expect(info.regionBytes).toBe(REGION);
-    console.log(`devdax: ${DAX} ${geo.size} bytes, align ${geo.align}, ${info.slots} slots in the ${REGION}-byte region`);
+    console.log(`devdax: ${DAX} ${geo.size} bytes, align ${geo.align}, ${info.slots} slots in the ${REGION}-byte region, checksum ${info.checksum}`);
   });
 
   if (inGuest) runPageStoreConformance('CxlTier (devdax)', () => CxlTier.open({ backing: { kind: 'devdax', path: DAX, size: REGION } }), { timeout: 120_000 });
