@@ -311,11 +311,14 @@ Napi::Value CollectDirty(const Napi::CallbackInfo &info) {
   std::vector<uint64_t> ns(max), pages(max);
   std::vector<DirtyRef> refs(max);
   auto *data = new std::vector<uint8_t>(max * ps);
-  size_t got = s->cache().collect_dirty(&cursor, max, data->data(), ns.data(), pages.data(), refs.data());
+  uint64_t unnamed = 0, damaged = 0;
+  size_t got = s->cache().collect_dirty(&cursor, max, data->data(), ns.data(), pages.data(), refs.data(), &unnamed, &damaged);
   data->resize(got * ps);
   Napi::Object r = Napi::Object::New(env);
   r.Set("cursor", double(cursor));
   r.Set("done", cursor >= s->cache().slot_count());
+  r.Set("unnamed", double(unnamed));
+  r.Set("damaged", double(damaged));
   auto nsArr = Napi::BigUint64Array::New(env, got);
   auto pgArr = Napi::Float64Array::New(env, got);
   auto slotArr = Napi::Float64Array::New(env, got);

@@ -377,7 +377,8 @@ bool Cache::read_way(uint64_t s, uint32_t w, void *buf, uint64_t *ns, uint64_t *
   return false;
 }
 
-size_t Cache::collect_dirty(uint64_t *cursor, size_t max, uint8_t *out, uint64_t *ns, uint64_t *pages, DirtyRef *refs) {
+size_t Cache::collect_dirty(uint64_t *cursor, size_t max, uint8_t *out, uint64_t *ns, uint64_t *pages, DirtyRef *refs,
+                            uint64_t *unnamed, uint64_t *damaged) {
   size_t got = 0;
   uint64_t slot = *cursor;
   const uint64_t slots = slot_count();
@@ -389,7 +390,14 @@ size_t Cache::collect_dirty(uint64_t *cursor, size_t max, uint8_t *out, uint64_t
     bool crc_ok = false;
     uint32_t seq;
     if (!read_way(s, w, out + got * uint64_t(page_size_), &ns[got], &pages[got], &seq, &crc_ok)) continue;
-    if (!crc_ok || !named(ns[got])) continue;  // damaged, or of a namespace no process named
+    if (!crc_ok) {
+      ++*damaged;
+      continue;
+    }
+    if (!named(ns[got])) {  // written through the C ABI only: no process gave its name
+      ++*unnamed;
+      continue;
+    }
     refs[got] = {slot, seq};
     got++;
   }

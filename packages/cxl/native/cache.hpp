@@ -57,8 +57,10 @@ class Cache {
   std::vector<std::pair<uint64_t, std::string>> namespaces() const;
 
   // Copies up to `max` dirty pages starting at slot `*cursor` into out/ns/pages/refs; advances
-  // *cursor (== slot_count() when the scan is done). Returns the number copied.
-  size_t collect_dirty(uint64_t *cursor, size_t max, uint8_t *out, uint64_t *ns, uint64_t *pages, DirtyRef *refs);
+  // *cursor (== slot_count() when the scan is done). Returns the number copied. Dirty pages it
+  // cannot hand out are counted: `*unnamed` (namespace not in the table), `*damaged` (bad CRC).
+  size_t collect_dirty(uint64_t *cursor, size_t max, uint8_t *out, uint64_t *ns, uint64_t *pages, DirtyRef *refs,
+                       uint64_t *unnamed, uint64_t *damaged);
   // Clears the dirty bit of each page that still holds the version collect_dirty() saw.
   size_t mark_clean(const DirtyRef *refs, size_t n);
 

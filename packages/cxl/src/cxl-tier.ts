@@ -190,17 +190,36 @@ export class CxlTier extends BasePageStore implements WriteBackCache {
     const limit = options.batchPages ?? 256;
     let cursor = 0;
     let written = 0;
+    let unnamed = 0;
+    let damaged = 0;
     for (;;) {
       const chunk = this.#addon.collectDirty(this.#region, cursor, limit);
       cursor = chunk.cursor;
+      unnamed += chunk.unnamed;
+      damaged += chunk.damaged;
       if (chunk.pages.length > 0) {
         for (const batch of this.#group(chunk)) await write(batch);
         // Clean only pages that were not rewritten while their copy was being written out.
         this.#addon.markClean(this.#region, chunk.slots, chunk.seqs);
         written += chunk.pages.length;
       }
-      if (chunk.done) return written;
+      if (chunk.done) break;
     }
+    // Never report a flush as complete while dirty pages stay behind.
+    if (damaged > 0) {
+      throw new TierStackError(ErrorCode.Checksum, `${this.name}: ${damaged} dirty page(s) failed their checksum and were not written back`, {
+        details: { written, damaged },
+      });
+    }
+    if (unnamed > 0) {
+      throw new TierStackError(
+        ErrorCode.NotFound,
+        `${this.name}: ${unnamed} dirty page(s) belong to namespaces no process named in the region (written through the C ABI only); ` +
+          'call registerNamespace(ns) so they can be written back',
+        { details: { written, unnamed } },
+      );
+    }
+    return written;
   }
 
   protected override extraStats(): Record<string, number> {

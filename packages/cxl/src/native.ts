@@ -75,6 +75,10 @@ export interface EvictedRaw {
 export interface DirtyChunk {
   cursor: number;
   done: boolean;
+  /** Dirty pages skipped: their namespace has no name in the region's table. */
+  unnamed: number;
+  /** Dirty pages skipped: their bytes fail their CRC. */
+  damaged: number;
   ns: BigUint64Array;
   pages: Float64Array;
   slots: Float64Array;

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { namespaceId } from '@tierstack/core';
 import { CxlTier, cxlAddon } from '../src/index.js';
 
 describe('CxlTier C ABI from many native threads', () => {
@@ -15,6 +16,24 @@ describe('CxlTier C ABI from many native threads', () => {
     // Dirty pages stored through the C ABI were never evicted (no write-back path there).
     expect(info.counters.dirtyEvictions).toBe(0);
     expect(info.dirtyPages).toBeGreaterThan(0);
+    await tier.close();
+  });
+
+  it('refuses to call a flush complete while dirty pages of an unnamed namespace stay behind', async () => {
+    const tier = await CxlTier.open({ backing: { kind: 'memfd', size: 2 << 20 } });
+    // A front-end writes dirty pages through the C ABI with only the namespace id.
+    cxlAddon().threadStress(tier.nativeHandle!, namespaceId('abi-only'), 1, 300, 64);
+    const dirty = tier.dirtyCount();
+    expect(dirty).toBeGreaterThan(0);
+    const written: number[] = [];
+    const sink = async (b: { ns: string; pages: number[] }): Promise<void> => void written.push(...b.pages);
+    await expect(tier.flushDirty(sink)).rejects.toMatchObject({ code: 'TS_ERR_NOT_FOUND' });
+    expect(written).toEqual([]);
+    // Once the namespace is named, the flush writes them all.
+    tier.registerNamespace('abi-only');
+    expect(await tier.flushDirty(sink)).toBe(dirty);
+    expect(written).toHaveLength(dirty);
+    expect(tier.dirtyCount()).toBe(0);
     await tier.close();
   });
 });
