@@ -57,7 +57,7 @@ struct Header {
   uint64_t data_offset;
   uint64_t created_unix_ns;
   uint32_t creator_pid;
-  uint32_t reserved;
+  uint32_t pid_namespace;  // inode of the creator's pid namespace: lock owners are pids of it
   char creator_host[64];
   uint32_t header_crc;  // CRC-32C of every byte above this field
   uint32_t pad;

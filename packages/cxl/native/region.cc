@@ -35,6 +35,13 @@ Status bind_to_node(void *addr, uint64_t len, int node) {
   return Status::ok();
 }
 
+// Identity of this process's pid namespace (the inode of /proc/self/ns/pid), 0 if unknown.
+uint32_t own_pid_namespace() {
+  struct stat st;
+  if (stat("/proc/self/ns/pid", &st) != 0) return 0;
+  return uint32_t(st.st_ino);
+}
+
 bool all_zero(const uint8_t *p, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (p[i]) return false;
@@ -128,6 +135,7 @@ Status Region::format(const OpenOptions &o, uint64_t bytes) {
   clock_gettime(CLOCK_REALTIME, &ts);
   h.created_unix_ns = uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
   h.creator_pid = uint32_t(getpid());
+  h.pid_namespace = own_pid_namespace();
   gethostname(h.creator_host, sizeof h.creator_host - 1);
   h.header_crc = header_checksum(h);
   std::memcpy(base_ + 8, reinterpret_cast<const uint8_t *>(&h) + 8, sizeof h - 8);
@@ -155,6 +163,11 @@ Status Region::validate(const OpenOptions &o, uint64_t backing_bytes) {
   if (h.region_bytes > backing_bytes)
     return Status::fail(TS_E_CORRUPT, "the backing is truncated: the region needs " + std::to_string(h.region_bytes) + " bytes, the backing has " +
                                           std::to_string(backing_bytes));
+  // Set locks name their owner by pid; a process in another pid namespace would misjudge them.
+  const uint32_t pidns = own_pid_namespace();
+  if (h.pid_namespace && pidns && h.pid_namespace != pidns)
+    return Status::fail(TS_E_UNSUPPORTED, "the region was formatted in another pid namespace: processes sharing a region must share one "
+                                          "(lock owners are pids)");
   if (o.page_size && o.page_size != h.page_size)
     return Status::fail(TS_E_PAGE_SIZE, "the region holds pages of " + std::to_string(h.page_size) + " bytes, " + std::to_string(o.page_size) +
                                             " were asked for");

@@ -1,8 +1,10 @@
+import { spawnSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync, statSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { addonPath } from './fixtures/mp-run.js';
 import { makePages, pageMatches } from '@tierstack/core/testing';
 import { CxlTier, cxlRegionInfo, formatCxlRegion, readDevdaxGeometry, type CxlTierOptions } from '../src/index.js';
 
@@ -133,6 +135,15 @@ describe('CxlTier region validation', () => {
       'TS_ERR_BAD_ARGUMENT',
     );
     expect(await codeOf(() => CxlTier.open({ backing: { kind: 'devdax', path: '/dev/no-such-dax' } }))).toBe('TS_ERR_NOT_FOUND');
+  });
+
+  it('refuses a region formatted in another pid namespace (lock owners are pids)', async (ctx) => {
+    const options = await regionWithData('pidns');
+    const script = `try { require(${JSON.stringify(addonPath)}).open({ kind: 'file', path: ${JSON.stringify(join(dir, 'pidns'))} }); console.log('opened') } catch (e) { console.log(e.code) }`;
+    const r = spawnSync('unshare', ['--pid', '--fork', '--mount-proc', process.execPath, '-e', script], { encoding: 'utf8' });
+    if (r.status !== 0) ctx.skip(); // no unshare(CLONE_NEWPID) here
+    expect(r.stdout.trim()).toBe('TS_ERR_UNSUPPORTED');
+    await expectKept(options);
   });
 
   it('binds a memfd to a NUMA node, and rejects a node that does not exist', async () => {
