@@ -12,6 +12,7 @@ namespace tsrdma {
 namespace {
 constexpr size_t kMaxConns = 256;
 constexpr int32_t kPendingRead = 1000;  // internal page status: still to be read
+constexpr uint64_t kSpinNs = 500 * 1000;  // how long a waiter spins before sleeping on the CQ
 
 template <class T>
 T load(const T &v) {
@@ -137,9 +138,16 @@ int Pool::connect(int32_t idx, const std::string &node, const std::string &servi
       mr_local_ = (fd_.mr_mode() & FI_MR_LOCAL) != 0;
       fi_cq_attr cq_attr{};
       cq_attr.format = FI_CQ_FORMAT_CONTEXT;
-      cq_attr.wait_obj = FI_WAIT_NONE;
+      cq_attr.wait_obj = FI_WAIT_UNSPEC;
       cq_attr.size = 4096;
       int rc = fi_cq_open(fd_.domain, &cq_attr, &cq_, nullptr);
+      cq_wait_ = true;
+      if (rc == -FI_ENOSYS || rc == -FI_EINVAL) {
+        // No wait object with this provider: poll (and yield) instead.
+        cq_attr.wait_obj = FI_WAIT_NONE;
+        cq_wait_ = false;
+        rc = fi_cq_open(fd_.domain, &cq_attr, &cq_, nullptr);
+      }
       if (rc) {
         err = fi_err("fi_cq_open", rc);
         fd_.close();
@@ -434,10 +442,13 @@ bool Pool::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, voi
   }
 }
 
-void Pool::dispatch_locked() {
+void Pool::dispatch_locked(int block_ms) {
   fi_cq_entry entries[64];
   for (;;) {
-    ssize_t n = fi_cq_read(cq_, entries, 64);
+    // Blocking (once): sleep in the provider's wait object until a completion arrives, which
+    // leaves the CPU to the donor (on a shared host) instead of spinning.
+    ssize_t n = block_ms > 0 ? fi_cq_sread(cq_, entries, 64, nullptr, block_ms) : fi_cq_read(cq_, entries, 64);
+    block_ms = 0;
     if (n > 0) {
       for (ssize_t k = 0; k < n; k++) {
         auto *op = static_cast<Op *>(entries[k].op_context);
@@ -485,6 +496,7 @@ bool Pool::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
   // connection closed while nobody was waiting on it (the JS thread handed it to a worker).
   uint64_t epoch = ~0ULL;
   uint64_t start = 0;
+  uint64_t spin_until = 0;
   unsigned spins = 0;
   while (b.pending.load(std::memory_order_acquire) > 0) {
     {
@@ -499,14 +511,22 @@ bool Pool::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
     if (b.pending.load(std::memory_order_acquire) == 0) break;
     ++spins;
     if (deadline_ns) {
-      // A bounded wait (the JS thread polling a small batch): spin, never yield or give up a donor.
+      // A bounded wait (the JS thread polling a small batch): spin, never sleep or give up a donor.
       if ((spins & 31) == 0 && now_ns() > deadline_ns) return false;
       continue;
     }
-    // Spin first (a donor answers in tens of microseconds), then share the CPU.
+    // Spin first (a donor answers in tens of microseconds, a batch of 32 pages in a few hundred),
+    // yielding now and then; a batch that takes longer sleeps in the CQ's wait object, which
+    // leaves the CPU to the donor on a shared host instead of burning it.
+    if (spin_until == 0) spin_until = now_ns() + kSpinNs;
     if (spins < 2048) continue;
-    sched_yield();
-    if ((spins & 1023) != 0) continue;
+    if (cq_wait_ && (spins & 15) == 0 && now_ns() > spin_until) {
+      std::lock_guard<std::mutex> lk(cq_mu_);
+      if (b.pending.load(std::memory_order_acquire) > 0) dispatch_locked(1);
+    } else {
+      sched_yield();
+    }
+    if ((spins & 63) != 0) continue;
     uint64_t t = now_ms();
     if (start == 0) start = t;
     if (t - start > op_timeout_ms_) {

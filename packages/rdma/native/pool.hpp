@@ -230,7 +230,7 @@ class Pool {
   void *local_desc(Job &job, const void *buf, size_t len);
   friend struct Job;
   void progress();  // reads and dispatches completions (takes cq_mu_)
-  void dispatch_locked();
+  void dispatch_locked(int block_ms = 0);
   void fail_closed_locked(Op *ops, size_t n, Batch &b);
   void mark_replica_dead(Slab &s, int slot);
   int copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, char *buf, void *desc);
@@ -251,6 +251,7 @@ class Pool {
   FabricDomain fd_;
   bool mr_local_ = false;
   fid_cq *cq_ = nullptr;
+  bool cq_wait_ = false;  // the CQ has a wait object (fi_cq_sread)
   std::mutex cq_mu_;
   std::atomic<uint64_t> close_epoch_{0};
 
