@@ -144,6 +144,18 @@ Napi::Value Close(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
+Napi::Object counters_of(Napi::Env env, const Cache &c) {
+  static const char *names[] = {"hits", "misses", "puts", "removes", "evictions", "dirtyEvictions",
+                                "checksumErrors", "lockSteals", "noSpace", "validPages", "dirtyPages"};
+  static_assert(sizeof(names) / sizeof(names[0]) == kCounterCount, "a name per counter");
+  Napi::Object counters = Napi::Object::New(env);
+  for (unsigned k = 0; k < kCounterCount; k++) counters.Set(names[k], double(c.counter(Counter(k))));
+  // Occupancy counters are signed deltas summed in a u64; clamp what drift may leave below zero.
+  for (Counter k : {kValidPages, kDirtyPages})
+    counters.Set(names[k], double(int64_t(c.counter(k)) < 0 ? 0 : int64_t(c.counter(k))));
+  return counters;
+}
+
 Napi::Value Info(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   CxlStore *s = store_arg(info);
@@ -172,11 +184,15 @@ Napi::Value Info(const Napi::CallbackInfo &info) {
   o.Set("validPages", double(occ.valid));
   o.Set("dirtyPages", double(occ.dirty));
   o.Set("lockedSets", double(occ.locked_sets));
-  static const char *names[] = {"hits", "misses", "puts", "removes", "evictions", "dirtyEvictions", "checksumErrors", "lockSteals", "noSpace"};
-  Napi::Object counters = Napi::Object::New(env);
-  for (unsigned k = 0; k < kCounterCount; k++) counters.Set(names[k], double(c.counter(Counter(k))));
-  o.Set("counters", counters);
+  o.Set("counters", counters_of(env, c));
   return o;
+}
+
+// counters(h): the region's shared counters only (no scan of the index: cheap enough for metrics).
+Napi::Value Counters(const Napi::CallbackInfo &info) {
+  CxlStore *s = store_arg(info);
+  if (!s) return info.Env().Undefined();
+  return counters_of(info.Env(), s->cache());
 }
 
 // get(h, nsId, pages, out, found) -> { hits, checksumErrors }: found[i] = 1 on a hit, 2 when the
@@ -387,6 +403,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("counters", Napi::Function::New(env, Counters, "counters"));
   exports.Set("get", Napi::Function::New(env, Get, "get"));
   exports.Set("put", Napi::Function::New(env, Put, "put"));
   exports.Set("remove", Napi::Function::New(env, Remove, "remove"));

@@ -132,8 +132,10 @@ void Cache::repair_set(uint64_t s) {
     Way *wy = way(s, w);
     uint32_t seq = load_relaxed(&wy->seq);
     if (seq & 1) {  // caught mid-write: its bytes are neither the old nor the new page
-      store_relaxed(&h->flags[w], uint8_t(0));
+      uint8_t f = __atomic_exchange_n(&h->flags[w], uint8_t(0), __ATOMIC_RELAXED);
       store_release(&wy->seq, seq + 1);
+      if (f & kValid) add(kValidPages, uint64_t(-1));
+      if ((f & (kValid | kDirty)) == (kValid | kDirty)) add(kDirtyPages, uint64_t(-1));
     }
   }
   if (load_relaxed(&h->hand) >= ways_) store_relaxed(&h->hand, 0u);
@@ -251,6 +253,7 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
   const bool dirty = (flags & TS_PUT_DIRTY) != 0;
   const uint8_t new_flags = uint8_t(kValid | kRef | (dirty ? kDirty : 0));
   uint64_t stored = 0, evictions = 0, dirty_evictions = 0, steals = 0, no_space = 0, bad_victims = 0;
+  int64_t valid_delta = 0, dirty_delta = 0;
   for (size_t i = 0; i < n; i++) {
     const uint64_t page = pages[i];
     const uint64_t s = set_of(ns, page, set_count_);
@@ -299,7 +302,9 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
     store_relaxed(&wy->page, page);
     store_relaxed(&tags(s)[target], tag_of_hash(key_hash(ns, page)));
     store_relaxed(&wy->crc, crc_.copy_to_region(slot_data(s, uint32_t(target)), bufs[i]));
-    __atomic_store_n(&h->flags[target], new_flags, __ATOMIC_RELAXED);
+    const uint8_t old_flags = __atomic_exchange_n(&h->flags[target], new_flags, __ATOMIC_RELAXED);
+    valid_delta += (old_flags & kValid) ? 0 : 1;
+    dirty_delta += (dirty ? 1 : 0) - ((old_flags & (kValid | kDirty)) == (kValid | kDirty) ? 1 : 0);
     store_release(&wy->seq, seq + 2);
     unlock_set(s);
     stored++;
@@ -309,12 +314,14 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
   add(kDirtyEvictions, dirty_evictions);
   add(kLockSteals, steals);
   add(kNoSpace, no_space);
+  add(kValidPages, uint64_t(valid_delta));
+  add(kDirtyPages, uint64_t(dirty_delta));
   add(kChecksumErrors, bad_victims);
   return no_space ? TS_E_NO_SPACE : TS_OK;
 }
 
 int Cache::remove(uint64_t ns, const uint64_t *pages, size_t n) {
-  uint64_t removed = 0, steals = 0;
+  uint64_t removed = 0, dirty_removed = 0, steals = 0;
   for (size_t i = 0; i < n; i++) {
     const uint64_t s = set_of(ns, pages[i], set_count_);
     if (find_way(s, ns, pages[i]) < 0) continue;  // absent: nothing to lock for
@@ -325,14 +332,17 @@ int Cache::remove(uint64_t ns, const uint64_t *pages, size_t n) {
       uint32_t seq = load_relaxed(&wy->seq);
       store_relaxed(&wy->seq, seq + 1);
       __atomic_thread_fence(__ATOMIC_RELEASE);
-      __atomic_store_n(&head(s)->flags[w], uint8_t(0), __ATOMIC_RELAXED);
+      const uint8_t old_flags = __atomic_exchange_n(&head(s)->flags[w], uint8_t(0), __ATOMIC_RELAXED);
       store_release(&wy->seq, seq + 2);
       removed++;
+      if (old_flags & kDirty) dirty_removed++;
     }
     unlock_set(s);
   }
   add(kRemoves, removed);
   add(kLockSteals, steals);
+  add(kValidPages, uint64_t(-int64_t(removed)));
+  add(kDirtyPages, uint64_t(-int64_t(dirty_removed)));
   return TS_OK;
 }
 
@@ -414,12 +424,13 @@ size_t Cache::mark_clean(const DirtyRef *refs, size_t n) {
     if (s >= set_count_) continue;
     lock_set(s, &steals);
     if (load_relaxed(&way(s, w)->seq) == refs[i].seq) {
-      __atomic_fetch_and(&head(s)->flags[w], uint8_t(~kDirty), __ATOMIC_RELAXED);
-      cleaned++;
+      uint8_t old_flags = __atomic_fetch_and(&head(s)->flags[w], uint8_t(~kDirty), __ATOMIC_RELAXED);
+      if ((old_flags & (kValid | kDirty)) == (kValid | kDirty)) cleaned++;
     }
     unlock_set(s);
   }
   add(kLockSteals, steals);
+  add(kDirtyPages, uint64_t(-int64_t(cleaned)));
   return cleaned;
 }
 

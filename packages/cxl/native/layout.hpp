@@ -76,6 +76,8 @@ enum Counter : unsigned {
   kChecksumErrors,
   kLockSteals,
   kNoSpace,
+  kValidPages,  // occupancy, kept per batch (a scan in info() is exact; these can drift after a crash)
+  kDirtyPages,
   kCounterCount
 };
 constexpr uint64_t kCountersOffset = 1024;

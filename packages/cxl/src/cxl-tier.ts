@@ -109,12 +109,14 @@ export class CxlTier extends BasePageStore implements WriteBackCache {
   readonly #ids = new Map<string, bigint>();
   readonly #names = new Map<bigint, string>();
   #droppedDirty = 0;
+  readonly #slots: number;
 
   private constructor(opened: { addon: CxlAddon; handle: RegionHandle; backing: CxlBacking }, info: NativeRegionInfo, name: string) {
     super(name, info.pageSize);
     this.#addon = opened.addon;
     this.#region = opened.handle;
     this.backing = opened.backing;
+    this.#slots = info.slots;
   }
 
   /** Opens (formatting a new or blank backing) a CXL region as a tier. */
@@ -154,6 +156,7 @@ export class CxlTier extends BasePageStore implements WriteBackCache {
     this.#sink = sink;
   }
 
+  /** Dirty pages in the region (an exact scan of the index flags). */
   dirtyCount(): number {
     return this.isClosed ? 0 : this.#addon.info(this.#region).dirtyPages;
   }
@@ -224,17 +227,18 @@ export class CxlTier extends BasePageStore implements WriteBackCache {
 
   protected override extraStats(): Record<string, number> {
     if (this.isClosed) return { droppedDirty: this.#droppedDirty };
-    const i = this.#addon.info(this.#region);
+    // The region's counters (shared by every process using it), not a scan of the index.
+    const c = this.#addon.counters(this.#region);
     return {
-      residentPages: i.validPages,
-      dirtyPages: i.dirtyPages,
-      slots: i.slots,
-      regionHits: i.counters.hits,
-      regionMisses: i.counters.misses,
-      evictions: i.counters.evictions,
-      dirtyEvictions: i.counters.dirtyEvictions,
-      checksumErrors: i.counters.checksumErrors,
-      lockSteals: i.counters.lockSteals,
+      residentPages: c.validPages,
+      dirtyPages: c.dirtyPages,
+      slots: this.#slots,
+      regionHits: c.hits,
+      regionMisses: c.misses,
+      evictions: c.evictions,
+      dirtyEvictions: c.dirtyEvictions,
+      checksumErrors: c.checksumErrors,
+      lockSteals: c.lockSteals,
       droppedDirty: this.#droppedDirty,
     };
   }

@@ -39,6 +39,9 @@ export interface RegionCounters {
   checksumErrors: number;
   lockSteals: number;
   noSpace: number;
+  /** Occupancy kept per batch (info().validPages/dirtyPages are an exact scan; these may drift after a crash). */
+  validPages: number;
+  dirtyPages: number;
 }
 
 export interface NativeRegionInfo {
@@ -90,6 +93,7 @@ export interface CxlAddon {
   open(options: NativeOpenOptions): RegionHandle;
   close(h: RegionHandle): void;
   info(h: RegionHandle): NativeRegionInfo;
+  counters(h: RegionHandle): RegionCounters;
   get(h: RegionHandle, ns: bigint, pages: Float64Array, out: Buffer, found: Uint8Array): { hits: number; checksumErrors: number };
   put(h: RegionHandle, ns: bigint, pages: Float64Array, data: Uint8Array, dirty: boolean): { status: number; evicted?: EvictedRaw };
   remove(h: RegionHandle, ns: bigint, pages: Float64Array): void;

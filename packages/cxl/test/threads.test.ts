@@ -16,6 +16,8 @@ describe('CxlTier C ABI from many native threads', () => {
     // Dirty pages stored through the C ABI were never evicted (no write-back path there).
     expect(info.counters.dirtyEvictions).toBe(0);
     expect(info.dirtyPages).toBeGreaterThan(0);
+    expect(info.counters.validPages).toBe(info.validPages);
+    expect(info.counters.dirtyPages).toBe(info.dirtyPages);
     await tier.close();
   });
 

@@ -40,6 +40,10 @@ describe('CxlTier in a write-back stack', () => {
     // flush() writes the remaining dirty pages down; the bottom tier alone then has everything.
     await stack.flush();
     expect(cxl.dirtyCount()).toBe(0);
+    // The occupancy counters kept per batch agree with a scan of the index.
+    const info = cxl.info();
+    expect(info.counters.validPages).toBe(info.validPages);
+    expect(info.counters.dirtyPages).toBe(0);
     const below = await file.get(ns, pages);
     expect(countWrong(below.data.subarray(0, 100 * 4096), ns, hot, below.found.subarray(0, 100), 2)).toBe(0);
     expect(countWrong(below.data.subarray(100 * 4096), ns, pages.slice(100), below.found.subarray(100), 1)).toBe(0);
