@@ -179,6 +179,8 @@ Napi::Value Info(const Napi::CallbackInfo &info) {
   o.Set("creatorPid", h.creator_pid);
   o.Set("creatorHost", std::string(h.creator_host, strnlen(h.creator_host, sizeof h.creator_host)));
   o.Set("formattedNow", s->region().formatted_now());
+  o.Set("recoveredAfterReboot", s->region().recovered_after_reboot());
+  o.Set("setsOffset", double(h.sets_offset));
   o.Set("fd", s->region().fd());
   Occupancy occ = c.occupancy();
   o.Set("validPages", double(occ.valid));

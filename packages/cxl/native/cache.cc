@@ -450,6 +450,30 @@ Occupancy Cache::occupancy() const {
   return o;
 }
 
+void Cache::recover_after_reboot() {
+  uint64_t valid = 0, dirty = 0;
+  for (uint64_t s = 0; s < set_count_; s++) {
+    SetHead *h = head(s);
+    store_relaxed(&h->lock, uint64_t(0));
+    for (uint32_t w = 0; w < ways_; w++) {
+      Way *wy = way(s, w);
+      uint32_t seq = load_relaxed(&wy->seq);
+      if (seq & 1) {
+        store_relaxed(&h->flags[w], uint8_t(0));
+        store_relaxed(&wy->seq, seq + 1);
+      }
+      uint8_t f = load_relaxed(&h->flags[w]);
+      if (f & kValid) {
+        valid++;
+        if (f & kDirty) dirty++;
+      }
+    }
+    if (load_relaxed(&h->hand) >= ways_) store_relaxed(&h->hand, 0u);
+  }
+  __atomic_store_n(region_.counter(kValidPages), valid, __ATOMIC_RELAXED);
+  __atomic_store_n(region_.counter(kDirtyPages), dirty, __ATOMIC_SEQ_CST);
+}
+
 // ---- namespace table ----
 
 int Cache::register_namespace(uint64_t id, const char *name, size_t len) {

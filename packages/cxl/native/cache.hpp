@@ -65,6 +65,10 @@ class Cache {
   size_t mark_clean(const DirtyRef *refs, size_t n);
 
   Occupancy occupancy() const;
+  // After a reboot (no process can hold a lock any more): clears every set lock, invalidates
+  // ways left mid-write and recounts the occupancy counters. Only while no other process uses
+  // the region (Region::open holds the backing's flock).
+  void recover_after_reboot();
   uint64_t counter(Counter c) const { return __atomic_load_n(region_.counter(c), __ATOMIC_RELAXED); }
 
   // Test hook: starts writing `page` like put() does and stops half-way, leaving the set

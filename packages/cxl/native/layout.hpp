@@ -80,6 +80,10 @@ enum Counter : unsigned {
   kDirtyPages,
   kCounterCount
 };
+// Hash of the kernel boot id of the last process that opened the region (mutable, not
+// checksummed). A region opened for the first time since a reboot cannot have live lock
+// owners: the opener clears every set lock and repairs half-written ways (see Region::open).
+constexpr uint64_t kBootIdOffset = 768;
 constexpr uint64_t kCountersOffset = 1024;
 constexpr uint64_t kCounterStride = 64;
 static_assert(kCountersOffset + kCounterCount * kCounterStride <= kHeaderBytes, "counters fit the header page");

@@ -1,5 +1,7 @@
 #include "region.hpp"
 
+#include "cache.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -40,6 +42,19 @@ uint32_t own_pid_namespace() {
   struct stat st;
   if (stat("/proc/self/ns/pid", &st) != 0) return 0;
   return uint32_t(st.st_ino);
+}
+
+// FNV-1a 64 of /proc/sys/kernel/random/boot_id (a UUID per boot), 0 if unreadable.
+uint64_t current_boot_id() {
+  int fd = ::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[64];
+  ssize_t n = read(fd, buf, sizeof buf);
+  close(fd);
+  if (n <= 0) return 0;
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (ssize_t i = 0; i < n; i++) h = (h ^ uint8_t(buf[i])) * 0x100000001b3ULL;
+  return h;
 }
 
 bool all_zero(const uint8_t *p, size_t n) {
@@ -142,6 +157,7 @@ Status Region::format(const OpenOptions &o, uint64_t bytes) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   uint64_t magic;
   std::memcpy(&magic, kMagic, 8);
+  __atomic_store_n(reinterpret_cast<uint64_t *>(base_ + kBootIdOffset), current_boot_id(), __ATOMIC_RELAXED);
   __atomic_store_n(reinterpret_cast<uint64_t *>(base_), magic, __ATOMIC_SEQ_CST);
   formatted_now_ = true;
   return Status::ok();
@@ -246,6 +262,15 @@ Status Region::open(const OpenOptions &o) {
   }
   st = validate(o, backing_bytes);
   if (!st.is_ok()) return st;
+  // First opener since a reboot (we hold the flock, so no one else is opening it now, and any
+  // process of this boot that opened it before would have stored this boot's id).
+  uint64_t *stored_boot = reinterpret_cast<uint64_t *>(base_ + kBootIdOffset);
+  const uint64_t boot = current_boot_id();
+  if (boot && __atomic_load_n(stored_boot, __ATOMIC_RELAXED) != boot) {
+    Cache(*this).recover_after_reboot();
+    __atomic_store_n(stored_boot, boot, __ATOMIC_SEQ_CST);
+    recovered_ = true;
+  }
   // The mapping stays as large as the backing; the layout uses region_bytes of it.
   return Status::ok();
 }

@@ -51,6 +51,7 @@ class Region {
   uint64_t mapped_bytes() const { return map_bytes_; }
   int fd() const { return fd_; }
   bool formatted_now() const { return formatted_now_; }
+  bool recovered_after_reboot() const { return recovered_; }
   uint64_t *counter(Counter c) const { return reinterpret_cast<uint64_t *>(base_ + kCountersOffset + c * kCounterStride); }
 
  private:
@@ -62,6 +63,7 @@ class Region {
   uint8_t *base_ = nullptr;
   uint64_t map_bytes_ = 0;
   bool formatted_now_ = false;
+  bool recovered_ = false;
 };
 
 // The geometry a region of `bytes` would get; fails if not even one set fits.

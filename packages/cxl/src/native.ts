@@ -62,6 +62,9 @@ export interface NativeRegionInfo {
   creatorPid: number;
   creatorHost: string;
   formattedNow: boolean;
+  /** This open was the first since a reboot: set locks were cleared, half-written ways dropped. */
+  recoveredAfterReboot: boolean;
+  setsOffset: number;
   fd: number;
   validPages: number;
   dirtyPages: number;

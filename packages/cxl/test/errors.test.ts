@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync, statSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync, statSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -135,6 +135,30 @@ describe('CxlTier region validation', () => {
       'TS_ERR_BAD_ARGUMENT',
     );
     expect(await codeOf(() => CxlTier.open({ backing: { kind: 'devdax', path: '/dev/no-such-dax' } }))).toBe('TS_ERR_NOT_FOUND');
+  });
+
+  it('clears set locks left from before a reboot on the first open since', async () => {
+    const options = await regionWithData('reboot');
+    const info = await cxlRegionInfo(options);
+    // Lock every set as if by pid 1 with its real start time: an owner that looks alive forever.
+    // Then make the region's boot id a foreign one, as after a reboot.
+    const stat1 = readFileSync('/proc/1/stat', 'utf8');
+    const start = BigInt(stat1.slice(stat1.lastIndexOf(')') + 2).split(' ')[19]!) & 0xffffffffn;
+    const word = Buffer.alloc(8);
+    word.writeBigUInt64LE((start << 32n) | 1n);
+    const fd = openSync(join(dir, 'reboot'), 'r+');
+    for (let s = 0; s < info.sets; s++) writeSync(fd, word, 0, 8, info.setsOffset + s * info.setBytes);
+    writeSync(fd, Buffer.alloc(8, 0x42), 0, 8, 768);
+    closeSync(fd);
+    const tier = await CxlTier.open(options);
+    const after = tier.info();
+    expect(after.recoveredAfterReboot).toBe(true);
+    expect(after.lockedSets).toBe(0);
+    expect(after.counters.validPages).toBe(3);
+    await tier.put('keep', [1], makePages('keep', [1], tier.pageSize, 5)); // would wait forever on a kept lock
+    await tier.close();
+    await expectKept(options);
+    expect((await cxlRegionInfo(options)).recoveredAfterReboot).toBe(false);
   });
 
   it('refuses a region formatted in another pid namespace (lock owners are pids)', async (ctx) => {
