@@ -12,7 +12,7 @@ namespace tsrdma {
 namespace {
 constexpr size_t kMaxConns = 256;
 constexpr int32_t kPendingRead = 1000;  // internal page status: still to be read
-constexpr uint64_t kSpinNs = 500 * 1000;  // how long a waiter spins before sleeping on the CQ
+constexpr uint64_t kSpinNs = 500 * 1000;  // default: how long a waiter spins before sleeping on the CQ
 
 template <class T>
 T load(const T &v) {
@@ -76,6 +76,8 @@ Pool::Call::~Call() {
 
 Pool::Pool(uint32_t page_size, uint64_t slab_pages, uint32_t op_timeout_ms, std::string name)
     : page_size_(page_size), slab_pages_(slab_pages), op_timeout_ms_(op_timeout_ms), name_(std::move(name)) {
+  // TIERSTACK_RDMA_SPIN_US tunes the spin phase of waiters (read once; a process-wide setting).
+  if (const char *v = getenv("TIERSTACK_RDMA_SPIN_US")) spin_ns_ = strtoull(v, nullptr, 10) * 1000;
   conns_.resize(kMaxConns);
   for (auto &c : conns_) c = std::make_unique<Conn>();
   ops_.abi_version = TS_PAGE_STORE_ABI_VERSION;
@@ -518,9 +520,9 @@ bool Pool::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
     // Spin first (a donor answers in tens of microseconds, a batch of 32 pages in a few hundred),
     // yielding now and then; a batch that takes longer sleeps in the CQ's wait object, which
     // leaves the CPU to the donor on a shared host instead of burning it.
-    if (spin_until == 0) spin_until = now_ns() + kSpinNs;
-    if (spins < 2048) continue;
-    if (cq_wait_ && (spins & 15) == 0 && now_ns() > spin_until) {
+    if (spin_until == 0) spin_until = now_ns() + spin_ns_;
+    if (spins < 2048 && spin_ns_ > 0) continue;
+    if (cq_wait_ && ((spins & 15) == 0 || spin_ns_ == 0) && now_ns() > spin_until) {
       std::lock_guard<std::mutex> lk(cq_mu_);
       if (b.pending.load(std::memory_order_acquire) > 0) dispatch_locked(1);
     } else {

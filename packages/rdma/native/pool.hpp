@@ -252,6 +252,7 @@ class Pool {
   bool mr_local_ = false;
   fid_cq *cq_ = nullptr;
   bool cq_wait_ = false;  // the CQ has a wait object (fi_cq_sread)
+  uint64_t spin_ns_ = 500 * 1000;
   std::mutex cq_mu_;
   std::atomic<uint64_t> close_epoch_{0};
 
