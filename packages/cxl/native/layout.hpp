@@ -3,11 +3,12 @@
 // passed by path) shares one cache:
 //
 //   [0, 4096)            Header: magic, version, geometry, creator, header checksum;
-//                        then (not checksummed) shared counters, one per cache line.
+//                        then (not checksummed) the boot id of the last opener and the shared
+//                        counters, one per cache line.
 //   [ns_offset, ...)     Namespace table: ns_entries x NsEntry (namespace id -> UTF-8 name), so
 //                        that a process can hand a dirty page of any namespace to its write-back sink.
 //   [sets_offset, ...)   set_count x set record (set_bytes each, 64-byte aligned):
-//                          SetHead { lock, hand, flags[ways] } then ways x Way { ns, page, seq, crc }.
+//                          SetHead { lock, hand, flags[ways], tags[ways] } then ways x Way { ns, page, seq, crc }.
 //                        The index is set-associative: hash(ns, page) picks a set, the page lives in
 //                        one of its `ways` slots. The set record IS the index: no separate table.
 //   [data_offset, ...)   slot_count x page_size bytes; slot = set * ways + way.
