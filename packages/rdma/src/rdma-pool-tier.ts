@@ -60,11 +60,13 @@ export interface RdmaPoolTierOptions {
   /** How often slab activity is reported to donors (default 1000 ms). */
   activityIntervalMs?: number;
   /**
-   * Small batches (at most syncMaxBytes) are posted and polled on the JS thread for up to this
-   * many microseconds before a worker thread takes over: a quick donor then answers with no
-   * thread hop (default 150; 0 = always use a worker).
+   * Small batches (at most syncMaxBytes) are posted and polled on the JS thread for up to
+   * syncWaitUs plus syncWaitPerPageUs per further page before a worker thread takes over: a quick
+   * donor then answers with no thread hop (defaults 150 and 0; syncWaitUs 0 = always a worker).
+   * Longer polls suit a process whose JS thread has nothing else to do (they block it).
    */
   syncWaitUs?: number;
+  syncWaitPerPageUs?: number;
   /** Largest batch polled on the JS thread (default 64 KiB). */
   syncMaxBytes?: number;
   /** How often a lost or unreachable donor is tried again (default 1000 ms; 0 = never). */
@@ -121,6 +123,7 @@ export class RdmaPoolTier extends BasePageStore {
   private handleCache: NativePageStoreHandle | undefined;
   private repairs = 0;
   private readonly syncWaitUs: number;
+  private readonly syncWaitPerPageUs: number;
   private readonly syncMaxBytes: number;
 
   private constructor(
@@ -139,6 +142,7 @@ export class RdmaPoolTier extends BasePageStore {
     this.log = options.logger ?? silentLogger;
     this.random = options.random ?? Math.random;
     this.syncWaitUs = options.syncWaitUs ?? 150;
+    this.syncWaitPerPageUs = options.syncWaitPerPageUs ?? 0;
     this.syncMaxBytes = options.syncMaxBytes ?? 64 * 1024;
   }
 
@@ -297,7 +301,8 @@ export class RdmaPoolTier extends BasePageStore {
   }
 
   private syncBudget(pages: number): number {
-    return pages * this.pageSize <= this.syncMaxBytes ? this.syncWaitUs : 0;
+    if (this.syncWaitUs <= 0 || pages * this.pageSize > this.syncMaxBytes) return 0;
+    return this.syncWaitUs + (pages - 1) * this.syncWaitPerPageUs;
   }
 
   protected async doRemove(ns: string, pages: number[]): Promise<void> {
