@@ -20,8 +20,17 @@ const { values: v } = parseArgs({
     'metrics-port': { type: 'string' },
     'donor-id': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
+    // Exit when the process that started us is gone (tests and benchmarks: no orphan daemons).
+    'die-with-parent': { type: 'boolean', default: false },
   },
 });
+
+if (v['die-with-parent']) {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) process.exit(0);
+  }, 500).unref();
+}
 
 runMemdDaemon({
   host: v.host!,

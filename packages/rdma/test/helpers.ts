@@ -72,7 +72,7 @@ const live = new Set<MemdProcess>();
 
 export async function spawnMemd(o: SpawnOptions = {}): Promise<MemdProcess> {
   ensureBuilt();
-  const args = [entry, '--port', String(o.port ?? 0), '--capacity', o.capacity ?? '64M', '--slab-size', o.slabSize ?? '1M', '--log-level', 'info'];
+  const args = [entry, '--port', String(o.port ?? 0), '--capacity', o.capacity ?? '64M', '--slab-size', o.slabSize ?? '1M', '--log-level', 'info', '--die-with-parent'];
   if (o.token) args.push('--token', o.token);
   if (o.provider) args.push('--provider', o.provider);
   if (o.headroom) args.push('--headroom', o.headroom);

@@ -185,7 +185,7 @@ export const rdmaSuite: Suite = {
     const rawBin = join(ctx.tmpDir, 'rdma_raw');
     const pc = execFileSync('pkg-config', ['--cflags', '--libs', 'libfabric'], { encoding: 'utf8' }).trim().split(/\s+/).filter(Boolean);
     execFileSync('gcc', ['-O2', '-o', rawBin, join(packageDir, 'tools', 'rdma_raw.c'), ...pc]);
-    const memd = spawn(process.execPath, [join(packageDir, 'dist', 'memd-main.js'), '--port', '0', '--capacity', '512M', '--slab-size', String(SLAB), '--log-level', 'warn'], {
+    const memd = spawn(process.execPath, [join(packageDir, 'dist', 'memd-main.js'), '--port', '0', '--capacity', '512M', '--slab-size', String(SLAB), '--log-level', 'warn', '--die-with-parent'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const children: ChildProcess[] = [memd];
