@@ -30,6 +30,11 @@ export async function runMemdDaemon(options: DaemonOptions, out: (line: string) 
   out(JSON.stringify({ ready: true, pid: process.pid, ...server.address() }));
   const stop = (signal: string): void => {
     logger.info({ signal }, 'memd stopping');
+    // Slabs die with the process anyway: do not let a slow provider teardown keep it alive.
+    setTimeout(() => {
+      logger.warn('memd: shutdown took longer than 3 s; exiting');
+      process.exit(0);
+    }, 3000).unref();
     void server.close().then(() => process.exit(0));
   };
   process.once('SIGINT', () => stop('SIGINT'));

@@ -253,11 +253,12 @@ export class MemdServer {
 
   private drop(conn: ClientConn): void {
     if (!this.conns.delete(conn)) return;
-    for (const id of conn.slabs) {
+    const held = [...conn.slabs];
+    for (const id of held) {
       const s = this.slabs.get(id);
       if (s) this.freeSlab(s);
     }
-    if (conn.authed) this.log.info({ client: conn.name, slabsFreed: conn.slabs.size }, 'client disconnected');
+    if (conn.authed) this.log.info({ client: conn.name, slabsFreed: held.length }, 'client disconnected');
   }
 
   private send(conn: ClientConn, frame: Frame): void {
