@@ -14,5 +14,8 @@ const stack = createTierStack({ tiers: [tier] });
 const dev = await createBlockDevice({ stack, sizeBytes: size, transport: 'ublk', queues: Number(queuesArg), depth: Number(depthArg), name: `bench-${kind}` });
 console.log(`ready ${dev.path}`);
 process.once('SIGTERM', () => {
-  void dev.close().then(() => stack.close());
+  void dev
+    .close()
+    .then(() => stack.close())
+    .then(() => process.exit(0));
 });

@@ -7,9 +7,11 @@ set -euo pipefail
 REPO=$1; C=$2; SECS=$3; ROUNDS=$4
 OUT=${TIERSTACK_GUEST_RESULTS:-/tmp}
 SIZE=$((64 << 20))
+PIDS=
 up() { # up <name> <cmd...>: starts a server, waits for "ready <dev>", sets DEV_<name>
   local name=$1; shift
   "$@" >"/tmp/$name.out" 2>"/tmp/$name.err" &
+  PIDS="$PIDS $!"
   for _ in $(seq 1 300); do grep -q '^ready ' "/tmp/$name.out" && break; sleep 0.2; done
   local dev; dev=$(sed -n 's/^ready //p' "/tmp/$name.out")
   [ -b "$dev" ] || { cat "/tmp/$name.err"; exit 1; }
@@ -24,5 +26,9 @@ run() { fio --name=b --filename="$2" --rw=randrw --bs=4k --iodepth=32 --ioengine
 for r in $(seq 0 "$ROUNDS"); do  # round 0 is the warm-up
   run c "$DEV_c" $r; run cxl "$DEV_cxl" $r; run memory "$DEV_memory" $r
 done
-kill %1 %2 %3; wait
+for p in $PIDS; do
+  kill "$p"
+  for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$p" 2>/dev/null && { echo "server $p did not stop on SIGTERM" >&2; ps -o pid,args -p "$p" >&2; kill -9 "$p"; }
+done
 echo BENCH-OK
