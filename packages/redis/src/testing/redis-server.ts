@@ -71,10 +71,15 @@ export async function freePort(): Promise<number> {
 }
 
 // $1: log file; the rest: redis-server arguments. Prints "pid N" first, "exit CODE" at the end.
+// taskset (when $TS_REDIS_CPUS is set) execs redis-server, so $! is the server's pid either way.
 const WRAPPER = `
 log="$1"; shift
 exec 3<&0
-redis-server "$@" >"$log" 2>&1 &
+if [ -n "$TS_REDIS_CPUS" ]; then
+  taskset -c "$TS_REDIS_CPUS" redis-server "$@" >"$log" 2>&1 &
+else
+  redis-server "$@" >"$log" 2>&1 &
+fi
 pid=$!
 echo "pid $pid"
 ( read -r _ <&3; kill -9 "$pid" 2>/dev/null ) &
@@ -93,6 +98,8 @@ export interface RedisServerOptions {
   clusterNode?: boolean;
   /** Start a Sentinel (redis-server --sentinel) watching this master instead of a data server. */
   sentinelOf?: { name: string; host: string; port: number };
+  /** Pin the server to these CPUs (a taskset list such as "1" or "0-1"); benchmarks use it. */
+  cpus?: string;
   /** More redis-server arguments. */
   args?: string[];
 }
@@ -108,6 +115,7 @@ export class RedisServer {
     readonly dir: string,
     private readonly ownsDir: boolean,
     private readonly argv: string[],
+    private readonly cpus: string | undefined,
   ) {}
 
   static async start(options: RedisServerOptions = {}): Promise<RedisServer> {
@@ -126,7 +134,7 @@ export class RedisServer {
     }
     if (options.clusterNode) argv.push('--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '5000');
     argv.push(...(options.args ?? []));
-    const server = new RedisServer(port, dir, ownsDir, argv);
+    const server = new RedisServer(port, dir, ownsDir, argv, options.cpus);
     await server.launch();
     return server;
   }
@@ -149,7 +157,10 @@ export class RedisServer {
   }
 
   private async launch(): Promise<void> {
-    const proc = spawn('sh', ['-c', WRAPPER, 'tierstack-redis', this.logFile, ...this.argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const proc = spawn('sh', ['-c', WRAPPER, 'tierstack-redis', this.logFile, ...this.argv], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, TS_REDIS_CPUS: this.cpus ?? '' },
+    });
     this.proc = proc;
     this.exited = new Promise((resolve) => proc.once('exit', () => resolve()));
     void this.exited.then(() => {
