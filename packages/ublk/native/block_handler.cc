@@ -139,7 +139,7 @@ void BlockHandler::process_rw(BlockRequest *reqs, size_t n, Scratch &s) {
     if (r.op != BlockOp::Write || r.length == 0) continue;
     uint64_t pos = r.offset, end = r.offset + r.length;
     bool bad = false;
-    for (uint64_t q = pos; q < end; q = (q / kPageSize + 1) * kPageSize) {
+    for (uint64_t q = pos; q < end && !s.rmw_pages.empty(); q = (q / kPageSize + 1) * kPageSize) {
       auto it = s.rmw.find(q / kPageSize);
       if (it != s.rmw.end() && s.rmw_bad[it->second]) bad = true;
     }
@@ -152,14 +152,24 @@ void BlockHandler::process_rw(BlockRequest *reqs, size_t n, Scratch &s) {
       uint32_t in = static_cast<uint32_t>(pos % kPageSize);
       uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(kPageSize - in, end - pos));
       const uint8_t *src = r.buf + (pos - r.offset);
-      auto it = s.rmw.find(p);
+      auto it = s.rmw_pages.empty() ? s.rmw.end() : s.rmw.find(p);
       if (it != s.rmw.end()) {
         std::memcpy(s.rmw_bufs[it->second] + in, src, len);
       } else {
-        s.puts[p] = src;  // a later write of the same page in this batch wins
+        s.puts.emplace_back(p, src);
       }
       pos += len;
     }
+  }
+  // A page written twice in one batch: the later write wins (stable sort keeps request order).
+  if (s.puts.size() > 1) {
+    std::stable_sort(s.puts.begin(), s.puts.end(), [](const auto &a, const auto &b) { return a.first < b.first; });
+    size_t keep = 0;
+    for (size_t i = 0; i < s.puts.size(); i++) {
+      if (keep > 0 && s.puts[keep - 1].first == s.puts[i].first) s.puts[keep - 1] = s.puts[i];
+      else s.puts[keep++] = s.puts[i];
+    }
+    s.puts.resize(keep);
   }
   s.pages.clear();
   s.cbufs.clear();

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "backend.hpp"
@@ -62,7 +63,7 @@ class BlockHandler {
     std::vector<uint64_t> rmw_pages;
     std::vector<uint8_t *> rmw_bufs;
     std::vector<uint8_t> rmw_bad;
-    std::unordered_map<uint64_t, const void *> puts;  // whole pages written from request buffers
+    std::vector<std::pair<uint64_t, const void *>> puts;  // whole pages written from request buffers, in order
     std::vector<uint32_t> stripes;
     std::vector<uint8_t> zero_page;
     uint8_t *page();
