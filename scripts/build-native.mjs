@@ -4,7 +4,7 @@
 // ABI headers. Uses Node's installed headers (/usr/include/node) when present, so no header
 // download is needed. Usage (a package's "build:native" script): node ../../scripts/build-native.mjs
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,6 +33,24 @@ const sources = Math.max(
   newest(join(repo, 'packages', 'core', 'include')),
 );
 if (!force && built() > sources) process.exit(0);
+
+// One build per package at a time: `pnpm install` (the install script), setup.sh and test set-ups
+// may all ask at once, and node-gyp rebuild deletes build/ while it works.
+const lock = join(pkgDir, '.build-native.lock');
+const sleep = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+for (;;) {
+  try {
+    mkdirSync(lock);
+    break;
+  } catch (err) {
+    if (err.code !== 'EEXIST') throw err;
+    // A lock older than 10 minutes belongs to a build that died.
+    if (Date.now() - statSync(lock).mtimeMs > 600_000) rmSync(lock, { recursive: true, force: true });
+    else sleep(250);
+  }
+}
+process.on('exit', () => rmSync(lock, { recursive: true, force: true }));
+if (!force && built() > sources) process.exit(0); // someone else built it while we waited
 
 const gyp = createRequire(join(repo, 'package.json')).resolve('node-gyp/bin/node-gyp.js');
 const args = [gyp, 'rebuild', '--release', `-j`, 'max'];
