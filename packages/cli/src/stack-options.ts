@@ -14,6 +14,15 @@ import { createTierStack, FileTier, MemoryTier, type Logger, type PageStore, typ
 export interface StackCliOptions {
   dataDir: string;
   memoryMib: number;
+  /** CXL cache on top: "memfd", a file path or a /dev/daxX.Y device. */
+  cxl?: string;
+  cxlMib?: number;
+  /** Redis tier below DRAM: a redis:// URL. */
+  redis?: string;
+  /** RDMA pool donors ("host:port,host:port") and their token. */
+  memd?: string;
+  memdToken?: string;
+  replicas?: number;
   /** Keep the file tier (default true; --no-file-tier drops it when a remote tier is durable). */
   fileTier: boolean;
 }
@@ -27,13 +36,51 @@ export function addStackOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('--data-dir <path>', 'where durable tiers and the catalog live').default(defaultDataDir(), '$TIERSTACK_DATA_DIR or ~/.tierstack'))
     .addOption(new Option('--memory-mib <n>', 'DRAM tier budget in MiB (0: no DRAM tier)').default(64).argParser(Number))
+    .addOption(new Option('--cxl <backing>', 'CXL cache tier on top: memfd, a file path or /dev/daxX.Y'))
+    .addOption(new Option('--cxl-mib <n>', 'size of a memfd or new file CXL region in MiB').default(256).argParser(Number))
+    .addOption(new Option('--redis <url>', 'Redis tier below DRAM (redis://host:port)'))
+    .addOption(new Option('--memd <donors>', 'RDMA pool tier: memd control addresses, comma-separated host:port'))
+    .addOption(new Option('--memd-token <token>', 'token the memd donors expect').env('TIERSTACK_MEMD_TOKEN'))
+    .addOption(new Option('--replicas <n>', 'copies of each RDMA pool slab').default(1).argParser(Number))
     .addOption(new Option('--no-file-tier', 'no file tier at the bottom (a remote tier must be durable then)'));
 }
 
 /** Opens the stack the flags describe. The caller closes it. */
 export async function openStack(o: StackCliOptions, options: { logger?: Logger } = {}): Promise<TierStack> {
   const tiers: PageStore[] = [];
-  if (o.memoryMib > 0) tiers.push(new MemoryTier({ maxSize: o.memoryMib * 1024 * 1024 }));
-  if (o.fileTier !== false) tiers.push(await FileTier.open({ dir: join(o.dataDir, 'pages') }));
-  return createTierStack({ tiers, ...(options.logger ? { logger: options.logger } : {}) });
+  try {
+    // Tier packages load lazily: a command that does not ask for a native tier never loads its addon.
+    if (o.cxl) {
+      const { CxlTier } = await import('@tierstack/cxl');
+      const size = (o.cxlMib ?? 256) * 1024 * 1024;
+      const backing =
+        o.cxl === 'memfd'
+          ? ({ kind: 'memfd', size } as const)
+          : o.cxl.startsWith('/dev/dax')
+            ? ({ kind: 'devdax', path: o.cxl } as const)
+            : ({ kind: 'file', path: o.cxl, size, create: true } as const);
+      tiers.push(await CxlTier.open({ backing }));
+    }
+    if (o.memoryMib > 0) tiers.push(new MemoryTier({ maxSize: o.memoryMib * 1024 * 1024 }));
+    if (o.redis) {
+      const { RedisTier } = await import('@tierstack/redis');
+      tiers.push(new RedisTier({ connection: o.redis, ...(options.logger ? { logger: options.logger } : {}) }));
+    }
+    if (o.memd) {
+      const { RdmaPoolTier } = await import('@tierstack/rdma');
+      tiers.push(
+        await RdmaPoolTier.open({
+          donors: o.memd.split(',').map((d) => d.trim()).filter(Boolean),
+          ...(o.memdToken ? { token: o.memdToken } : {}),
+          replicas: o.replicas ?? 1,
+          ...(options.logger ? { logger: options.logger } : {}),
+        }),
+      );
+    }
+    if (o.fileTier !== false) tiers.push(await FileTier.open({ dir: join(o.dataDir, 'pages') }));
+    return createTierStack({ tiers, ...(options.logger ? { logger: options.logger } : {}) });
+  } catch (err) {
+    await Promise.allSettled(tiers.map((t) => t.close()));
+    throw err;
+  }
 }

@@ -65,6 +65,10 @@ export function nativeStatusOf(err: unknown): number {
   return (code !== undefined && statusOf.get(code)) || -9;
 }
 
+function tiersOf(store: PageStore): readonly PageStore[] {
+  return store instanceof TierStack ? store.tiers.flatMap((t) => tiersOf(t)) : [store];
+}
+
 export function createJsPath(store: PageStore, options: { logger?: Logger } = {}): JsPath {
   const log = options.logger ?? silentLogger;
   const names = new Map<bigint, string>();
@@ -189,6 +193,9 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
     register(ns: string): bigint {
       const id = namespaceId(ns);
       names.set(id, ns);
+      // Native tiers that keep dirty pages written through their C ABI need the name behind the
+      // id to hand those pages back for write-back (e.g. CxlTier.registerNamespace).
+      for (const t of tiersOf(store)) (t as { registerNamespace?: (name: string) => unknown }).registerNamespace?.(ns);
       return id;
     },
     stats: () => ({ ...counters }),
