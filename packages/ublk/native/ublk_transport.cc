@@ -152,6 +152,9 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
   std::memset(&p, 0, sizeof p);
   p.len = sizeof p;
   p.types = UBLK_PARAM_TYPE_BASIC | UBLK_PARAM_TYPE_DISCARD;
+  // A volatile write cache: the stack holds dirty pages above its durable tier, so the kernel
+  // must send FLUSH (fsync, journal commits), which becomes the stack's flush().
+  p.basic.attrs = UBLK_ATTR_VOLATILE_CACHE;
   p.basic.logical_bs_shift = 9;
   p.basic.physical_bs_shift = 12;
   p.basic.io_opt_shift = 12;

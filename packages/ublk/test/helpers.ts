@@ -8,5 +8,3 @@ export async function sh(cmd: string, opts: { timeout?: number } = {}): Promise<
   const { stdout } = await execFileP('sh', ['-c', cmd], { timeout: opts.timeout ?? 60_000, maxBuffer: 64 << 20 });
   return stdout;
 }
-
-export const loopOf = async (path: string): Promise<string> => sh(`losetup -l -n ${path} 2>/dev/null || true`);

@@ -55,7 +55,9 @@ echo 3 >/proc/sys/vm/drop_caches
 mount "$DEV" /mnt/u
 cmp /tmp/rand /mnt/u/file || fail "ext4 file round trip"
 umount /mnt/u
-ok "ext4 file round trip"
+FL=$($SERVE stats g1 $STATE | node -e "let t='';process.stdin.on('data',d=>t+=d).on('end',()=>console.log(JSON.parse(t).device.flush.requests))")
+[ "$FL" -gt 0 ] || fail "no flush reached the stack (volatile write cache not advertised?)"
+ok "ext4 file round trip ($FL flushes reached the stack)"
 
 # 4. fio random writes with verification (crc32c), QD 32.
 fio --name=verify --filename="$DEV" --rw=randwrite --bs=4k --iodepth=32 --ioengine=libaio --direct=1 \
