@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -30,11 +31,38 @@ class StackBackend : public PageBackend {
     return client_->put(ns_, pages, n, bufs, TS_PUT_DIRTY);
   }
   int remove(const uint64_t *pages, size_t n) override { return client_->remove(ns_, pages, n); }
-  int flush() override { return client_->flush(); }
+  // Flushes are coalesced: a caller waits for the first stack flush that started after it
+  // asked (so it covers every write completed before), and everyone who asks while one runs
+  // shares the next one: a burst of FLUSH requests from many queues costs one or two flush().
+  int flush() override {
+    std::unique_lock<std::mutex> lk(flush_mu_);
+    uint64_t mine = ++flush_requested_;
+    for (;;) {
+      if (flush_done_ >= mine) return flush_rc_;
+      if (!flush_running_) {
+        flush_running_ = true;
+        uint64_t covering = flush_requested_;
+        lk.unlock();
+        int rc = client_->flush();
+        lk.lock();
+        flush_running_ = false;
+        flush_done_ = covering;
+        flush_rc_ = rc;
+        flush_cv_.notify_all();
+        continue;
+      }
+      flush_cv_.wait(lk);
+    }
+  }
 
  private:
   std::shared_ptr<tierstack::StackClient> client_;
   uint64_t ns_;
+  std::mutex flush_mu_;
+  std::condition_variable flush_cv_;
+  uint64_t flush_requested_ = 0, flush_done_ = 0;
+  bool flush_running_ = false;
+  int flush_rc_ = TS_OK;
 };
 
 const char *code_of_errno(int e) {

@@ -66,6 +66,14 @@ describe('fuse-loop transport', () => {
     expect(dev.stats().discard.requests).toBeGreaterThan(0);
   });
 
+  it('fsync on the device becomes a stack flush: dirty pages reach the file tier', async () => {
+    const before = { flushes: dev.stats().flush.requests, filePuts: stack.stats().tiers[1]!.ops.put.pages };
+    await sh(`for i in 1 2 3 4; do dd if=/dev/urandom of=${dev.path} bs=4k count=4 seek=$((i * 100)) oflag=direct conv=fsync status=none & done; wait`);
+    expect(dev.stats().flush.requests).toBeGreaterThan(before.flushes);
+    expect(dev.stats().flush.errors).toBe(0);
+    expect(stack.stats().tiers[1]!.ops.put.pages).toBeGreaterThanOrEqual(before.filePuts + 16);
+  });
+
   it('tears down cleanly: no loop device, no mount', async () => {
     const path = dev.path;
     await dev.close();
