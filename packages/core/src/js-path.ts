@@ -152,6 +152,18 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
     for (const [id, reqs] of gets) {
       others.push(
         (async () => {
+          // The common case: these requests sit side by side in the batch, so the stack can
+          // write straight into the batch's buffer (no gather, no copy).
+          const first = starts[reqs[0]!]!;
+          const last = reqs[reqs.length - 1]!;
+          const end = starts[last]! + counts[last]!;
+          let total = 0;
+          for (const i of reqs) total += counts[i]!;
+          if (total === end - first) {
+            const res = await store.get(nameOf(id), pages.subarray(first, end), { out: data.subarray(first * pageSize, end * pageSize) });
+            for (let k = 0; k < total; k++) status[first + k] = res.found[k]!;
+            return;
+          }
           const list: number[] = [];
           for (const i of reqs) for (let k = 0; k < counts[i]!; k++) list.push(pages[starts[i]! + k]!);
           const res = await store.get(nameOf(id), list);
