@@ -21,22 +21,7 @@ uint64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-const char *code_of(int status) {
-  switch (status) {
-    case TS_E_CLOSED: return "TS_ERR_CLOSED";
-    case TS_E_PAGE_SIZE: return "TS_ERR_PAGE_SIZE";
-    case TS_E_BAD_ARGUMENT: return "TS_ERR_BAD_ARGUMENT";
-    case TS_E_NOT_FOUND: return "TS_ERR_NOT_FOUND";
-    case TS_E_CHECKSUM: return "TS_ERR_CHECKSUM";
-    case TS_E_UNAVAILABLE: return "TS_ERR_UNAVAILABLE";
-    case TS_E_CORRUPT: return "TS_ERR_CORRUPT";
-    case TS_E_NO_SPACE: return "TS_ERR_NO_SPACE";
-    case TS_E_UNSUPPORTED: return "TS_ERR_UNSUPPORTED";
-    case TS_E_DEADLOCK: return "TS_ERR_DEADLOCK";
-    case TS_E_TIMEOUT: return "TS_ERR_TIMEOUT";
-    default: return "TS_ERR_IO";
-  }
-}
+const char *code_of(int status) { return ts_status_code(status); }
 
 Napi::Error make_error(Napi::Env env, const std::string &msg, const char *code) {
   Napi::Error e = Napi::Error::New(env, msg);

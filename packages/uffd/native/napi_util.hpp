@@ -15,22 +15,7 @@
 
 namespace tsuffd {
 
-inline const char *code_of_status(int status) {
-  switch (status) {
-    case TS_E_CLOSED: return "TS_ERR_CLOSED";
-    case TS_E_PAGE_SIZE: return "TS_ERR_PAGE_SIZE";
-    case TS_E_BAD_ARGUMENT: return "TS_ERR_BAD_ARGUMENT";
-    case TS_E_NOT_FOUND: return "TS_ERR_NOT_FOUND";
-    case TS_E_CHECKSUM: return "TS_ERR_CHECKSUM";
-    case TS_E_UNAVAILABLE: return "TS_ERR_UNAVAILABLE";
-    case TS_E_CORRUPT: return "TS_ERR_CORRUPT";
-    case TS_E_NO_SPACE: return "TS_ERR_NO_SPACE";
-    case TS_E_UNSUPPORTED: return "TS_ERR_UNSUPPORTED";
-    case TS_E_DEADLOCK: return "TS_ERR_DEADLOCK";
-    case TS_E_TIMEOUT: return "TS_ERR_TIMEOUT";
-    default: return "TS_ERR_IO";
-  }
-}
+inline const char *code_of_status(int status) { return ts_status_code(status); }
 
 inline Napi::Error make_error(Napi::Env env, const char *code, const std::string &msg, int err_no = 0,
                               const char *syscall = nullptr) {

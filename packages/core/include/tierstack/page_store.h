@@ -94,6 +94,25 @@ static inline uint64_t ts_namespace_id(const char *name, size_t len) {
   return h;
 }
 
+/* The stable JavaScript error code (core's ErrorCode) of a TS_E_* status: "TS_ERR_IO" for
+ * unknown ones. Addons set it as `code` on the errors they throw. */
+static inline const char *ts_status_code(int status) {
+  switch (status) {
+    case TS_E_CLOSED: return "TS_ERR_CLOSED";
+    case TS_E_PAGE_SIZE: return "TS_ERR_PAGE_SIZE";
+    case TS_E_BAD_ARGUMENT: return "TS_ERR_BAD_ARGUMENT";
+    case TS_E_NOT_FOUND: return "TS_ERR_NOT_FOUND";
+    case TS_E_CHECKSUM: return "TS_ERR_CHECKSUM";
+    case TS_E_UNAVAILABLE: return "TS_ERR_UNAVAILABLE";
+    case TS_E_CORRUPT: return "TS_ERR_CORRUPT";
+    case TS_E_NO_SPACE: return "TS_ERR_NO_SPACE";
+    case TS_E_UNSUPPORTED: return "TS_ERR_UNSUPPORTED";
+    case TS_E_DEADLOCK: return "TS_ERR_DEADLOCK";
+    case TS_E_TIMEOUT: return "TS_ERR_TIMEOUT";
+    default: return "TS_ERR_IO";
+  }
+}
+
 /* True if a caller built against this header can use `store`. */
 static inline int ts_page_store_compatible(const ts_page_store *store) {
   return store != NULL && store->abi_version == TS_PAGE_STORE_ABI_VERSION && store->ops != NULL &&
