@@ -43,7 +43,8 @@ export interface MeasureOptions {
 
 export const defaultMeasureOptions: MeasureOptions = { roundMs: 400, rounds: 3, warmupMs: 100 };
 
-async function runFor(op: Op, ms: number): Promise<Measurement> {
+/** Runs `op` repeatedly for `ms` milliseconds: ops/s and per-call latency. */
+export async function runFor(op: Op, ms: number): Promise<Measurement> {
   const hist = new LatencyHistogram();
   let ops = 0;
   let calls = 0;
@@ -62,9 +63,10 @@ async function runFor(op: Op, ms: number): Promise<Measurement> {
   return { opsPerSec: ops / secs, p50Us: s.p50Us, p99Us: s.p99Us, calls };
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+export const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-function combine(ms: Measurement[]): Measurement {
+/** Medians of several rounds' measurements. */
+export function combine(ms: Measurement[]): Measurement {
   return {
     opsPerSec: median(ms.map((m) => m.opsPerSec)),
     p50Us: median(ms.map((m) => m.p50Us)),

@@ -17,7 +17,7 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { namespaceId } from '@tierstack/core';
-import { result, rng, randomPages, type Measurement, type Suite } from '../harness.js';
+import { combine, result, rng, randomPages, type Measurement, type Suite } from '../harness.js';
 
 const SIZES = [4096, 65536];
 const QDS = [1, 32];
@@ -39,15 +39,6 @@ function toMeasurement(s: Sample): Measurement {
   };
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-function combine(ms: Measurement[]): Measurement {
-  return {
-    opsPerSec: median(ms.map((m) => m.opsPerSec)),
-    p50Us: median(ms.map((m) => m.p50Us)),
-    p99Us: median(ms.map((m) => m.p99Us)),
-    calls: ms.reduce((n, m) => n + m.calls, 0),
-  };
-}
 
 async function timed(ms: number, call: () => Promise<number>): Promise<Measurement> {
   const lat: number[] = [];

@@ -9,33 +9,14 @@
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { LatencyHistogram } from '@tierstack/core';
 import { Redis } from 'ioredis';
 import { RedisTier } from '@tierstack/redis';
 import { startRedisServer, type RedisServer } from '@tierstack/redis/testing';
-import { result, rng, randomPages, type Measurement, type Suite, type Op } from '../harness.js';
+import { result, rng, randomPages, runFor, type Measurement, type Suite, type Op } from '../harness.js';
 
 const PAGE = 4096;
 const SPAN = 4096; // 16 MiB of pages in Redis
 
-/** Runs `op` for `ms` and measures pages per second and per-call latency (as the harness does). */
-async function measureFor(op: Op, ms: number): Promise<Measurement> {
-  const hist = new LatencyHistogram();
-  let ops = 0;
-  let calls = 0;
-  const start = process.hrtime.bigint();
-  const deadline = start + BigInt(Math.round(ms * 1e6));
-  let now = start;
-  while (now < deadline) {
-    const t0 = now;
-    ops += await op();
-    now = process.hrtime.bigint();
-    hist.record(Number(now - t0));
-    calls++;
-  }
-  const s = hist.summary();
-  return { opsPerSec: ops / (Number(now - start) / 1e9), p50Us: s.p50Us, p99Us: s.p99Us, calls };
-}
 
 /**
  * Where the server and the two clients (this process, redis-benchmark) run. On a small VM the
@@ -184,13 +165,13 @@ export const redisSuite: Suite = {
           // bursts, and short alternations spread it over both sides alike.
           const sliceMs = Math.max(50, measure.roundMs / 4);
           const warm = await redisBenchmark(shell, server, test, batch, 2000 * batch, cpus);
-          await measureFor(op, measure.warmupMs);
+          await runFor(op, measure.warmupMs);
           const requests = Math.max(500, Math.round((warm.opsPerSec * sliceMs) / 1000));
           const base: Measurement[] = [];
           const mine: Measurement[] = [];
           for (let r = 0; r < measure.rounds * 4; r++) {
             base.push(await redisBenchmark(shell, server, test, batch, requests, cpus));
-            mine.push(await measureFor(op, sliceMs));
+            mine.push(await runFor(op, sliceMs));
           }
           const name = `${test === 'get' ? 'get' : 'put'} batch=${batch}`;
           yield result('redis', name, `redis-benchmark -P ${batch}`, { case: combine(mine), baseline: combine(base) }, `cpus ${place.mode}${batch === 32 ? '; bar: ratio >= 0.8' : ''}`);
@@ -213,7 +194,7 @@ export const redisSuite: Suite = {
             const raw: Measurement[] = [];
             for (let r = 0; r < measure.rounds * 4; r++) {
               rb.push(await redisBenchmark(shell, server, test, batch, requests, cpus));
-              raw.push(await measureFor(rawOp, sliceMs));
+              raw.push(await runFor(rawOp, sliceMs));
             }
             yield result('redis', `ioredis ${test === 'get' ? 'mget' : 'mset'} x${batch} (reference, no tier)`, `redis-benchmark -P ${batch}`, { case: combine(raw), baseline: combine(rb) });
           }

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createTierStack, MemoryTier, FileTier, type StoreStats, type PageStore, type TierStack } from '@tierstack/core';
 import { makePages, pageMatches } from '@tierstack/core/testing';
+import { rng } from '@tierstack/bench';
 
 export interface DemoOptions {
   pages: number;
@@ -159,7 +160,7 @@ async function demoStack(dir: string, cacheMiB: number, note: (l: string) => voi
 /** Writes a function-like memory image: zero runs, hot clusters (the request's working set), cold data. */
 function writeFunctionImage(path: string, pages: number, zeroPct: number, wsPct: number): { working: number[]; zero: number } {
   const ps = 4096;
-  const next = xorshift(0x5eed);
+  const next = rng(0x5eed);
   const kind = new Uint8Array(pages); // 0 cold, 1 zero, 2 hot
   // Zero pages come in runs (untouched heap, bss, freed arenas).
   let zero = 0;
@@ -194,16 +195,6 @@ function writeFunctionImage(path: string, pages: number, zeroPct: number, wsPct:
   return { working: clusters.flat(), zero };
 }
 
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>>= 0);
-  };
-}
 
 export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ rows: RestoreDemoRow[]; verified: number; wrong: number }> {
   const out = opts.out ?? ((l: string) => console.log(l));
