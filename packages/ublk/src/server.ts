@@ -26,6 +26,8 @@ export interface ServeOptions {
   memoryMiB?: number;
   /** Make the device a swap area with this priority. */
   swapPriority?: number;
+  /** Serve this stack instead of one built from dataDir/memoryMiB; the server closes it when it stops. */
+  stack?: TierStack;
   stateDir?: string;
   logger?: Logger;
 }
@@ -52,6 +54,16 @@ export interface RunningServer {
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
+async function defaultStack(o: ServeOptions, log: Logger): Promise<TierStack> {
+  const memoryMiB = o.memoryMiB ?? (o.dataDir ? 64 : Math.ceil(o.sizeBytes / (1 << 20)));
+  const tiers = [new MemoryTier({ maxSize: memoryMiB << 20, name: 'dram' })];
+  return createTierStack({
+    tiers: o.dataDir ? [...tiers, await FileTier.open({ dir: o.dataDir, name: 'file' })] : tiers,
+    name: `ublk-${o.name}`,
+    logger: log,
+  });
+}
+
 export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
   const log = o.logger ?? silentLogger;
   if (!NAME_RE.test(o.name)) throw badArgument(`device name must match ${NAME_RE} (got ${o.name})`);
@@ -59,13 +71,7 @@ export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
   mkdirSync(stateDir, { recursive: true });
   const existing = readState(stateDir, o.name);
   if (existing && pidAlive(existing.pid)) throw new TierStackError(ErrorCode.Exists, `device ${o.name} is already served by pid ${existing.pid}`);
-  const memoryMiB = o.memoryMiB ?? (o.dataDir ? 64 : Math.ceil(o.sizeBytes / (1 << 20)));
-  const tiers = [new MemoryTier({ maxSize: memoryMiB << 20, name: 'dram' })];
-  const stack = createTierStack({
-    tiers: o.dataDir ? [...tiers, await FileTier.open({ dir: o.dataDir, name: 'file' })] : tiers,
-    name: `ublk-${o.name}`,
-    logger: log,
-  });
+  const stack = o.stack ?? (await defaultStack(o, log));
   let device: BlockDevice;
   try {
     device = await createBlockDevice({

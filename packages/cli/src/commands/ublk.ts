@@ -18,6 +18,8 @@ import {
   DEFAULT_STATE_DIR,
   type Transport,
 } from '@tierstack/ublk';
+import type { Logger, TierStack } from '@tierstack/core';
+import { defaultDataDir, openStack } from '../stack-options.js';
 
 export const parseSize = (v: string): number => {
   const m = /^(\d+)([KMGT]i?B?|[kmgt])?$/.exec(v.trim());
@@ -36,6 +38,42 @@ const int = (lo: number, hi: number) => (v: string): number => {
 
 const mib = (b: number): string => (b / (1 << 20)).toFixed(1);
 
+interface UblkAddOptions {
+  name: string;
+  size: number;
+  transport?: string;
+  queues?: number;
+  depth?: number;
+  dataDir?: string;
+  memoryMib?: number;
+  cxl?: string;
+  cxlMib: number;
+  redis?: string;
+  memd?: string;
+  memdToken?: string;
+  replicas: number;
+  swap?: string | boolean;
+  stateDir: string;
+}
+
+/** With CXL, Redis or RDMA pool flags the device is served from the shared stack configuration. */
+async function remoteStack(o: UblkAddOptions, logger: Logger): Promise<TierStack> {
+  return openStack(
+    {
+      dataDir: o.dataDir ?? defaultDataDir(),
+      memoryMib: o.memoryMib ?? 64,
+      fileTier: o.dataDir !== undefined,
+      cxlMib: o.cxlMib,
+      replicas: o.replicas,
+      ...(o.cxl ? { cxl: o.cxl } : {}),
+      ...(o.redis ? { redis: o.redis } : {}),
+      ...(o.memd ? { memd: o.memd } : {}),
+      ...(o.memdToken ? { memdToken: o.memdToken } : {}),
+    },
+    { logger },
+  );
+}
+
 export function registerUblkCommands(program: Command): void {
   const ublk = program.command('ublk').description('the tier stack as a block device (ublk, or loop over FUSE on kernels without ublk)');
 
@@ -49,9 +87,15 @@ export function registerUblkCommands(program: Command): void {
     .option('--depth <n>', 'ublk queue depth', int(1, 4096))
     .option('--data-dir <dir>', 'stack: a FileTier in this directory below the DRAM tier')
     .option('--memory-mib <n>', 'stack: DRAM tier budget in MiB', int(1, 1 << 20))
+    .option('--cxl <backing>', 'stack: a CXL cache tier on top (memfd, a file path or /dev/daxX.Y)')
+    .option('--cxl-mib <n>', 'stack: size of a memfd or new file CXL region in MiB', int(1, 1 << 20), 256)
+    .option('--redis <url>', 'stack: a Redis tier below DRAM')
+    .option('--memd <donors>', 'stack: an RDMA pool tier (memd control addresses, comma-separated host:port)')
+    .option('--memd-token <token>', 'token the memd donors expect')
+    .option('--replicas <n>', 'copies of each RDMA pool slab', int(1, 4), 1)
     .option('--swap [priority]', 'make it a swap area (swapon -p priority, default 100) and remove it on exit')
     .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
-    .action(async (o: { name: string; size: number; transport?: string; queues?: number; depth?: number; dataDir?: string; memoryMib?: number; swap?: string | boolean; stateDir: string }) => {
+    .action(async (o: UblkAddOptions) => {
       if (o.transport !== undefined && o.transport !== 'ublk' && o.transport !== 'fuse-loop') throw new InvalidArgumentError('--transport must be ublk or fuse-loop');
       const logger = pino({ level: process.env.LOG_LEVEL ?? 'info' }, pino.destination(2));
       const swapPriority = o.swap === undefined ? undefined : o.swap === true ? 100 : int(-1, 32767)(String(o.swap));
@@ -66,6 +110,7 @@ export function registerUblkCommands(program: Command): void {
         ...(o.dataDir ? { dataDir: o.dataDir } : {}),
         ...(o.memoryMib ? { memoryMiB: o.memoryMib } : {}),
         ...(swapPriority !== undefined ? { swapPriority } : {}),
+        ...(o.cxl || o.redis || o.memd ? { stack: await remoteStack(o, logger) } : {}),
       });
       console.log(JSON.stringify({ event: 'ready', ...server.state }));
       await new Promise<void>((resolve) => {
