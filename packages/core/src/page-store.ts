@@ -35,6 +35,12 @@ export interface PutOptions {
    * a dirty page: it hands it to its eviction sink first. Stores without caching ignore it.
    */
   dirty?: boolean;
+  /**
+   * The data is a copy from a tier below (a promotion): a store that holds a dirty copy of the
+   * page keeps it (it is newer). Stores that can be written behind the stack's back (native tiers
+   * written through the C ABI) must honor it.
+   */
+  promotion?: boolean;
 }
 
 export interface PageStore {

@@ -279,7 +279,7 @@ export class TierStack extends BasePageStore {
     const data = Buffer.concat(bufs.filter((_, k) => keep[k]));
     try {
       if (this.promotion === 'inclusive') {
-        await Promise.all(this.tiers.slice(0, upTo).map((t) => t.put(ns, ps, data)));
+        await Promise.all(this.tiers.slice(0, upTo).map((t) => t.put(ns, ps, data, { promotion: true })));
       } else {
         // The page moves to the top as dirty (it may have been dirty where it was); the bottom
         // tier keeps its copy because it is the durable home.

@@ -235,7 +235,8 @@ Napi::Value Put(const Napi::CallbackInfo &info) {
   std::vector<uint64_t> ev_ns(n), ev_pages(n);
   auto *ev_data = new std::vector<uint8_t>();
   EvictionOut ev{ev_data, ev_ns.data(), ev_pages.data(), n, 0};
-  int rc = s->cache().put(ns, pages.data(), n, bufs.data(), dirty ? TS_PUT_DIRTY : 0, &ev);
+  const bool promotion = info.Length() > 5 && info[5].ToBoolean().Value();
+  int rc = s->cache().put(ns, pages.data(), n, bufs.data(), (dirty ? TS_PUT_DIRTY : 0) | (promotion ? TS_PUT_PROMOTION : 0), &ev);
   Napi::Object r = Napi::Object::New(env);
   r.Set("status", rc);
   if (ev.count == 0) {

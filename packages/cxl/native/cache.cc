@@ -260,6 +260,13 @@ int Cache::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *
     lock_set(s, &steals);
     SetHead *h = head(s);
     int target = find_way(s, ns, page);
+    if (target >= 0 && (flags & TS_PUT_PROMOTION) && (load_relaxed(&h->flags[target]) & kDirty)) {
+      // A copy from below must not replace a dirty copy: the dirty one is newer (it may have
+      // been written through the C ABI while the promoted bytes were being read).
+      unlock_set(s);
+      stored++;
+      continue;
+    }
     if (target < 0) {
       for (uint32_t w = 0; w < ways_; w++)
         if (!(load_relaxed(&h->flags[w]) & kValid)) {

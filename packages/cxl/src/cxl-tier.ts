@@ -173,7 +173,7 @@ export class CxlTier extends BasePageStore implements WriteBackCache {
   }
 
   protected async doPut(ns: string, pages: number[], data: Buffer, options: PutOptions): Promise<void> {
-    const r = this.#addon.put(this.#region, this.#id(ns), Float64Array.from(pages), data, options.dirty === true);
+    const r = this.#addon.put(this.#region, this.#id(ns), Float64Array.from(pages), data, options.dirty === true, options.promotion === true);
     if (r.evicted) this.#deliver(r.evicted);
     if (r.status < 0) {
       throw new TierStackError(

@@ -98,7 +98,7 @@ export interface CxlAddon {
   info(h: RegionHandle): NativeRegionInfo;
   counters(h: RegionHandle): RegionCounters;
   get(h: RegionHandle, ns: bigint, pages: Float64Array, out: Buffer, found: Uint8Array): { hits: number; checksumErrors: number };
-  put(h: RegionHandle, ns: bigint, pages: Float64Array, data: Uint8Array, dirty: boolean): { status: number; evicted?: EvictedRaw };
+  put(h: RegionHandle, ns: bigint, pages: Float64Array, data: Uint8Array, dirty: boolean, promotion?: boolean): { status: number; evicted?: EvictedRaw };
   remove(h: RegionHandle, ns: bigint, pages: Float64Array): void;
   registerNamespace(h: RegionHandle, ns: bigint, name: string): number;
   namespaceName(h: RegionHandle, ns: bigint): string | undefined;

@@ -18,6 +18,26 @@ function countWrong(data: Buffer, ns: string, pages: number[], found: Uint8Array
 }
 
 describe('CxlTier in a write-back stack', () => {
+  it('keeps a dirty page when a promotion of an older copy arrives (it is newer than anything below)', async () => {
+    const cxl = await CxlTier.open({ backing: { kind: 'memfd', size: 1 << 20 } });
+    const ns = 'promo';
+    const pages = [3, 4];
+    await cxl.put(ns, pages, makePages(ns, pages, 4096, 2), { dirty: true }); // newer, not yet written back
+    await cxl.put(ns, pages, makePages(ns, pages, 4096, 1), { promotion: true }); // a stale copy from below
+    let r = await cxl.get(ns, pages);
+    expect(countWrong(r.data, ns, pages, r.found, 2)).toBe(0);
+    expect(cxl.dirtyCount()).toBe(2);
+    // A plain (non-promotion) put still replaces it.
+    await cxl.put(ns, pages, makePages(ns, pages, 4096, 3));
+    r = await cxl.get(ns, pages);
+    expect(countWrong(r.data, ns, pages, r.found, 3)).toBe(0);
+    // And a promotion fills a page the tier does not hold.
+    await cxl.put(ns, [9], makePages(ns, [9], 4096, 1), { promotion: true });
+    r = await cxl.get(ns, [9]);
+    expect(countWrong(r.data, ns, [9], r.found, 1)).toBe(0);
+    await cxl.close();
+  });
+
   it('hands every dirty victim to the tier below: nothing is lost', async () => {
     const cxl = await CxlTier.open({ backing: { kind: 'memfd', size: 1 << 20 } }); // ~200 slots
     const file = await FileTier.open({ dir: join(dir, 'file') });

@@ -59,6 +59,10 @@ extern "C" {
 
 /* put() flags. */
 #define TS_PUT_DIRTY 1u
+/* A promotion: a copy of the page from a tier below. It must not replace a dirty copy of the same
+ * page (a dirty copy is newer than anything below). Tiers that can be written outside the
+ * JavaScript stack (through this ABI) must honor it; others may ignore it. */
+#define TS_PUT_PROMOTION 2u
 
 /* napi type tag of the external that carries a ts_page_store* ("tierstac" "pagestor"). */
 #define TS_PAGE_STORE_TYPE_TAG_LOWER 0x7469657273746163ULL

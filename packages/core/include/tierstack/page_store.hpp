@@ -113,7 +113,7 @@ class NativeChain {
       }
       remaining = keep;
       for (size_t up = 0; up < t && !hit_pages.empty(); up++)  // promotion failure is harmless
-        tiers_[up].put_pages(ns, hit_pages.data(), hit_pages.size(), hit_bufs.data(), 0);
+        tiers_[up].put_pages(ns, hit_pages.data(), hit_pages.size(), hit_bufs.data(), TS_PUT_PROMOTION);
     }
     return found;
   }
