@@ -5,33 +5,19 @@
  */
 import { EventEmitter } from 'node:events';
 import { TierStackError, ErrorCode, badArgument, closedError, type LatencySummary } from '@tierstack/core';
-import type { NativeSource } from './native.js';
+import type { NativeRegionStats, NativeSource } from './native.js';
 import { summarizeBuckets } from './latency.js';
 
 export type MissingPolicy = 'zero' | 'strict';
 
-export interface RegionStats {
+/** The engine's counters for a region (pagesByLevel[i]: pages served by stack level i, the
+ *  native tiers first, then the JS path) plus its identity and a fault service-time summary. */
+export interface RegionStats extends Omit<NativeRegionStats, 'latencyBuckets' | 'latencySumNs' | 'latencyMaxNs'> {
   name: string;
   namespace: string;
   pages: number;
   /** Pages installed now (per the engine's bitmap). */
   residentPages: number;
-  faults: number;
-  wpFaults: number;
-  pagesInstalled: number;
-  zeroPages: number;
-  poisoned: number;
-  alreadyPresent: number;
-  eagainRetries: number;
-  prefetched: number;
-  jsPathPages: number;
-  deadlocks: number;
-  evictions: number;
-  writebacks: number;
-  writebackErrors: number;
-  removedPages: number;
-  /** pagesByLevel[i]: pages served by stack level i (the native tiers first, then the JS path). */
-  pagesByLevel: number[];
   /** Fault service time: from reading the fault to waking the faulting thread. */
   latency: LatencySummary;
 }
