@@ -70,35 +70,14 @@ export function assertSnapshotId(id: unknown): asserts id is string {
   }
 }
 
-export class SnapshotManifest implements ManifestFields {
-  id: string;
-  pageSize: number;
-  regions: RegionInfo[];
-  pageCount: number;
-  imageSize: number;
-  zeroBitmap: Uint8Array;
-  checksums: Uint32Array;
-  workingSets: WorkingSetInfo[];
-  sourceKind: SourceKind;
-  source: string;
-  createdAt: number;
-  namespace: string;
+// The class carries every ManifestFields property (declaration merging), assigned in the constructor.
+export interface SnapshotManifest extends ManifestFields {}
+export class SnapshotManifest {
   /** storedIndex[p]: index of page p in `checksums`, or -1 for a zero page. */
   private readonly storedIndex: Int32Array;
 
   constructor(f: ManifestFields) {
-    this.id = f.id;
-    this.pageSize = f.pageSize;
-    this.regions = f.regions;
-    this.pageCount = f.pageCount;
-    this.imageSize = f.imageSize;
-    this.zeroBitmap = f.zeroBitmap;
-    this.checksums = f.checksums;
-    this.workingSets = f.workingSets;
-    this.sourceKind = f.sourceKind;
-    this.source = f.source;
-    this.createdAt = f.createdAt;
-    this.namespace = f.namespace;
+    Object.assign(this, f);
     this.storedIndex = new Int32Array(this.pageCount);
     let k = 0;
     for (let p = 0; p < this.pageCount; p++) this.storedIndex[p] = this.isZero(p) ? -1 : k++;

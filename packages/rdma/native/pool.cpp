@@ -872,6 +872,17 @@ int Pool::remove(uint64_t ns, const uint64_t *pages, size_t n) {
   return TS_OK;
 }
 
+// One RMA transfer of `len` bytes between `buf` and a replica, waited for; its completion result.
+int Pool::transfer_one(bool write, const Replica &r, char *buf, size_t len, void *desc, uint64_t offset) {
+  Op op;
+  Batch b;
+  op.batch = &b;
+  b.pending.store(1);
+  if (!post(write, op, r.conn, buf, len, desc, r.addr + offset, r.rkey)) b.pending.store(0);
+  wait(b, &op, 1);
+  return op.result;
+}
+
 int Pool::copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, char *buf, void *desc) {
   Replica from, to;
   {
@@ -880,26 +891,14 @@ int Pool::copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, 
     to = s.reps[dst];
   }
   const size_t len = count * page_size_;
-  Op op;
-  Batch b;
-  op.batch = &b;
-  b.pending.store(1);
-  if (!post(false, op, from.conn, buf, len, desc, from.addr + first * page_size_, from.rkey)) b.pending.store(0);
-  wait(b, &op, 1);
-  if (op.result != 0) {
+  if (transfer_one(false, from, buf, len, desc, first * page_size_) != 0) {
     mark_replica_dead(s, src);
     return TS_E_UNAVAILABLE;
   }
   for (uint64_t k = 0; k < count; k++)
     if (load(s.state[first + k]) == kPresent && tierstack::crc32c(buf + k * page_size_, page_size_) != load(s.crc[first + k]))
       return TS_E_CHECKSUM;
-  Op wop;
-  Batch wb;
-  wop.batch = &wb;
-  wb.pending.store(1);
-  if (!post(true, wop, to.conn, buf, len, desc, to.addr + first * page_size_, to.rkey)) wb.pending.store(0);
-  wait(wb, &wop, 1);
-  if (wop.result != 0) {
+  if (transfer_one(true, to, buf, len, desc, first * page_size_) != 0) {
     mark_replica_dead(s, dst);
     return TS_E_IO;
   }

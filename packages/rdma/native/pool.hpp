@@ -233,6 +233,7 @@ class Pool {
   void dispatch_locked(int block_ms = 0);
   void fail_closed_locked(Op *ops, size_t n, Batch &b);
   void mark_replica_dead(Slab &s, int slot);
+  int transfer_one(bool write, const Replica &r, char *buf, size_t len, void *desc, uint64_t offset);
   int copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, char *buf, void *desc);
 
   struct Call {  // counts running calls so close() can wait for them
