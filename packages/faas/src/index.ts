@@ -38,7 +38,6 @@ export {
   type CriuHeaderLayout,
 } from './criu-page-server.js';
 export { parseFirecrackerHandshake, type GuestMapping } from './firecracker-handshake.js';
-export { SnapshotPageSource, type SnapshotSourceStats } from './snapshot-source.js';
 export {
   RestoreHook,
   createRestoreHook,

@@ -6,18 +6,31 @@
  *   ... the instance runs, faulting pages in lazily ...
  *   await h.close();   // the first restore's first-touch order is saved as the working set
  *
- * Every restore gets its own uffd engine over a SnapshotPageSource (zero pages served without a
- * fetch, stored pages verified against their checksums; a bad page is poisoned in strict mode).
+ * Every restore gets its own uffd engine over the stack itself, with the snapshot known natively
+ * (a SnapshotView: zero pages installed without a fetch, stored pages verified against their
+ * checksums on the fault thread, a bad copy re-read from the tiers below, a page with no good
+ * copy poisoned alone in strict mode). With native tiers (CxlTier, FileTier, RdmaPoolTier) no
+ * fault, prefetch or eager copy crosses into JavaScript; tiers without a native handle (Redis,
+ * MemoryTier, user tiers) are reached through the engine's batched JS path.
  * The first restore (no working set yet) records first touches; later restores prefetch the
  * recorded working set (the latest or the union of the last N) in one bulk install — pages
  * installed without waking, one wake at the end — while other faults are served on demand.
  * `eager: true` installs every page before the restore returns (the baseline lazy restore beats).
  */
 import { TierStackError, ErrorCode, silentLogger, type Logger, type PageStore, type StoreStats } from '@tierstack/core';
-import { createUffdEngine, listenForUffd, closeFd, type UffdRegion, type AdoptedUffd, type RegionStats, type MissingPolicy } from '@tierstack/uffd';
+import {
+  createUffdEngine,
+  listenForUffd,
+  closeFd,
+  SnapshotView,
+  type UffdRegion,
+  type AdoptedUffd,
+  type RegionStats,
+  type MissingPolicy,
+  type SnapshotViewStats,
+} from '@tierstack/uffd';
 import { SnapshotCatalog, DEFAULT_KEEP_WORKING_SETS } from './catalog.js';
 import type { SnapshotManifest } from './manifest.js';
-import { SnapshotPageSource, type SnapshotSourceStats } from './snapshot-source.js';
 import { parseFirecrackerHandshake, type GuestMapping } from './firecracker-handshake.js';
 import { serveCriuPages, type CriuPageServer, type CriuPageServerOptions } from './criu-page-server.js';
 import type { FirecrackerHandler, FirecrackerHandlerOptions } from './firecracker.js';
@@ -39,9 +52,9 @@ export interface RestoreHookOptions {
   missing?: MissingPolicy;
   /** Pages installed per fault (aligned block, 1..64; default 16). */
   faultAround?: number;
-  /** Pages per prefetch call (installed without waking, one wake each; default 2048). */
+  /** Pages per prefetch chunk (installed without waking, one wake each; default 2048). */
   prefetchChunkPages?: number;
-  /** Prefetch calls in flight (default 1). */
+  /** Regions prefetched at once (each on its own native thread; default 1). */
   prefetchConcurrency?: number;
   /** Fault threads per restore (default 1). */
   faultThreads?: number;
@@ -83,7 +96,9 @@ export interface RestoreStats {
   prefetchRequested: number;
   /** Milliseconds from restore() to the end of the bulk prefetch / eager copy (0 if none). */
   prefetchMs: number;
-  source: SnapshotSourceStats;
+  /** What the fault threads did with the snapshot: zero pages served without a tier, pages
+   *  verified, bad copies seen and repaired from a lower tier, pages with no good copy. */
+  snapshot: SnapshotViewStats;
   /** Per tier of the stack: pages asked for and served while this restore ran (hits are what each
    *  tier supplied; stack-wide counters, so concurrent restores on one stack are included). */
   tiers: TierFetchStats[];
@@ -144,10 +159,22 @@ export class RestoreHook {
     const mode = ro.prefetch ?? o.prefetch ?? 'latest';
     const prefetchPages = ro.eager ? m.storedPageList() : mode === 'none' ? [] : m.prefetchSet(mode);
     const record = (ro.recordWorkingSet ?? o.recordWorkingSet ?? true) && prefetchPages.length === 0 && !ro.eager;
-    const source = new SnapshotPageSource(this.stack, m, { record, maxRecordPages: o.maxWorkingSetPages ?? 1 << 20 });
-    const engine = createUffdEngine({ stack: source, faultThreads: o.faultThreads ?? 1, logger: this.log });
+    const view = new SnapshotView({
+      pageCount: m.pageCount,
+      zeroBitmap: m.zeroBitmap,
+      checksums: m.checksums,
+      record,
+      maxRecordPages: o.maxWorkingSetPages ?? 1 << 20,
+    });
+    const engine = createUffdEngine({ stack: this.stack, faultThreads: o.faultThreads ?? 1, logger: this.log });
     const before = tierSnapshot(this.stack);
-    const regionOpts = { namespace: m.namespace, missing: o.missing ?? 'strict', faultAround: o.faultAround ?? 16, zeroAfterRemove: true } as const;
+    const regionOpts = {
+      namespace: m.namespace,
+      missing: o.missing ?? 'strict',
+      faultAround: o.faultAround ?? 16,
+      zeroAfterRemove: true,
+      snapshot: view,
+    } as const;
 
     let region: UffdRegion | undefined;
     let adopted: AdoptedUffd | undefined;
@@ -175,9 +202,10 @@ export class RestoreHook {
       throw err;
     }
 
-    // Bulk prefetch in first-touch order, grouped per region: chunks (2048 pages by default)
-    // are installed without waking and woken once each, so the instance runs on the first
-    // chunks while later ones are fetched; faults outside the set are served on demand meanwhile.
+    // Bulk prefetch in first-touch order, one native job per region: chunks (2048 pages by
+    // default) are installed without waking and woken once each, so the instance runs on the
+    // first chunks while later ones are fetched; faults outside the set are served on demand
+    // meanwhile by the fault threads. No JavaScript per chunk or page.
     let prefetchMs = 0;
     let prefetchRequested = 0;
     const chunkPages = ro.eager ? 4096 : (o.prefetchChunkPages ?? 2048);
@@ -187,14 +215,14 @@ export class RestoreHook {
       for (const g of regions) {
         const idx = prefetchPages.filter((p) => p >= g.firstPage && p < g.firstPage + g.pages).map((p) => p - g.firstPage);
         prefetchRequested += idx.length;
-        for (let i = 0; i < idx.length; i += chunkPages) jobs.push({ r: g.r, idx: idx.slice(i, i + chunkPages) });
+        if (idx.length > 0) jobs.push({ r: g.r, idx });
       }
       let n = 0;
       let next = 0;
       const worker = async (): Promise<void> => {
         while (next < jobs.length) {
           const j = jobs[next++]!;
-          n += await j.r.prefetch(j.idx);
+          n += await j.r.prefetch(j.idx, { chunkPages });
         }
       };
       await Promise.all(Array.from({ length: Math.max(1, o.prefetchConcurrency ?? 1) }, () => worker()));
@@ -237,7 +265,7 @@ export class RestoreHook {
         ...sumRegionStats(regionStats),
         prefetchRequested,
         prefetchMs,
-        source: source.sourceStats(),
+        snapshot: view.stats(),
         tiers: after.map((t, i) => ({
           tier: t.name,
           hits: t.ops.get.hits - (before[i]?.ops.get.hits ?? 0),
@@ -258,7 +286,7 @@ export class RestoreHook {
         } finally {
           await engine.close();
         }
-        const ws = source.workingSet();
+        const ws = view.workingSet();
         if (record && ws.length > 0) {
           try {
             await this.catalog.addWorkingSet(m.id, ws, keep);
@@ -268,8 +296,7 @@ export class RestoreHook {
             this.log.warn({ err, id: m.id }, 'could not save the recorded working set');
           }
         }
-        closed = { ...final, workingSetRecorded };
-        await source.close();
+        closed = { ...final, snapshot: view.stats(), workingSetRecorded };
         return closed;
       })());
     return { snapshotId: m.id, manifest: m, region, adopted, prefetched, stats, close };

@@ -69,8 +69,8 @@ describe('in-process restore', () => {
     await touchPages(h3.region!.address, all, PS, { out: out3 });
     expect(out3.equals(img)).toBe(true);
     const s3 = await h3.close();
-    expect(s3.source.zeroServed).toBeGreaterThan(0);
-    expect(s3.source.bad).toBe(0);
+    expect(s3.snapshot.zeroServed).toBeGreaterThan(0);
+    expect(s3.snapshot.badCopies).toBe(0);
   });
 
   it('eager restore installs every page before returning', async () => {

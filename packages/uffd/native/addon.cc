@@ -28,6 +28,77 @@ uint64_t bigint_u64(Napi::Value v) {
   return static_cast<uint64_t>(v.ToNumber().Int64Value());
 }
 
+struct AddonData {
+  Napi::FunctionReference engine_ctor;
+  Napi::FunctionReference source_ctor;
+  Napi::FunctionReference snapshot_ctor;
+};
+
+// ---- Snapshot (what a restore's regions know natively: zero pages, checksums, recorder) ----
+
+// new NativeSnapshot({ pageCount, zeroBitmap: Uint8Array, checksums: Uint32Array, record, maxRecordPages })
+class SnapshotWrap : public Napi::ObjectWrap<SnapshotWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeSnapshot",
+                       {InstanceMethod("workingSet", &SnapshotWrap::WorkingSet),
+                        InstanceMethod("stats", &SnapshotWrap::Stats)});
+  }
+  explicit SnapshotWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<SnapshotWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) {
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "NativeSnapshot(options)");
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Value zb = o.Get("zeroBitmap"), cs = o.Get("checksums");
+    if (!zb.IsTypedArray() || zb.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !cs.IsTypedArray() ||
+        cs.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "NativeSnapshot needs zeroBitmap (Uint8Array) and checksums (Uint32Array)");
+      return;
+    }
+    auto bits = zb.As<Napi::Uint8Array>();
+    auto crcs = cs.As<Napi::Uint32Array>();
+    double pages = o.Get("pageCount").ToNumber().DoubleValue();
+    if (!(pages >= 0) || pages > 4294967295.0) {
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "pageCount out of range");
+      return;
+    }
+    const char *err = nullptr;
+    meta_ = SnapshotMeta::create(static_cast<uint64_t>(pages), bits.Data(), bits.ElementLength(), crcs.Data(),
+                                 crcs.ElementLength(), o.Get("record").ToBoolean().Value(),
+                                 static_cast<size_t>(o.Get("maxRecordPages").ToNumber().Int64Value()), &err);
+    if (!meta_) throw_error(env, "TS_ERR_CORRUPT", std::string("snapshot manifest: ") + err);
+  }
+  std::shared_ptr<SnapshotMeta> meta() const { return meta_; }
+
+ private:
+  // The recorded first-touch order (snapshot page numbers). Read it once the regions closed.
+  Napi::Value WorkingSet(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    auto ws = meta_ ? meta_->working_set() : std::vector<uint32_t>{};
+    auto out = Napi::Uint32Array::New(env, ws.size());
+    if (!ws.empty()) std::memcpy(out.Data(), ws.data(), ws.size() * sizeof(uint32_t));
+    return out;
+  }
+  Napi::Value Stats(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    if (!meta_) return o;
+    auto num = [&](const char *k, const std::atomic<uint64_t> &v) {
+      o.Set(k, Napi::Number::New(env, static_cast<double>(v.load(std::memory_order_relaxed))));
+    };
+    num("zeroServed", meta_->zero_served);
+    num("verified", meta_->verified);
+    num("badCopies", meta_->bad_copies);
+    num("repaired", meta_->repaired);
+    num("unrecoverable", meta_->unrecoverable);
+    o.Set("recorded", Napi::Number::New(env, static_cast<double>(meta_->working_set().size())));
+    return o;
+  }
+  std::shared_ptr<SnapshotMeta> meta_;
+};
+
 bool read_region_config(Napi::Env env, Napi::Object o, uint32_t ps, RegionConfig *c) {
   c->base = o.Has("base") ? bigint_u64(o.Get("base")) : 0;
   c->size = static_cast<uint64_t>(o.Get("size").ToNumber().Int64Value());
@@ -39,6 +110,20 @@ bool read_region_config(Napi::Env env, Napi::Object o, uint32_t ps, RegionConfig
   c->managed = o.Get("managed").ToBoolean().Value();
   c->budget_pages = static_cast<uint64_t>(o.Get("budgetPages").ToNumber().Int64Value());
   c->fresh = o.Get("fresh").ToBoolean().Value();
+  Napi::Value snap = o.Get("snapshot");
+  if (snap.IsObject()) {
+    Napi::Object so = snap.As<Napi::Object>();
+    Napi::Value ctor = env.GetInstanceData<AddonData>()->snapshot_ctor.Value();
+    if (!so.InstanceOf(ctor.As<Napi::Function>())) {
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "region snapshot must be a NativeSnapshot");
+      return false;
+    }
+    c->snap = SnapshotWrap::Unwrap(so)->meta();
+    if (!c->snap) {
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "region snapshot is not initialised");
+      return false;
+    }
+  }
   if (c->size == 0 || c->size % ps != 0 || c->base % ps != 0) {
     throw_error(env, "TS_ERR_BAD_ARGUMENT", "region base and size must be non-zero multiples of the page size");
     return false;
@@ -52,10 +137,6 @@ bool read_region_config(Napi::Env env, Napi::Object o, uint32_t ps, RegionConfig
 
 class SourceWrap;
 
-struct AddonData {
-  Napi::FunctionReference engine_ctor;
-  Napi::FunctionReference source_ctor;
-};
 
 // ---- Engine ----
 
@@ -299,7 +380,8 @@ class SourceWrap : public Napi::ObjectWrap<SourceWrap> {
     return Napi::Number::New(env, static_cast<double>(n));
   }
 
-  // prefetch(region, pages: Float64Array) → Promise<number>
+  // prefetch(region, pages: Float64Array, chunkPages?) → Promise<number>: pages in arrival order,
+  // installed chunk by chunk (one wake each) on a native thread.
   Napi::Value Prefetch(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     Region *r = region_arg(info, 0);
@@ -310,8 +392,9 @@ class SourceWrap : public Napi::ObjectWrap<SourceWrap> {
     auto engine = engine_;
     auto source = source_;
     auto got = std::make_shared<int64_t>(0);
+    size_t chunk = info.Length() > 2 && info[2].IsNumber() ? static_cast<size_t>(info[2].ToNumber().Int64Value()) : 0;
     return run_on_thread(
-        env, [engine, source, r, idx, got] { *got = engine->prefetch(*source, *r, *idx); },
+        env, [engine, source, r, idx, got, chunk] { *got = engine->prefetch(*source, *r, *idx, chunk); },
         [got](Napi::Env env, Napi::Promise::Deferred &d) { d.Resolve(Napi::Number::New(env, static_cast<double>(*got))); });
   }
 
@@ -631,8 +714,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto *data = new AddonData();
   data->engine_ctor = Napi::Persistent(EngineWrap::Define(env));
   data->source_ctor = Napi::Persistent(SourceWrap::Define(env));
+  data->snapshot_ctor = Napi::Persistent(SnapshotWrap::Define(env));
   env.SetInstanceData<AddonData>(data);
   exports.Set("NativeEngine", data->engine_ctor.Value());
+  exports.Set("NativeSnapshot", data->snapshot_ctor.Value());
   exports.Set("listenUnix", Napi::Function::New(env, ListenUnix));
   exports.Set("acceptFd", Napi::Function::New(env, AcceptFd));
   exports.Set("receiveFd", Napi::Function::New(env, ReceiveFd));

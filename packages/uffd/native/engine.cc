@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <tierstack/crc32.hpp>
+
 namespace tsuffd {
 
 uint64_t now_ns() {
@@ -24,6 +26,8 @@ namespace {
 constexpr size_t kMsgBatch = 128;
 constexpr int kMaxEagain = 100000;
 constexpr uint64_t kStopTag = 0;
+// What fill() does with each wanted page.
+enum Action : uint8_t { kCopy, kZero, kPoison, kSkip, kFetch };
 inline uint64_t tag_of(uint64_t id, bool pidfd) { return (id << 1) | (pidfd ? 1 : 0); }
 
 int pidfd_open_(pid_t pid) {
@@ -47,6 +51,7 @@ Region::Region(uint32_t id_, const RegionConfig &c, uint32_t ps)
 
 struct Engine::Scratch {
   std::vector<uffd_msg> msgs = std::vector<uffd_msg>(kMsgBatch);
+  std::vector<uffd_msg> drain = std::vector<uffd_msg>(32);
   std::vector<std::pair<Region *, Fault>> queued;  // page faults read, not yet served
   std::vector<std::pair<Region *, Fault>> batch;
   std::vector<Fault> faults;
@@ -301,7 +306,7 @@ void Engine::serve_region_faults(Source &s, Region &r, std::vector<Fault> &fault
   for (size_t fi = 0; fi < faults.size(); fi++) {
     const Fault &f = faults[fi];
     uint64_t idx = r.index_of(f.addr);
-    bool js = f.tid != 0 && static_cast<pid_t>(f.tid) == js_tid_ && s.thread_ids;
+    bool js = s.thread_ids && client_->is_js_thread(static_cast<pid_t>(f.tid));
     uint64_t b0 = idx / fa * fa;
     bool seen = std::find(blocks.begin(), blocks.end(), b0) != blocks.end();
     if (!seen) blocks.push_back(b0);
@@ -323,9 +328,17 @@ void Engine::serve_region_faults(Source &s, Region &r, std::vector<Fault> &fault
     if (!uniq.empty() && uniq.back().idx == w.idx) continue;
     uniq.push_back(w);
   }
-  for (int attempt = 0; attempt < 64; attempt++) {
-    int64_t rc = fill(s, r, uniq, &faults, Mode::kFault, sc, nullptr, nullptr);
-    if (rc != -EAGAIN) break;  // -EAGAIN: a managed page was evicted during the fetch; refetch
+  if (r.cfg.snap && r.cfg.snap->recording()) {
+    // First-touch order: the faulting pages first, then the rest of their blocks.
+    for (auto &f : faults) r.cfg.snap->record(r.cfg.page_offset + r.index_of(f.addr));
+    for (auto &w : uniq) r.cfg.snap->record(r.cfg.page_offset + w.idx);
+  }
+  int64_t rc = -EAGAIN;
+  for (int attempt = 0; attempt < 64 && rc == -EAGAIN; attempt++)
+    rc = fill(s, r, uniq, &faults, Mode::kFault, sc, nullptr, nullptr);  // -EAGAIN: evicted during the fetch; refetch
+  if (rc == -EAGAIN) {
+    // Still racing evictions: let the faulting threads fault again rather than wait forever.
+    for (auto &f : faults) wake(s.fd, f.addr, page_size_);
   }
   // Threads faulting on a page someone else served (duplicates) get woken too.
   uint64_t t1 = now_ns();
@@ -382,17 +395,15 @@ int64_t Engine::install_run(Source &s, Region &r, uint64_t first_idx, const uint
 }
 
 void Engine::drain_events(Source &s, Scratch &sc) {
-  std::vector<uffd_msg> msgs(32);
-  ssize_t n = ::read(s.fd, msgs.data(), msgs.size() * sizeof(uffd_msg));
+  ssize_t n = ::read(s.fd, sc.drain.data(), sc.drain.size() * sizeof(uffd_msg));
   if (n <= 0) return;
-  std::swap(msgs, sc.msgs);
+  std::swap(sc.drain, sc.msgs);
   handle_messages(s, sc, static_cast<size_t>(n) / sizeof(uffd_msg));  // page faults are queued
-  std::swap(msgs, sc.msgs);
+  std::swap(sc.drain, sc.msgs);
 }
 
 int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector<Fault> *faults, Mode mode,
                      Scratch &sc, int32_t *bad_status, uint64_t *bad_page) {
-  enum : uint8_t { kCopy, kZero, kPoison, kSkip, kFetch };
   const size_t n = wants.size();
   if (n == 0) return 0;
   const uint64_t ps = page_size_;
@@ -407,8 +418,10 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
   // 1. What needs fetching.
   for (size_t k = 0; k < n; k++) {
     const uint64_t idx = wants[k].idx;
-    bool zero = (r.cfg.zero_after_remove && r.removed.test(idx)) || (managed && r.cfg.fresh && !r.stored.test(idx));
+    bool zero = (r.cfg.zero_after_remove && r.removed.test(idx)) || (managed && r.cfg.fresh && !r.stored.test(idx)) ||
+                (r.cfg.snap && r.cfg.snap->is_zero(r.cfg.page_offset + idx));
     sc.action[k] = zero ? kZero : kFetch;
+    if (zero && r.cfg.snap) r.cfg.snap->zero_served.fetch_add(1, std::memory_order_relaxed);
     sc.status[k] = TS_PAGE_MISS;
     sc.level[k] = 0;
     sc.pages[k] = r.cfg.page_offset + wants[k].idx;
@@ -447,11 +460,7 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
     }
     int rc = TS_OK;
     if (native_only) {
-      const auto &chain = client_->chain();
-      if (!chain.empty()) chain.get(r.cfg.ns, sc.sub_pages.data(), m, sc.sub_bufs.data(), sc.sub_status.data(), sc.chain, sc.sub_level.data());
-      if (has_js_tiers_)
-        for (size_t j = 0; j < m; j++)
-          if (sc.sub_status[j] == TS_PAGE_MISS) sc.sub_status[j] = TS_E_DEADLOCK;
+      client_->get_native(r.cfg.ns, sc.sub_pages.data(), m, sc.sub_bufs.data(), sc.sub_status.data(), sc.sub_level.data());
     } else {
       for (size_t off = 0; off < m && rc == TS_OK; off += opts_.max_batch_pages) {
         size_t cnt = std::min<size_t>(opts_.max_batch_pages, m - off);
@@ -473,6 +482,8 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
       }
     }
   }
+
+  if (r.cfg.snap) verify_snapshot_pages(r, wants, sc);
 
   // 3. Misses and failures.
   int64_t failures = 0;
@@ -499,7 +510,8 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
       if (code == TS_E_DEADLOCK) RegionStats::add(r.stats.deadlocks);
       const char *cause = code == TS_E_DEADLOCK ? "the JS thread touched a page that only the JS path can serve"
                           : st == TS_PAGE_MISS ? "no tier holds the page (strict region)"
-                                               : "the page could not be read from the stack";
+                          : code == TS_E_CHECKSUM ? "no tier holds a copy that matches the snapshot's checksum"
+                                                  : "the page could not be read from the stack";
       uint32_t tid = faults ? (*faults)[static_cast<size_t>(wants[k].fault)].tid : 0;
       page_error(s, r, wants[k].idx, code, tid, cause);
     } else {
@@ -564,6 +576,60 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
       if (wants[k].fault >= 0 && sc.result[k] != 1 && sc.result[k] != 2) wake(s.fd, r.addr_of(wants[k].idx), ps);
   }
   return installed;
+}
+
+void Engine::verify_snapshot_pages(Region &r, std::vector<Want> &wants, Scratch &sc) {
+  SnapshotMeta &m = *r.cfg.snap;
+  const size_t n = wants.size();
+  for (size_t k = 0; k < n; k++) {
+    if (sc.status[k] != TS_PAGE_FOUND) continue;
+    const uint64_t page = sc.pages[k];
+    if (!m.contains(page)) {  // outside the snapshot: nothing to check it against
+      sc.status[k] = TS_E_NOT_FOUND;
+      sc.action[k] = kFetch;  // step 3 treats it as a failure
+      continue;
+    }
+    if (tierstack::crc32(sc.bufs[k], page_size_) == m.crc(page)) {
+      m.verified.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    // A bad copy. Drop it from the native tier that served it (a clean cached copy that is
+    // wrong is worth nothing; the bottom tier keeps its copy) and look below that tier.
+    size_t level = sc.level[k];
+    int32_t st = TS_E_CHECKSUM;
+    for (;;) {
+      m.bad_copies.fetch_add(1, std::memory_order_relaxed);
+      const auto &chain = client_->chain();
+      if (level < chain.size() && level + 1 < client_->levels()) chain.tier(level).remove_pages(r.cfg.ns, &page, 1);
+      size_t next = level + 1;
+      if (next >= client_->levels()) break;
+      int32_t one = TS_PAGE_MISS;
+      uint8_t lv = 0;
+      if (wants[k].js_thread) {
+        client_->get_native(r.cfg.ns, &page, 1, &sc.bufs[k], &one, &lv, next);
+      } else if (client_->get(r.cfg.ns, &page, 1, &sc.bufs[k], &one, &lv, next) != TS_OK) {
+        one = TS_E_IO;
+      }
+      if (one != TS_PAGE_FOUND) {
+        if (one < 0 && one != TS_E_DEADLOCK) st = one == TS_E_NOT_FOUND ? TS_E_CHECKSUM : st;
+        if (one == TS_E_DEADLOCK) st = TS_E_DEADLOCK;
+        break;
+      }
+      if (tierstack::crc32(sc.bufs[k], page_size_) == m.crc(page)) {
+        m.verified.fetch_add(1, std::memory_order_relaxed);
+        m.repaired.fetch_add(1, std::memory_order_relaxed);
+        sc.level[k] = lv;
+        st = TS_PAGE_FOUND;
+        break;
+      }
+      level = lv;
+    }
+    if (st != TS_PAGE_FOUND) {
+      m.unrecoverable.fetch_add(1, std::memory_order_relaxed);
+      sc.status[k] = st;
+      sc.action[k] = kFetch;  // step 3 treats it as a failure (poison if waited on)
+    }
+  }
 }
 
 void Engine::page_error(Source &s, Region &r, uint64_t idx, int32_t status, uint32_t tid, const char *cause) {
@@ -740,29 +806,36 @@ int Engine::discard(Source &s, Region &r, uint64_t first, uint64_t count) {
   return TS_OK;
 }
 
-int64_t Engine::prefetch(Source &s, Region &r, const std::vector<uint64_t> &idx) {
+int64_t Engine::prefetch(Source &s, Region &r, const std::vector<uint64_t> &idx, size_t chunk) {
   Scratch sc;
+  if (chunk == 0) chunk = idx.size();
   std::vector<uint64_t> list;
-  for (uint64_t i : idx)
-    if (i < r.npages && !r.installed.test(i)) list.push_back(i);
-  std::sort(list.begin(), list.end());
-  list.erase(std::unique(list.begin(), list.end()), list.end());
+  std::vector<Want> wants;
   int64_t total = 0;
-  for (size_t off = 0; off < list.size(); off += opts_.max_batch_pages) {
-    size_t cnt = std::min<size_t>(opts_.max_batch_pages, list.size() - off);
-    std::vector<Want> wants;
-    for (size_t j = off; j < off + cnt; j++) wants.push_back(Want{list[j], -1, false, false});
-    int64_t got = -EAGAIN;
-    for (int attempt = 0; attempt < 64 && got == -EAGAIN; attempt++) got = fill(s, r, wants, nullptr, Mode::kPrefetch, sc, nullptr, nullptr);
-    if (got > 0) total += got;
-    // Faults that arrived while we installed without waking are served by the fault threads.
-    serve_faults(s, sc);
+  for (size_t c0 = 0; c0 < idx.size(); c0 += chunk) {
+    if (r.gone.load() || s.closing.load()) break;
+    // One chunk, in arrival order of the chunks; sorted within it so runs install together.
+    list.clear();
+    for (size_t j = c0; j < std::min(idx.size(), c0 + chunk); j++)
+      if (idx[j] < r.npages && !r.installed.test(idx[j])) list.push_back(idx[j]);
+    std::sort(list.begin(), list.end());
+    list.erase(std::unique(list.begin(), list.end()), list.end());
+    for (size_t off = 0; off < list.size(); off += opts_.max_batch_pages) {
+      size_t cnt = std::min<size_t>(opts_.max_batch_pages, list.size() - off);
+      wants.clear();
+      for (size_t j = off; j < off + cnt; j++) wants.push_back(Want{list[j], -1, false, false});
+      int64_t got = -EAGAIN;
+      for (int attempt = 0; attempt < 64 && got == -EAGAIN; attempt++) got = fill(s, r, wants, nullptr, Mode::kPrefetch, sc, nullptr, nullptr);
+      if (got > 0) total += got;
+      // Faults read while we installed without waking (drained on EAGAIN) are served now.
+      serve_faults(s, sc);
+    }
+    if (!list.empty()) {
+      uint64_t lo = r.addr_of(list.front()), hi = r.addr_of(list.back()) + page_size_;
+      wake(s.fd, lo, hi - lo);  // one wake for the chunk
+    }
+    evict_if_needed(s, r, sc);
   }
-  if (!list.empty()) {
-    uint64_t lo = r.addr_of(list.front()), hi = r.addr_of(list.back()) + page_size_;
-    wake(s.fd, lo, hi - lo);  // one wake for everything installed
-  }
-  evict_if_needed(s, r, sc);
   return total;
 }
 

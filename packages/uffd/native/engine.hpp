@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "region_stats.hpp"
+#include "snapshot.hpp"
 #include "uffd_sys.hpp"
 
 namespace tsuffd {
@@ -44,6 +45,8 @@ struct RegionConfig {
   uint64_t budget_pages = 0;  // managed: resident pages allowed
   bool fresh = false;         // managed: the stack holds nothing for this region yet, so a page
                               // never written back is zero without asking the stack
+  // A snapshot restore: zero pages, checksums and the working-set recorder, known natively.
+  std::shared_ptr<SnapshotMeta> snap;
 };
 
 // Something JavaScript must hear about, queued by native threads.
@@ -143,7 +146,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // Fetch + install pages of a region from a non-fault thread (prefetch: no wake until the
   // end; ensure: JS thread, native tiers only, fails instead of poisoning). Returns pages
   // installed (>= 0) or a TS_E_* status; `bad` receives the first failing page status.
-  int64_t prefetch(Source &s, Region &r, const std::vector<uint64_t> &idx);
+  // Prefetch installs `idx` (region page indexes, in the order they should arrive) in chunks of
+  // `chunk` pages: each chunk is fetched, installed without waking and then woken once, so the
+  // first chunks are usable while later ones are fetched; the fault threads keep serving
+  // demand faults meanwhile.
+  int64_t prefetch(Source &s, Region &r, const std::vector<uint64_t> &idx, size_t chunk = 0);
   int64_t ensure(Source &s, Region &r, uint64_t first, uint64_t count, int32_t *bad_status, uint64_t *bad_page);
   // Managed: writes every dirty page back to the stack, then flushes the stack.
   int flush(Source &s, Region &r);
@@ -190,6 +197,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int64_t install_run(Source &s, Region &r, uint64_t first_idx, const uint8_t *src, size_t pages, bool zero, bool wp,
                       bool dontwake, Scratch &sc, std::vector<int8_t> &result, size_t result_at);
   void drain_events(Source &s, Scratch &sc);
+  // Snapshot regions: checks fetched pages against the snapshot's checksums; a bad copy is
+  // dropped from its tier and the page read again from the levels below it.
+  void verify_snapshot_pages(Region &r, std::vector<Want> &wants, Scratch &sc);
   void evict_if_needed(Source &s, Region &r, Scratch &sc);
   int write_back(Source &s, Region &r, std::vector<uint64_t> &pages, std::vector<std::shared_ptr<std::vector<uint8_t>>> &data);
   void source_died(const std::shared_ptr<Source> &s, int err);

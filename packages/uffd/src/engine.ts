@@ -17,9 +17,10 @@ import {
   type MetricsRegistry,
   type PageStore,
 } from '@tierstack/core';
-import { uffdAddon, type NativeEngine, type NativeEvent, type NativeFeatures, type NativeRegionConfig, type NativeSource } from './native.js';
+import { uffdAddon, type NativeEngine, type NativeEvent, type NativeFeatures, type NativeRegionConfig, type NativeSnapshot, type NativeSource } from './native.js';
 import { UffdRegion, closeSource, type MissingPolicy, type PageErrorEvent, type RegionStats } from './region.js';
 import { bindUffdMetrics } from './metrics.js';
+import { SnapshotView } from './snapshot-view.js';
 
 export interface UffdEngineOptions {
   /** The stack (or a single tier) regions are served from. */
@@ -62,6 +63,9 @@ export interface RegionOptions {
   managed?: ManagedOptions;
   /** For stats and metrics (default: namespace@offset). */
   name?: string;
+  /** The region restores a snapshot: zero pages, checksums and working-set recording are
+   *  handled on the fault threads (see SnapshotView). */
+  snapshot?: SnapshotView;
 }
 
 export interface AdoptedRegionOptions extends Omit<RegionOptions, 'managed'> {
@@ -254,7 +258,13 @@ export class UffdEngine extends EventEmitter {
       managed: managed !== undefined,
       budgetPages: managed?.budgetPages ?? 0,
       fresh: managed?.fresh === true,
+      ...(o.snapshot !== undefined ? { snapshot: this.snapshotOf(o.snapshot) } : {}),
     };
+  }
+
+  private snapshotOf(v: unknown): NativeSnapshot {
+    if (!(v instanceof SnapshotView)) throw badArgument('region snapshot must be a SnapshotView');
+    return v.native;
   }
 
   private describe(o: RegionOptions | AdoptedRegionOptions, cfg: NativeRegionConfig) {

@@ -12,3 +12,4 @@ export { UffdRegion, type RegionStats, type PageErrorEvent, type MissingPolicy, 
 export { UffdListener, listenForUffd, receiveUffd, sendUffd, closeFd, type ReceivedUffd, type AcceptOptions } from './socket.js';
 export { bindUffdMetrics } from './metrics.js';
 export type { NativeFeatures as UffdFeatures } from './native.js';
+export { SnapshotView, type SnapshotViewOptions, type SnapshotViewStats } from './snapshot-view.js';

@@ -17,6 +17,21 @@ export interface NativeRegionConfig {
   managed: boolean;
   budgetPages: number;
   fresh: boolean;
+  snapshot?: NativeSnapshot;
+}
+
+export interface NativeSnapshotStats {
+  zeroServed: number;
+  verified: number;
+  badCopies: number;
+  repaired: number;
+  unrecoverable: number;
+  recorded: number;
+}
+
+export interface NativeSnapshot {
+  workingSet(): Uint32Array;
+  stats(): NativeSnapshotStats;
 }
 
 export interface NativeRegionStats {
@@ -57,7 +72,7 @@ export interface NativeSource {
   regionInfo(i: number): { id: number; address: bigint; size: number; pages: number; pageOffset: number; features: bigint; ownerPid: number; source: number };
   buffer(i: number): ArrayBuffer;
   stats(i: number): NativeRegionStats;
-  prefetch(i: number, pages: Float64Array): Promise<number>;
+  prefetch(i: number, pages: Float64Array, chunkPages?: number): Promise<number>;
   ensure(i: number, first: number, count: number): number;
   flush(i: number): Promise<void>;
   discard(i: number, first: number, count: number): void;
@@ -100,6 +115,13 @@ export interface UffdAddon {
     options: { faultThreads: number; cpus: number[] | undefined; maxBatchPages: number; maxQueuedPages: number },
     onEvents: () => void,
   ) => NativeEngine;
+  NativeSnapshot: new (options: {
+    pageCount: number;
+    zeroBitmap: Uint8Array;
+    checksums: Uint32Array;
+    record: boolean;
+    maxRecordPages: number;
+  }) => NativeSnapshot;
   listenUnix(path: string, backlog?: number): number;
   acceptFd(listenFd: number, timeoutMs?: number): Promise<ReceivedFd>;
   receiveFd(connFd: number, timeoutMs?: number): Promise<ReceivedFd>;

@@ -94,12 +94,19 @@ export class UffdRegion extends EventEmitter {
     return this.#buffer;
   }
 
-  /** Installs the given pages (region page indexes) without waking anyone, then wakes once. */
-  async prefetch(pages: ArrayLike<number>): Promise<number> {
+  /**
+   * Installs the given pages (region page indexes, in the order they should arrive) on a native
+   * thread: chunk by chunk (`chunkPages`, default all at once), each installed without waking
+   * anyone and then woken once, so a toucher runs on the first chunks while later ones arrive.
+   * Demand faults keep being served meanwhile. Resolves with the pages installed.
+   */
+  async prefetch(pages: ArrayLike<number>, options: { chunkPages?: number } = {}): Promise<number> {
     this.assertOpen();
     const list = Float64Array.from(pages as ArrayLike<number>);
     for (const p of list) if (!Number.isInteger(p) || p < 0 || p >= this.pages) throw badArgument(`page ${p} is outside the region (0..${this.pages - 1})`);
-    return this.source.prefetch(this.index, list);
+    const chunk = options.chunkPages ?? 0;
+    if (!Number.isInteger(chunk) || chunk < 0) throw badArgument('chunkPages must be a non-negative integer');
+    return this.source.prefetch(this.index, list, chunk);
   }
 
   /**

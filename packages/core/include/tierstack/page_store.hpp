@@ -71,19 +71,24 @@ class NativeChain {
     std::vector<int32_t> status;
     std::vector<size_t> index;   // position in the caller's batch
     std::vector<uint8_t> level;  // tier that served each page
+    std::vector<uint64_t> hit_pages;  // promotions
+    std::vector<const void *> hit_bufs;
   };
 
   // Looks up `n` pages; status[i] ends as TS_PAGE_FOUND, TS_PAGE_MISS (no native tier holds
   // it: ask JavaScript) or a negative per-page error from the tier that held it. Hits below
   // the top are promoted (clean) into every tier above. `hit_level[i]` (optional) receives the
   // index of the tier that served page i. Returns the number of pages found.
+  // `first_tier` > 0 starts the walk lower down (a copy found above was bad: look below it);
+  // hits are then promoted into every tier above them, replacing the bad clean copies.
+  // No allocation once the scratch has grown to the batch size.
   size_t get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status,
-             Scratch &s, uint8_t *hit_level = nullptr) const {
+             Scratch &s, uint8_t *hit_level = nullptr, size_t first_tier = 0) const {
     for (size_t i = 0; i < n; i++) status[i] = TS_PAGE_MISS;
     s.index.resize(n);
     for (size_t i = 0; i < n; i++) s.index[i] = i;
     size_t remaining = n, found = 0;
-    for (size_t t = 0; t < tiers_.size() && remaining > 0; t++) {
+    for (size_t t = first_tier; t < tiers_.size() && remaining > 0; t++) {
       s.pages.resize(remaining);
       s.bufs.resize(remaining);
       s.status.assign(remaining, TS_PAGE_MISS);
@@ -94,8 +99,10 @@ class NativeChain {
       int rc = tiers_[t].get_pages(ns, s.pages.data(), remaining, s.bufs.data(), s.status.data());
       if (rc != TS_OK) continue;  // a failing tier is skipped: the ones below may still hold the page
       size_t keep = 0;
-      std::vector<uint64_t> hit_pages;
-      std::vector<const void *> hit_bufs;
+      std::vector<uint64_t> &hit_pages = s.hit_pages;
+      std::vector<const void *> &hit_bufs = s.hit_bufs;
+      hit_pages.clear();
+      hit_bufs.clear();
       for (size_t k = 0; k < remaining; k++) {
         size_t i = s.index[k];
         if (s.status[k] == TS_PAGE_FOUND) {

@@ -86,34 +86,59 @@ class StackClient {
 
   // Reads `n` pages: status[i] = TS_PAGE_FOUND, TS_PAGE_MISS or a negative per-page TS_E_*.
   // `level[i]` (optional) receives the stack level that served page i (native tiers 0..k-1,
-  // k for the JavaScript path). Returns TS_OK or a TS_E_* code for the whole batch.
+  // k for the JavaScript path). `first_level` > 0 skips the levels above it (a copy read
+  // there was bad; levels <= k). Returns TS_OK or a TS_E_* code for the whole batch.
+  // No heap allocation once the calling thread's scratch has grown to the batch size.
   int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status,
-          uint8_t *level = nullptr) {
-    thread_local NativeChain::Scratch scratch;
-    size_t found = chain_.empty() ? 0 : chain_.get(ns, pages, n, bufs, status, scratch, level);
-    if (chain_.empty())
+          uint8_t *level = nullptr, size_t first_level = 0) {
+    thread_local GetScratch sc;
+    size_t found = 0;
+    if (first_level < chain_.size())
+      found = chain_.get(ns, pages, n, bufs, status, sc.chain, level, first_level);
+    else
       for (size_t i = 0; i < n; i++) status[i] = TS_PAGE_MISS;
     if (found == n || !has_js_tiers_) return TS_OK;
     // Ask JavaScript for the rest, in one request.
-    std::vector<uint64_t> rest;
-    std::vector<void *> rest_bufs;
-    std::vector<size_t> where;
+    sc.rest.clear();
+    sc.rest_bufs.clear();
+    sc.where.clear();
     for (size_t i = 0; i < n; i++) {
       if (status[i] == TS_PAGE_FOUND) continue;
-      rest.push_back(pages[i]);
-      rest_bufs.push_back(bufs[i]);
-      where.push_back(i);
+      sc.rest.push_back(pages[i]);
+      sc.rest_bufs.push_back(bufs[i]);
+      sc.where.push_back(i);
     }
-    std::vector<int32_t> rest_status(rest.size(), TS_PAGE_MISS);
-    Request r{kGet, ns, rest.data(), rest.size(), rest_bufs.data(), nullptr, rest_status.data(), 0};
+    sc.rest_status.assign(sc.rest.size(), TS_PAGE_MISS);
+    Request r{kGet, ns, sc.rest.data(), sc.rest.size(), sc.rest_bufs.data(), nullptr, sc.rest_status.data(), 0};
     int rc = submit(r);
     if (rc != TS_OK) return rc;
-    for (size_t k = 0; k < where.size(); k++) {
-      status[where[k]] = rest_status[k];
-      if (level && rest_status[k] == TS_PAGE_FOUND) level[where[k]] = static_cast<uint8_t>(chain_.size());
+    for (size_t k = 0; k < sc.where.size(); k++) {
+      status[sc.where[k]] = sc.rest_status[k];
+      if (level && sc.rest_status[k] == TS_PAGE_FOUND) level[sc.where[k]] = static_cast<uint8_t>(chain_.size());
     }
     return TS_OK;
   }
+
+  // Reads from the native tiers only, never waiting for JavaScript (safe on any thread,
+  // including one the JS thread is blocked on). A page no native tier holds is TS_PAGE_MISS
+  // when nothing lies below the native tiers, TS_E_DEADLOCK when only the JS path could have it.
+  void get_native(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status,
+                  uint8_t *level = nullptr, size_t first_level = 0) {
+    thread_local NativeChain::Scratch sc;
+    if (first_level < chain_.size())
+      chain_.get(ns, pages, n, bufs, status, sc, level, first_level);
+    else
+      for (size_t i = 0; i < n; i++) status[i] = TS_PAGE_MISS;
+    if (has_js_tiers_)
+      for (size_t i = 0; i < n; i++)
+        if (status[i] == TS_PAGE_MISS) status[i] = TS_E_DEADLOCK;
+  }
+
+  // Whether kernel-reported thread id `tid` (of this process) is the JavaScript thread: a
+  // page it waits on must be served by get_native().
+  bool is_js_thread(pid_t tid) const { return tid != 0 && tid == js_tid_; }
+  // Levels of the stack: native tiers, then (if any) the JavaScript path.
+  size_t levels() const { return chain_.size() + (has_js_tiers_ ? 1 : 0); }
 
   // Writes `n` pages with the stack's write policy. With a native top tier and write-back,
   // the pages go there directly (dirty); when it has no room (TS_E_NO_SPACE) or the stack's
@@ -171,6 +196,14 @@ class StackClient {
   void unref(Napi::Env env) { tsfn_.Unref(env); }
 
  private:
+  struct GetScratch {  // per thread, reused by get()
+    NativeChain::Scratch chain;
+    std::vector<uint64_t> rest;
+    std::vector<void *> rest_bufs;
+    std::vector<size_t> where;
+    std::vector<int32_t> rest_status;
+  };
+
   struct Request {
     Request(Op op_, uint64_t ns_, const uint64_t *pages_, size_t n_, void *const *out_, const void *const *in_,
             int32_t *status_, uint32_t flags_)
