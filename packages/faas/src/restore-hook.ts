@@ -88,6 +88,10 @@ export interface TierFetchStats {
 export interface RestoreStats {
   snapshotId: string;
   faults: number;
+  /** Pages served per stack level (native tiers first, then the JS path; see jsPathPages). */
+  pagesByLevel: number[];
+  /** Pages that had to come through the JavaScript path (0 on an all-native stack). */
+  jsPathPages: number;
   pagesInstalled: number;
   zeroPages: number;
   prefetched: number;
@@ -125,9 +129,13 @@ function tierSnapshot(stack: PageStore): StoreStats[] {
   return s.tiers ?? [s];
 }
 
-function sumRegionStats(list: RegionStats[]): Pick<RestoreStats, 'faults' | 'pagesInstalled' | 'zeroPages' | 'prefetched' | 'poisoned'> {
-  const out = { faults: 0, pagesInstalled: 0, zeroPages: 0, prefetched: 0, poisoned: 0 };
+function sumRegionStats(
+  list: RegionStats[],
+): Pick<RestoreStats, 'faults' | 'pagesInstalled' | 'zeroPages' | 'prefetched' | 'poisoned' | 'jsPathPages' | 'pagesByLevel'> {
+  const out = { faults: 0, pagesInstalled: 0, zeroPages: 0, prefetched: 0, poisoned: 0, jsPathPages: 0, pagesByLevel: [] as number[] };
   for (const s of list) {
+    out.jsPathPages += s.jsPathPages;
+    s.pagesByLevel.forEach((n, i) => (out.pagesByLevel[i] = (out.pagesByLevel[i] ?? 0) + n));
     out.faults += s.faults;
     out.pagesInstalled += s.pagesInstalled;
     out.zeroPages += s.zeroPages;
