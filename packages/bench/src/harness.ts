@@ -88,6 +88,45 @@ export async function compare(op: Op, baseline: Op, opts: MeasureOptions = defau
   return { case: combine(a), baseline: combine(b) };
 }
 
+/**
+ * One unit of work that times itself: the ops it did and the nanoseconds the work itself took
+ * (e.g. a client's own clock from connect to the end of its request), so that setup and
+ * teardown around it (spawning the client, resetting a cache, waiting for a restore to close)
+ * stay out of the figure.
+ */
+export type TimedOp = () => Promise<{ ops: number; ns: number }>;
+
+/** Runs a self-timed `op` for `ms` milliseconds of wall time (at least `minCalls` calls). */
+export async function runTimedFor(op: TimedOp, ms: number, minCalls = 1): Promise<Measurement> {
+  const hist = new LatencyHistogram();
+  let ops = 0;
+  let ns = 0;
+  let calls = 0;
+  const deadline = process.hrtime.bigint() + BigInt(Math.round(ms * 1e6));
+  while (calls < minCalls || process.hrtime.bigint() < deadline) {
+    const r = await op();
+    ops += r.ops;
+    ns += r.ns;
+    hist.record(r.ns);
+    calls++;
+  }
+  const s = hist.summary();
+  return { opsPerSec: ns > 0 ? ops / (ns / 1e9) : 0, p50Us: s.p50Us, p99Us: s.p99Us, calls };
+}
+
+/** `compare` for self-timed ops: alternating rounds, medians of the rounds' rates. */
+export async function compareTimed(op: TimedOp, baseline: TimedOp, opts: MeasureOptions = defaultMeasureOptions): Promise<{ case: Measurement; baseline: Measurement }> {
+  await runTimedFor(baseline, opts.warmupMs);
+  await runTimedFor(op, opts.warmupMs);
+  const a: Measurement[] = [];
+  const b: Measurement[] = [];
+  for (let r = 0; r < opts.rounds; r++) {
+    b.push(await runTimedFor(baseline, opts.roundMs));
+    a.push(await runTimedFor(op, opts.roundMs));
+  }
+  return { case: combine(a), baseline: combine(b) };
+}
+
 /** Builds the result row of one case. */
 export function result(suite: string, name: string, baselineName: string, m: { case: Measurement; baseline: Measurement }, note?: string): CaseResult {
   return {

@@ -1,17 +1,30 @@
 /**
- * Time for a restored function to serve its first request (@tierstack/faas over @tierstack/uffd):
- * eager (install every page, then run) vs lazy (first-touch faults) vs lazy + working-set
- * prefetch, same run, same stack [DRAM 32 MiB, FileTier]. The "function" is a native toucher
- * thread that reads its working set (10% of the snapshot, in clusters, in a fixed order); one op
- * = restore + request + close, and its figure is pages touched per second, so the ratio of two
- * cases is their speed-up.
+ * Time for a restored function to serve its first request (@tierstack/faas over @tierstack/uffd).
+ *
+ * 1. In-process (kept from before): eager (install every page, then run) vs lazy (first-touch
+ *    faults) vs lazy + working-set prefetch, stack [DRAM 32 MiB, FileTier]. The "function" is a
+ *    native toucher thread reading its working set (10% of the snapshot, clusters of 16 pages, a
+ *    fixed order); one op = restore + request + close, its figure is pages touched per second.
+ *
+ * 2. Against the handler Firecracker users run today (restoreFirecrackerCases below): a C
+ *    on-demand UFFD handler (native/uffd_ondemand.c: one UFFDIO_COPY of one page per fault from a
+ *    MAP_PRIVATE mmap of the memory file) vs tierstack's Firecracker handler
+ *    (`createRestoreHook(stack).serveFirecracker`) on the default native stack
+ *    [CxlTier(memfd), FileTier]. Both serve the same Firecracker-faithful client process
+ *    (@tierstack/faas native-test/fc_client.c: creates the uffd, maps two guest regions
+ *    anonymously, registers them, connects, sends the JSON mappings + uffd, touches its request,
+ *    checks every touched byte against the memory file) over the same two-region memory file.
+ *    The figure of one op is the client's own time from connect to the end of its request
+ *    (pages touched / that time); spawning the client, resetting the CXL tier and closing the
+ *    restore stay outside it. Handler and client are pinned (see RESTORE_CPUS); the note says where.
  */
-import { writeFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomFillSync } from 'node:crypto';
-import { createTierStack, MemoryTier, FileTier } from '@tierstack/core';
-import type { SnapshotCatalog } from '@tierstack/faas';
-import { compare, result, rng, type CaseResult, type SuiteContext } from '../harness.js';
+import { createTierStack, MemoryTier, FileTier, type PageStore, type TierStack } from '@tierstack/core';
+import type { SnapshotCatalog, RestoreStats, RestoreOptions } from '@tierstack/faas';
+import { compare, compareTimed, result, rng, type CaseResult, type SuiteContext, type TimedOp } from '../harness.js';
+import { buildOnDemandHandler, OnDemandHandler, canPin, cpuCount, pinProcess, pinnedCommand, threadPlacement, type OnDemandStats } from '../ondemand.js';
 
 const PS = 4096;
 
@@ -60,4 +73,266 @@ export async function* restoreUffdCases(ctx: SuiteContext, _criuCatalog: Snapsho
   ctx.log('restore: lazy + prefetch vs lazy');
   yield result('restore', 'first request: lazy+prefetch (pages/s)', 'lazy restore', await compare(prefetch, lazy, measure), `${note}; bar >= 2x`);
   await stack.close();
+
+  yield* restoreFirecrackerCases(ctx);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tierstack's Firecracker handler vs the C on-demand handler.
+
+/**
+ * Placement: "<handler cpu>,<client cpu>" (default "1,1": both on one CPU, so a fault is a switch
+ * on that CPU rather than two cross-CPU wake-ups, which cost ~40 us each way on these VMs and
+ * vary with the neighbours' load); "none" pins nothing.
+ */
+function restoreCpus(): { handler: number; client: number } | undefined {
+  const env = process.env['TIERSTACK_BENCH_RESTORE_CPUS'];
+  if (env === 'none') return undefined;
+  const [h, c] = (env ?? (cpuCount() > 1 ? '1,1' : '0,0')).split(',').map(Number);
+  return { handler: h!, client: c ?? h! };
+}
+
+/**
+ * A Firecracker-like memory file: two guest regions (2/3 and 1/3 of it) laid end to end, 25% zero
+ * pages in runs (1-64 pages), the rest random. The request: 10% of the pages in clusters of 4-32
+ * consecutive pages at unaligned places, visited cluster by cluster in a fixed random order.
+ */
+function writeFirecrackerImage(path: string, pages: number): { request: number[]; zero: Uint8Array } {
+  const next = rng(0xf1c0);
+  const zero = new Uint8Array(pages);
+  let nz = 0;
+  while (nz < pages / 4) {
+    const start = next() % pages;
+    const len = 1 + (next() % 64);
+    for (let p = start; p < Math.min(pages, start + len); p++) if (!zero[p]) (zero[p] = 1), nz++;
+  }
+  const inRequest = new Uint8Array(pages);
+  const clusters: number[][] = [];
+  let n = 0;
+  while (n < pages / 10) {
+    const start = next() % pages;
+    const len = 4 + (next() % 29);
+    const c: number[] = [];
+    for (let p = start; p < Math.min(pages, start + len); p++) if (!inRequest[p]) (inRequest[p] = 1), c.push(p), n++;
+    if (c.length) clusters.push(c);
+  }
+  for (let i = clusters.length - 1; i > 0; i--) {
+    const j = next() % (i + 1);
+    [clusters[i], clusters[j]] = [clusters[j]!, clusters[i]!];
+  }
+  const fd = openSync(path, 'w');
+  try {
+    const chunk = Buffer.alloc(4096 * PS);
+    for (let first = 0; first < pages; first += 4096) {
+      const k = Math.min(4096, pages - first);
+      randomFillSync(chunk, 0, k * PS);
+      for (let i = 0; i < k; i++) if (zero[first + i]) chunk.fill(0, i * PS, (i + 1) * PS);
+      writeSync(fd, chunk, 0, k * PS, first * PS);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return { request: clusters.flat(), zero };
+}
+
+/** Reads every file under `path` once (puts it in the page cache). */
+function readThrough(path: string): void {
+  const st = statSync(path);
+  if (st.isDirectory()) {
+    for (const e of readdirSync(path)) readThrough(join(path, e));
+    return;
+  }
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    while (readSync(fd, buf, 0, buf.length, null) > 0);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseResult> {
+  const faas = await import('@tierstack/faas');
+  const { buildFirecrackerTestClient, runFirecrackerTestClient } = await import('@tierstack/faas/testing');
+  const mib = Number(process.env['TIERSTACK_BENCH_FC_MIB'] ?? 384);
+  const pages = (mib << 20) / PS;
+  const r0 = Math.floor((pages * 2) / 3);
+  const r1 = pages - r0;
+  const cpus = restoreCpus();
+
+  // What this needs: a C compiler, userfaultfd, the CXL tier's addon, taskset for pinning.
+  let client: string;
+  let cExe: string;
+  let CxlTier: typeof import('@tierstack/cxl').CxlTier;
+  try {
+    client = buildFirecrackerTestClient(ctx.tmpDir);
+    cExe = buildOnDemandHandler(ctx.tmpDir);
+    ({ CxlTier } = await import('@tierstack/cxl'));
+  } catch (err) {
+    ctx.log(`restore vs C on-demand skipped: ${(err as Error).message.split('\n')[0]}`);
+    return;
+  }
+  if (cpus && !canPin()) {
+    ctx.log('restore vs C on-demand skipped: taskset (util-linux) is needed to pin handler and client (TIERSTACK_BENCH_RESTORE_CPUS=none to run unpinned)');
+    return;
+  }
+
+  const memFile = join(ctx.tmpDir, 'vm.mem');
+  ctx.log(`restore vs C on-demand: writing a ${mib} MiB two-region memory file`);
+  const { request, zero } = writeFirecrackerImage(memFile, pages);
+  const wsFile = join(ctx.tmpDir, 'vm.request');
+  writeFileSync(wsFile, request.join('\n'));
+  const clientArgs = (sock: string): string[] => [sock, memFile, '--region', `${r0 * PS}:0`, '--region', `${r1 * PS}:${r0 * PS}`, '--touch-file', wsFile];
+  const storedInRequest = request.filter((p) => !zero[p]);
+
+  // Runs the client once against the handler on `sock`: its pages and its connect → request-end time.
+  const runClient = async (sock: string): Promise<{ pages: number; ns: number }> => {
+    const [bin, args] = pinnedCommand(client, clientArgs(sock), cpus?.client);
+    const r = await runFirecrackerTestClient(bin, args).result;
+    if (r.error) throw new Error(`the Firecracker client failed: ${r.error}`);
+    if (r.mismatches !== 0 || r.pages !== request.length) {
+      throw new Error(`the Firecracker client read wrong data: ${r.mismatches} of ${r.pages} touched pages differ from the memory file (first ${r.first_bad})`);
+    }
+    return { pages: r.pages, ns: r.t_done! - r.t_connect! };
+  };
+
+  // The C side: one handler process, pinned, serving every baseline op of every case.
+  const c = await OnDemandHandler.start(cExe, { socketPath: join(ctx.tmpDir, 'c.sock'), memFile, cpu: cpus?.handler });
+  let cLast: OnDemandStats | undefined;
+  const cOp: TimedOp = async () => {
+    const serving = c.serving();
+    const run = runClient(c.socketPath);
+    const [r] = await Promise.all([run, serving]);
+    cLast = await c.done();
+    return { ops: r.pages, ns: r.ns };
+  };
+  try {
+    // Preflight (also: the client and userfaultfd work here at all).
+    try {
+      await cOp();
+    } catch (err) {
+      ctx.log(`restore vs C on-demand skipped: ${(err as Error).message.split('\n')[0]}`);
+      return;
+    }
+    const cThreads = threadPlacement(c.pid);
+
+    // tierstack's side: the default native stack, the snapshot imported as Firecracker's.
+    const cxl = await CxlTier.open({ backing: { kind: 'memfd', size: Math.max(4 * pages * PS, 64 << 20) } });
+    const stack: TierStack = createTierStack({ tiers: [cxl as PageStore, await FileTier.open({ dir: join(ctx.tmpDir, 'fc-file') })] });
+    const unpin = cpus ? pinProcess([cpus.handler]) : () => undefined;
+    try {
+      const catalog = new faas.SnapshotCatalog(stack);
+      ctx.log(`restore vs C on-demand: importing the memory file (${pages} pages, 2 regions)`);
+      const imp = await faas.importFirecracker(catalog, 'vm', memFile, { regions: [{ size: r0 * PS }, { size: r1 * PS, guest_phys_addr: 0x1_0000_0000 }] });
+      const m = await catalog.get('vm');
+      const ns = m.namespace;
+      const stored = m.storedPageList();
+      const hook = faas.createRestoreHook(stack, { catalog });
+
+      let handlerSeq = 0;
+      let tsThreads = '';
+      /** A tierstack Firecracker handler with per-restore options; ops wait for the restore's end. */
+      const tierstack = async (restore: RestoreOptions) => {
+        const ends: RestoreStats[] = [];
+        let wake: (() => void) | undefined;
+        const socketPath = join(ctx.tmpDir, `ts-${handlerSeq++}.sock`);
+        const handler = await hook.serveFirecracker({
+          socketPath,
+          snapshotId: 'vm',
+          restore,
+          // Where tierstack's threads may run, read once while the first (untimed) restore runs.
+          onRestore: () => {
+            if (!tsThreads) tsThreads = threadPlacement();
+          },
+          onRestoreEnd: (s) => {
+            ends.push(s);
+            wake?.();
+          },
+        });
+        let last: RestoreStats | undefined;
+        return {
+          handler,
+          last: () => last,
+          async request(): Promise<{ pages: number; ns: number }> {
+            const r = await runClient(socketPath);
+            while (ends.length === 0) await new Promise<void>((res) => (wake = res));
+            last = ends.shift();
+            return r;
+          },
+        };
+      };
+      const dropCxl = async (): Promise<void> => {
+        for (let i = 0; i < stored.length; i += 4096) await cxl.remove(ns, stored.slice(i, i + 4096));
+      };
+      const cxlHolds = async (): Promise<number> => (await cxl.get(ns, storedInRequest)).found.reduce((n, f) => n + f, 0);
+
+      // A first restore records the working set (and shows where tierstack's threads run).
+      {
+        await dropCxl();
+        const rec = await tierstack({ prefetch: 'none', recordWorkingSet: true });
+        await rec.request();
+        await rec.handler.close();
+        ctx.log(`restore vs C on-demand: recorded a working set of ${rec.last()?.workingSetRecorded ?? 0} pages`);
+      }
+      readThrough(join(ctx.tmpDir, 'fc-file'));
+      readThrough(memFile);
+
+      const placement = cpus
+        ? `placement: handler CPU ${cpus.handler} (C: ${cThreads}; tierstack: ${tsThreads}), client CPU ${cpus.client}`
+        : `placement: unpinned (C: ${cThreads}; tierstack: ${tsThreads})`;
+      const base = `${mib} MiB memory file, 2 regions, ${imp.zeroPages} zero pages; request ${request.length} pages (10%, clusters of 4-32); stack [CxlTier(memfd), FileTier], hook defaults`;
+      const describe = (s: RestoreStats | undefined): string =>
+        s
+          ? `tierstack last op: ${s.faults} faults, ${s.pagesInstalled} installed (${s.zeroPages} zero, ${s.prefetched} prefetched), tiers ${s.tiers.map((t) => `${t.tier} ${t.hits}/${t.requested}`).join(' ')}`
+          : '';
+      const cDescribe = (): string => (cLast ? `C: ${cLast.faults} faults, ${cLast.copies} copies` : '');
+      const measure = { ...ctx.measure, roundMs: Math.max(ctx.measure.roundMs, 300) };
+
+      // 1. Lazy, the pages in the file tier (its files in the page cache), the CXL tier cold.
+      {
+        const ts = await tierstack({ prefetch: 'none', recordWorkingSet: false });
+        ctx.log('restore: lazy (CXL cold) vs C on-demand');
+        const op: TimedOp = async () => {
+          await dropCxl();
+          const r = await ts.request();
+          return { ops: r.pages, ns: r.ns };
+        };
+        const res = await compareTimed(op, cOp, measure);
+        await ts.handler.close();
+        yield result('restore', 'first request: lazy vs C on-demand', 'C on-demand handler', res, `pages/s; CXL cold, pages in the file tier's page cache; ${base}; ${describe(ts.last())}; ${cDescribe()}; ${placement}; bar >= 1.0`);
+      }
+      // 2. Lazy, every stored page already in the CXL tier.
+      {
+        for (let i = 0; i < stored.length; i += 1024) await stack.get(ns, stored.slice(i, i + 1024));
+        const held = await cxlHolds();
+        const ts = await tierstack({ prefetch: 'none', recordWorkingSet: false });
+        ctx.log(`restore: lazy (CXL hit: ${held}/${storedInRequest.length} of the request's stored pages) vs C on-demand`);
+        const op: TimedOp = async () => {
+          const r = await ts.request();
+          return { ops: r.pages, ns: r.ns };
+        };
+        const res = await compareTimed(op, cOp, measure);
+        await ts.handler.close();
+        yield result('restore', 'first request: lazy (CXL hit) vs C on-demand', 'C on-demand handler', res, `pages/s; CXL held ${held}/${storedInRequest.length} of the request's stored pages; ${base}; ${describe(ts.last())}; ${cDescribe()}; ${placement}; bar >= 1.2`);
+      }
+      // 3. The recorded working set prefetched, the CXL tier cold again.
+      {
+        const ts = await tierstack({ prefetch: 'latest' });
+        ctx.log('restore: lazy + prefetch (CXL cold) vs C on-demand');
+        const op: TimedOp = async () => {
+          await dropCxl();
+          const r = await ts.request();
+          return { ops: r.pages, ns: r.ns };
+        };
+        const res = await compareTimed(op, cOp, measure);
+        await ts.handler.close();
+        yield result('restore', 'first request: lazy+prefetch vs C on-demand', 'C on-demand handler', res, `pages/s; recorded working set prefetched, CXL cold, pages in the file tier's page cache; ${base}; ${describe(ts.last())}; ${cDescribe()}; ${placement}; bar >= 3.0`);
+      }
+    } finally {
+      unpin();
+      await stack.close();
+    }
+  } finally {
+    c.stop();
+  }
 }

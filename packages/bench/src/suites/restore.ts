@@ -5,7 +5,8 @@
  *    [DRAM, FileTier] stack, checksums verified per page) against a baseline server that parses
  *    the same GET headers and answers with pread from the CRIU pages image. One client
  *    connection keeps QD GETs of `pagesPerGet` pages in flight (random vaddrs).
- * 2. Restore into a toucher (when @tierstack/uffd is built): see restore-uffd.ts.
+ * 2. Restore into a toucher (when @tierstack/uffd is built), and tierstack's Firecracker handler
+ *    against a C on-demand UFFD handler (the handler Firecracker users run today): see restore-uffd.ts.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { open, writeFile, mkdir } from 'node:fs/promises';
@@ -150,7 +151,7 @@ async function writeCriuDir(dir: string): Promise<void> {
 
 export const restoreSuite: Suite = {
   name: 'restore',
-  description: 'snapshot restore: CRIU page server vs a pread server; eager vs lazy vs lazy+prefetch restore (with @tierstack/uffd)',
+  description: 'snapshot restore: CRIU page server vs a pread server; eager vs lazy vs lazy+prefetch restore; Firecracker restores vs a C on-demand UFFD handler (with @tierstack/uffd)',
   async *run(ctx) {
     const dir = join(ctx.tmpDir, 'criu');
     await writeCriuDir(dir);
@@ -183,7 +184,9 @@ export const restoreSuite: Suite = {
       await ours.close();
       await base.close();
     }
-    const uffdCases = await import('./restore-uffd.js').then((mod) => mod.restoreUffdCases).catch(() => undefined);
+    const uffdCases = await import('./restore-uffd.js')
+      .then((mod) => mod.restoreUffdCases)
+      .catch((err: Error) => void ctx.log(`restore cases with uffd skipped: ${err.message.split('\n')[0]}`));
     if (uffdCases) yield* uffdCases(ctx, catalog);
     await stack.close();
   },
