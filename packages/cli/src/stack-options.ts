@@ -2,9 +2,12 @@
  * The tier-stack configuration shared by every command that serves or stores pages (snapshot,
  * restore, ublk, demo): one set of flags, one function that opens the stack they describe.
  *
- * Default: [MemoryTier, FileTier(<data-dir>/pages)] — works on any machine. Flags for the other
- * tiers (CXL, Redis, RDMA pool) add them in their place in the picture: CXL on top, Redis and the
- * RDMA pool below DRAM, the file tier (if kept) at the bottom.
+ * Default: [DRAM cache, FileTier(<data-dir>/pages)], native end to end — the DRAM cache is a
+ * CxlTier over an anonymous memfd and the FileTier has a native read path, so a restore fault
+ * is served by native threads from start to finish. `--dram js` makes the DRAM tier a MemoryTier
+ * (JavaScript, lru-cache) instead. Flags for the other tiers (CXL, Redis, RDMA pool) add them in
+ * their place in the picture: CXL on top, Redis and the RDMA pool below DRAM, the file tier (if
+ * kept) at the bottom.
  */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +17,8 @@ import { createTierStack, FileTier, MemoryTier, type Logger, type PageStore, typ
 export interface StackCliOptions {
   dataDir: string;
   memoryMib: number;
+  /** The DRAM tier: a native cache (CxlTier over a memfd, default) or the JS MemoryTier. */
+  dram?: 'native' | 'js';
   /** CXL cache on top: "memfd", a file path or a /dev/daxX.Y device. */
   cxl?: string;
   cxlMib?: number;
@@ -36,6 +41,11 @@ export function addStackOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('--data-dir <path>', 'where durable tiers and the catalog live').default(defaultDataDir(), '$TIERSTACK_DATA_DIR or ~/.tierstack'))
     .addOption(new Option('--memory-mib <n>', 'DRAM tier budget in MiB (0: no DRAM tier)').default(64).argParser(Number))
+    .addOption(
+      new Option('--dram <kind>', 'DRAM tier: native (a memfd page cache served from native threads) or js (MemoryTier)')
+        .choices(['native', 'js'])
+        .default('native'),
+    )
     .addOption(new Option('--cxl <backing>', 'CXL cache tier on top: memfd, a file path or /dev/daxX.Y'))
     .addOption(new Option('--cxl-mib <n>', 'size of a memfd or new file CXL region in MiB').default(256).argParser(Number))
     .addOption(new Option('--redis <url>', 'Redis tier below DRAM (redis://host:port)'))
@@ -61,7 +71,15 @@ export async function openStack(o: StackCliOptions, options: { logger?: Logger }
             : ({ kind: 'file', path: o.cxl, size, create: true } as const);
       tiers.push(await CxlTier.open({ backing }));
     }
-    if (o.memoryMib > 0) tiers.push(new MemoryTier({ maxSize: o.memoryMib * 1024 * 1024 }));
+    if (o.memoryMib > 0) {
+      if (o.dram === 'js') {
+        tiers.push(new MemoryTier({ maxSize: o.memoryMib * 1024 * 1024 }));
+      } else {
+        // The native DRAM cache: a private memfd region (same layout as a CXL region).
+        const { CxlTier } = await import('@tierstack/cxl');
+        tiers.push(await CxlTier.open({ backing: { kind: 'memfd', size: o.memoryMib * 1024 * 1024 }, name: 'dram' }));
+      }
+    }
     if (o.redis) {
       const { RedisTier } = await import('@tierstack/redis');
       tiers.push(new RedisTier({ connection: o.redis, ...(options.logger ? { logger: options.logger } : {}) }));
