@@ -283,7 +283,12 @@ async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseRe
       const base = `${mib} MiB memory file, 2 regions, ${imp.zeroPages} zero pages; request ${request.length} pages (10%, clusters of 4-32); stack [CxlTier(memfd), FileTier], hook defaults`;
       const describe = (s: RestoreStats | undefined): string =>
         s
-          ? `tierstack last op: ${s.faults} faults, ${s.pagesInstalled} installed (${s.zeroPages} zero, ${s.prefetched} prefetched), tiers ${s.tiers.map((t) => `${t.tier} ${t.hits}/${t.requested}`).join(' ')}`
+          ? `tierstack last op: ${s.faults} faults, ${s.pagesInstalled} installed (${s.zeroPages} zero, ${s.prefetched} prefetched)` +
+            // Where the pages came from: per stack level natively / through the JS path (newer
+            // RestoreStats), and what the JS-visible tier counters saw.
+            (Array.isArray((s as { pagesByLevel?: unknown }).pagesByLevel) ? `, pages by level [${(s as { pagesByLevel: number[] }).pagesByLevel.join(',')}]` : '') +
+            (typeof (s as { jsPathPages?: unknown }).jsPathPages === 'number' ? `, JS path ${(s as { jsPathPages: number }).jsPathPages}` : '') +
+            `, JS tier gets ${s.tiers.map((t) => `${t.tier} ${t.hits}/${t.requested}`).join(' ')}`
           : '';
       const cDescribe = (): string => (cLast ? `C: ${cLast.faults} faults, ${cLast.copies} copies` : '');
       const measure = { ...ctx.measure, roundMs: Math.max(ctx.measure.roundMs, 300) };
