@@ -103,6 +103,20 @@ export function cpuCount(): number {
   return osCpus().length;
 }
 
+/**
+ * Where the restore comparisons run handler and client: TIERSTACK_BENCH_RESTORE_CPUS =
+ * "<handler cpu>,<client cpu>" (default "1,1" on a machine with 2+ CPUs: both on one CPU, so a
+ * fault is a switch on that CPU rather than two cross-CPU wake-ups, which cost ~40 us each way on
+ * these VMs and vary with the neighbours' load); "none" pins nothing (undefined).
+ */
+export function restoreCpus(): { handler: number; client: number } | undefined {
+  const env = process.env['TIERSTACK_BENCH_RESTORE_CPUS'];
+  if (env === 'none') return undefined;
+  const [h, c] = (env ?? (cpuCount() > 1 ? '1,1' : '0,0')).split(',').map(Number);
+  if (!Number.isInteger(h) || h! < 0) throw new Error(`TIERSTACK_BENCH_RESTORE_CPUS: expected "<handler cpu>,<client cpu>" or "none", got "${env}"`);
+  return { handler: h!, client: Number.isInteger(c) ? c! : h! };
+}
+
 /** Whether `taskset` (util-linux) is there to pin processes with. */
 export function canPin(): boolean {
   try {

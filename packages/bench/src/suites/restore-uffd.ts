@@ -16,7 +16,8 @@
  *    checks every touched byte against the memory file) over the same two-region memory file.
  *    The figure of one op is the client's own time from connect to the end of its request
  *    (pages touched / that time); spawning the client, resetting the CXL tier and closing the
- *    restore stay outside it. Handler and client are pinned (see RESTORE_CPUS); the note says where.
+ *    restore stay outside it. Handler and client are pinned (ondemand.ts restoreCpus: both on CPU 1
+ *    by default, TIERSTACK_BENCH_RESTORE_CPUS to change); each case's note says where every thread may run.
  */
 import { closeSync, openSync, readdirSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,7 +25,7 @@ import { randomFillSync } from 'node:crypto';
 import { createTierStack, MemoryTier, FileTier, type PageStore, type TierStack } from '@tierstack/core';
 import type { SnapshotCatalog, RestoreStats, RestoreOptions } from '@tierstack/faas';
 import { compare, compareTimed, result, rng, type CaseResult, type SuiteContext, type TimedOp } from '../harness.js';
-import { buildOnDemandHandler, OnDemandHandler, canPin, cpuCount, pinProcess, pinnedCommand, threadPlacement, type OnDemandStats } from '../ondemand.js';
+import { buildOnDemandHandler, OnDemandHandler, canPin, pinProcess, pinnedCommand, restoreCpus, threadPlacement, type OnDemandStats } from '../ondemand.js';
 
 const PS = 4096;
 
@@ -79,18 +80,6 @@ export async function* restoreUffdCases(ctx: SuiteContext, _criuCatalog: Snapsho
 
 // ---------------------------------------------------------------------------------------------
 // tierstack's Firecracker handler vs the C on-demand handler.
-
-/**
- * Placement: "<handler cpu>,<client cpu>" (default "1,1": both on one CPU, so a fault is a switch
- * on that CPU rather than two cross-CPU wake-ups, which cost ~40 us each way on these VMs and
- * vary with the neighbours' load); "none" pins nothing.
- */
-function restoreCpus(): { handler: number; client: number } | undefined {
-  const env = process.env['TIERSTACK_BENCH_RESTORE_CPUS'];
-  if (env === 'none') return undefined;
-  const [h, c] = (env ?? (cpuCount() > 1 ? '1,1' : '0,0')).split(',').map(Number);
-  return { handler: h!, client: c ?? h! };
-}
 
 /**
  * A Firecracker-like memory file: two guest regions (2/3 and 1/3 of it) laid end to end, 25% zero

@@ -1,7 +1,8 @@
 /**
  * `tierstack demo`: the snapshot-restore demo (runRestoreDemo, below): a function-like memory
  * snapshot imported into the stack and restored three ways into a process that serves one
- * request. `tierstack demo --basic` (runDemo) is the original page round trip: a stack of the
+ * request, next to the handler Firecracker users run today (a C on-demand UFFD handler, one
+ * page copy per fault from the memory file) serving the same process the same request. `tierstack demo --basic` (runDemo) is the original page round trip: a stack of the
  * tiers that exist, a few thousand pages written and read back (every byte checked), stats.
  */
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
@@ -10,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createTierStack, MemoryTier, FileTier, type StoreStats, type PageStore, type TierStack } from '@tierstack/core';
 import { makePages, pageMatches } from '@tierstack/core/testing';
-import { rng } from '@tierstack/bench';
+import { rng, buildOnDemandHandler, OnDemandHandler, canPin, pinProcess, pinnedCommand, restoreCpus, threadPlacement } from '@tierstack/bench';
 
 export interface DemoOptions {
   pages: number;
@@ -106,6 +107,15 @@ export interface RestoreDemoRow {
   wrong: number;
 }
 
+/** The C on-demand handler's run of the same request (the anchor tierstack's modes are compared with). */
+export interface OnDemandDemoRow {
+  ttfrMs: number;
+  faults: number;
+  installed: number;
+  touched: number;
+  wrong: number;
+}
+
 interface DemoStack {
   stack: TierStack;
   describe: string;
@@ -196,7 +206,9 @@ function writeFunctionImage(path: string, pages: number, zeroPct: number, wsPct:
 }
 
 
-export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ rows: RestoreDemoRow[]; verified: number; wrong: number }> {
+export async function runRestoreDemo(
+  opts: RestoreDemoOptions = {},
+): Promise<{ rows: RestoreDemoRow[]; onDemand: OnDemandDemoRow | undefined; verified: number; wrong: number }> {
   const out = opts.out ?? ((l: string) => console.log(l));
   const mib = opts.snapshotMiB ?? 256;
   const pages = (mib << 20) / 4096;
@@ -207,6 +219,8 @@ export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ r
   const client = buildFirecrackerTestClient(dir);
   const ds = await demoStack(dir, opts.cacheMiB ?? 64, out);
   const rows: RestoreDemoRow[] = [];
+  let onDemand: OnDemandDemoRow | undefined;
+  let unpin = (): void => undefined;
   try {
     out(`tierstack demo: restoring a ${mib} MiB function snapshot from [${ds.describe}]`);
     const memFile = join(dir, 'function.mem');
@@ -218,6 +232,19 @@ export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ r
     const catalog = new SnapshotCatalog(ds.stack);
     const imp = await importRawFile(catalog, 'demo-fn', memFile, { replace: true, progressBar: process.stderr.isTTY === true });
     out(`  imported: ${imp.storedPages} pages stored, ${imp.zeroPages} zero pages elided, ${(imp.ms / 1000).toFixed(1)} s`);
+
+    // Placement: the handler side (every thread of this process for tierstack, the one thread of
+    // the C handler) on one CPU and the client pinned too, the same for every row.
+    let cpus: ReturnType<typeof restoreCpus>;
+    try {
+      cpus = restoreCpus();
+      if (cpus && !canPin()) throw new Error('taskset (util-linux) is missing');
+      if (cpus) unpin = pinProcess([cpus.handler]);
+    } catch (err) {
+      out(`  (not pinning handler and client: ${(err as Error).message})`);
+      cpus = undefined;
+    }
+    const clientCommand = (args: string[]): [string, string[]] => pinnedCommand(client, args, cpus?.client);
 
     const modes = [
       { mode: 'eager (copy all, then run)', restore: { eager: true } },
@@ -241,7 +268,7 @@ export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ r
       try {
         // The "function": a process that maps the memory (like Firecracker), hands over the uffd,
         // waits to be resumed, then serves one request that walks its working set.
-        const run = runFirecrackerTestClient(client, [socketPath, memFile, '--touch-file', wsFile, '--wait-signal']);
+        const run = runFirecrackerTestClient(...clientCommand([socketPath, memFile, '--touch-file', wsFile, '--wait-signal']));
         await Promise.race([ready, run.result]);
         run.child.kill('SIGUSR1');
         const r = await run.result;
@@ -263,10 +290,36 @@ export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ r
         await handler.close();
       }
     }
+    // The anchor: the C on-demand handler serves the same client the same request from the memory file.
+    let cThreads = '';
+    try {
+      const exe = buildOnDemandHandler(dir);
+      const c = await OnDemandHandler.start(exe, { socketPath: join(dir, 'c-ondemand.sock'), memFile, cpu: cpus?.handler });
+      try {
+        cThreads = threadPlacement(c.pid);
+        const run = runFirecrackerTestClient(...clientCommand([c.socketPath, memFile, '--touch-file', wsFile, '--wait-signal']));
+        await Promise.race([c.serving(), run.result]);
+        run.child.kill('SIGUSR1');
+        const r = await run.result;
+        if (r.error) throw new Error(`the function process failed: ${r.error}`);
+        const s = await c.done();
+        onDemand = { ttfrMs: (r.t_done! - r.t_connect!) / 1e6, faults: s.faults, installed: s.copies + s.zeropages, touched: r.pages ?? 0, wrong: r.mismatches ?? 0 };
+      } finally {
+        c.stop();
+      }
+    } catch (err) {
+      out(`  (C on-demand handler not run: ${(err as Error).message.split('\n')[0]})`);
+    }
+    const placement = cpus
+      ? `handler on CPU ${cpus.handler} (tierstack: ${threadPlacement()}; C handler: ${cThreads || '-'}), client on CPU ${cpus.client}`
+      : 'unpinned';
+    unpin();
+    unpin = () => undefined;
+
     out('');
-    out(restoreTable(rows, ds.topIsCxl ? 'CXL hit %' : 'cache hit %'));
-    const verified = rows.reduce((n, r) => n + r.touched - r.wrong, 0);
-    const wrong = rows.reduce((n, r) => n + r.wrong, 0);
+    out(restoreTable(rows, ds.topIsCxl ? 'CXL hit %' : 'cache hit %', onDemand));
+    const verified = rows.reduce((n, r) => n + r.touched - r.wrong, 0) + (onDemand ? onDemand.touched - onDemand.wrong : 0);
+    const wrong = rows.reduce((n, r) => n + r.wrong, 0) + (onDemand?.wrong ?? 0);
     out('');
     out(
       wrong === 0
@@ -276,17 +329,41 @@ export async function runRestoreDemo(opts: RestoreDemoOptions = {}): Promise<{ r
     const [eager, lazy, pre] = rows;
     if (eager && lazy && pre) {
       out(`lazy restore answered ${(eager.ttfrMs / lazy.ttfrMs).toFixed(1)}x sooner than eager; working-set prefetch ${(lazy.ttfrMs / pre.ttfrMs).toFixed(1)}x sooner than lazy`);
+      if (onDemand) {
+        const vs = (r: RestoreDemoRow): string => {
+          const x = onDemand!.ttfrMs / r.ttfrMs;
+          return x >= 1 ? `${x.toFixed(2)}x faster` : `${(1 / x).toFixed(2)}x slower`;
+        };
+        out(
+          `against the C on-demand handler (Firecracker's example handler: one page copy per fault from the memory file, ${onDemand.ttfrMs.toFixed(1)} ms): ` +
+            `tierstack lazy ${vs(lazy)}, lazy + prefetch ${vs(pre)} (same client, same request, one run)`,
+        );
+      }
     }
-    return { rows, verified, wrong };
+    out(`placement: ${placement}`);
+    return { rows, onDemand, verified, wrong };
   } finally {
+    unpin();
     await ds.close();
     if (!opts.dir) rmSync(dir, { recursive: true, force: true });
   }
 }
 
-export function restoreTable(rows: RestoreDemoRow[], hitLabel: string): string {
+export function restoreTable(rows: RestoreDemoRow[], hitLabel: string, onDemand?: OnDemandDemoRow): string {
   const head = ['restore', 'time to first response', 'faults', 'pages installed', 'prefetched', 'pages per tier (served/asked)', hitLabel, 'touched ok'];
   const table = [head];
+  if (onDemand) {
+    table.push([
+      'C on-demand handler (anchor)',
+      `${onDemand.ttfrMs.toFixed(1)} ms`,
+      String(onDemand.faults),
+      String(onDemand.installed),
+      '0',
+      'memory file (page cache)',
+      '-',
+      `${onDemand.touched - onDemand.wrong}/${onDemand.touched}`,
+    ]);
+  }
   for (const r of rows) {
     table.push([
       r.mode,
