@@ -29,7 +29,30 @@ import { buildOnDemandHandler, OnDemandHandler, canPin, pinProcess, pinnedComman
 
 const PS = 4096;
 
+/** Why restores cannot run here (the uffd addon or userfaultfd missing), or undefined. */
+async function uffdUnavailable(): Promise<string | undefined> {
+  try {
+    const { createUffdEngine } = await import('@tierstack/uffd');
+    const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 1 << 20 })] });
+    const engine = createUffdEngine({ stack, faultThreads: 1 });
+    try {
+      await engine.createRegion({ size: 16 * PS, namespace: 'probe' }).close();
+    } finally {
+      await engine.close();
+      await stack.close();
+    }
+    return undefined;
+  } catch (err) {
+    return (err as Error).message.split('\n')[0];
+  }
+}
+
 export async function* restoreUffdCases(ctx: SuiteContext, _criuCatalog: SnapshotCatalog): AsyncIterable<CaseResult> {
+  const why = await uffdUnavailable();
+  if (why) {
+    ctx.log(`restore cases with userfaultfd skipped: ${why}`);
+    return;
+  }
   const faas = await import('@tierstack/faas');
   const { touchPages } = await import('@tierstack/uffd/testing');
   const mib = Number(process.env['TIERSTACK_BENCH_SNAPSHOT_MIB'] ?? 128);
