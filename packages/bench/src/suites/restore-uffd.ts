@@ -303,7 +303,8 @@ async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseRe
             `, JS tier gets ${s.tiers.map((t) => `${t.tier} ${t.hits}/${t.requested}`).join(' ')}`
           : '';
       const cDescribe = (): string => (cLast ? `C: ${cLast.faults} faults, ${cLast.copies} copies` : '');
-      const measure = { ...ctx.measure, roundMs: Math.max(ctx.measure.roundMs, 300) };
+      // One tierstack op takes 0.1-1.5 s here, so a round is one op: at least 5 rounds a side.
+      const measure = { ...ctx.measure, roundMs: Math.max(ctx.measure.roundMs, 300), rounds: Math.max(5, ctx.measure.rounds) };
 
       // 1. Lazy, the pages in the file tier (its files in the page cache), the CXL tier cold.
       {
