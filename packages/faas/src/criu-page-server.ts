@@ -10,6 +10,15 @@
  * CRIU 3.x-4.1 {cmd u32, nr_pages u32, vaddr u64, dst_id u64} (24 bytes); there is no
  * negotiation, so the layout is configured, or detected from the first header ('auto': a GET
  * with a non-zero u32 at offset 4 is the legacy layout, where that word is nr_pages).
+ *
+ * Memory is bounded whatever the clients do: replies are produced in chunks (256 pages by
+ * default) and a chunk is fetched only when the connection's budget (`maxConnectionBytes`) and
+ * the server's (`maxTotalBytes`) have room for it; bytes count until the kernel took them. A
+ * connection stops being read while `maxQueuedGets` requests wait for their answers (TCP then
+ * pushes back on the client), so pipelining any number of huge GETs costs the server at most
+ * its budgets. Connections beyond `maxConnections` are closed on arrival; a connection with
+ * nothing to answer that stays silent (or a client that stops reading its replies) for
+ * `idleTimeoutMs` is closed.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { TierStackError, ErrorCode, silentLogger, type Logger } from '@tierstack/core';
@@ -28,6 +37,16 @@ export const V42_HEADER = 32;
 
 export type CriuHeaderLayout = 'v42' | 'legacy' | 'auto';
 
+/** Defaults of the resource limits (also what `tierstack restore --criu-port` uses). */
+export const CRIU_SERVER_DEFAULTS = {
+  maxConnections: 16,
+  maxConnectionBytes: 4 * 1024 * 1024,
+  maxTotalBytes: 64 * 1024 * 1024,
+  maxQueuedGets: 64,
+  idleTimeoutMs: 60_000,
+  chunkPages: 256,
+} as const;
+
 export interface CriuPageServerOptions {
   snapshotId: string;
   /** TCP port (0: any free port; read it from `.port`). */
@@ -39,6 +58,20 @@ export interface CriuPageServerOptions {
   dstId?: number;
   /** Largest nr_pages accepted in one GET (default 65536); more is a malformed header. */
   maxPagesPerGet?: number;
+  /** Connections served at once (default 16); more are closed on arrival, with a log line. */
+  maxConnections?: number;
+  /** Reply bytes one connection may hold (fetched, not yet taken by the kernel); default 4 MiB. */
+  maxConnectionBytes?: number;
+  /** The same over all connections (default 64 MiB). */
+  maxTotalBytes?: number;
+  /** Requests parsed and waiting for their answer before a connection stops being read (default 64). */
+  maxQueuedGets?: number;
+  /** Close a connection that is silent with nothing to answer, or does not read its replies,
+   *  for this long (default 60 s; 0: never). A connection waiting on a page we cannot produce is
+   *  never closed by this: closing would let the kernel zero-fill the process's pages. */
+  idleTimeoutMs?: number;
+  /** Pages fetched from the stack per step (default 256; at most what the budgets hold). */
+  chunkPages?: number;
   logger?: Logger;
 }
 
@@ -47,8 +80,19 @@ export interface CriuPageServerStats {
   openConnections: number;
   gets: number;
   pagesServed: number;
+  /** Connections closed for bad input, idleness, or because the limit was reached. */
   rejectedConnections: number;
+  /** Of those: closed on arrival because `maxConnections` were open. */
+  refusedConnections: number;
+  /** Of those: closed for idleness (or for not reading their replies). */
+  idleClosed: number;
+  /** Reply bytes held now / at most so far (fetched, not yet taken by the kernel). */
+  bytesInFlight: number;
+  peakBytesInFlight: number;
+  /** Per-connection peak of the same. */
+  peakConnectionBytes: number;
   lastError: string | undefined;
+  lastErrorCode: string | undefined;
 }
 
 export interface CriuPageServer {
@@ -88,18 +132,73 @@ export function decodePsHeader(layout: 'v42' | 'legacy', b: Buffer): Header {
   return { cmd: b.readUInt32LE(0), nrPages: b.readUInt32LE(4), vaddr: Number(b.readBigUInt64LE(8)), dstId: b.readBigUInt64LE(16) };
 }
 
-class MalformedHeader extends Error {}
+const protocolError = (why: string): TierStackError => new TierStackError(ErrorCode.Protocol, why);
 
-/** One lazy-pages client connection: parses headers, answers them strictly in order. */
+/** A byte budget with FIFO waiters (a grant never overtakes an earlier waiter). */
+class ByteBudget {
+  used = 0;
+  peak = 0;
+  private readonly waiters: Array<{ n: number; resolve: () => void }> = [];
+
+  constructor(readonly limit: number) {}
+
+  /** Undefined when granted at once, else a promise resolved on grant. */
+  acquire(n: number): Promise<void> | undefined {
+    if (this.waiters.length === 0 && this.used + n <= this.limit) {
+      this.take(n);
+      return undefined;
+    }
+    return new Promise((resolve) => this.waiters.push({ n, resolve }));
+  }
+
+  release(n: number): void {
+    this.used -= n;
+    while (this.waiters.length > 0 && this.used + this.waiters[0]!.n <= this.limit) {
+      const w = this.waiters.shift()!;
+      this.take(w.n);
+      w.resolve();
+    }
+  }
+
+  private take(n: number): void {
+    this.used += n;
+    if (this.used > this.peak) this.peak = this.used;
+  }
+}
+
+/** One GET, resolved against the manifest when parsed. */
+interface Plan {
+  h: Header;
+  /** Set when the GET cannot be answered (unknown address): the connection ends when it is reached. */
+  error: TierStackError | undefined;
+  /** Snapshot page of vaddr, and the pages answered (clamped to the end of the mapping). */
+  first: number;
+  n: number;
+}
+
+/** Part of a plan's answer produced by one chunk: pages [from, from + count) of the plan. */
+interface Segment {
+  plan: Plan;
+  from: number;
+  count: number;
+}
+
+/** One lazy-pages client connection: parses headers, answers them strictly in order, in chunks. */
 class Connection {
   private buf: Buffer = Buffer.alloc(0);
   private layout: 'v42' | 'legacy' | undefined;
-  private chain: Promise<void> = Promise.resolve();
-  private queued = 0;
+  /** GETs parsed and not yet fully answered; queue[0] is being answered, `sent` pages of it so far. */
+  private readonly queue: Plan[] = [];
+  private sent = 0;
   /** Rejected or finished: nothing more is parsed or answered. */
   private done = false;
   /** A CLOSE arrived: later bytes are ignored, queued answers still go out. */
   private closing = false;
+  private readonly local: ByteBudget;
+  /** Releases of chunks whose bytes the kernel has not taken yet (run on close). */
+  private readonly held = new Set<() => void>();
+  private wake: (() => void) | undefined;
+  private pumping = false;
 
   constructor(
     private readonly sock: Socket,
@@ -107,135 +206,233 @@ class Connection {
     configured: CriuHeaderLayout,
   ) {
     this.layout = configured === 'auto' ? undefined : configured;
+    this.local = new ByteBudget(server.limits.maxConnectionBytes);
     sock.on('data', (d) => this.onData(d));
     sock.on('error', (err) => this.server.log.debug({ err }, 'criu page server: connection error'));
+    sock.on('close', () => this.onClose());
+    if (server.limits.idleTimeoutMs > 0) {
+      sock.setTimeout(server.limits.idleTimeoutMs, () => this.onTimeout());
+    }
   }
 
-  private reject(why: string): void {
+  private get idle(): boolean {
+    return this.queue.length === 0 && this.held.size === 0 && !this.closing;
+  }
+
+  private onTimeout(): void {
+    if (this.done) return;
+    const ms = this.server.limits.idleTimeoutMs;
+    if (this.idle) {
+      this.server.counters.idleClosed++;
+      this.reject(new TierStackError(ErrorCode.Timeout, `idle for ${ms} ms${this.buf.length > 0 ? ` with ${this.buf.length} bytes of an incomplete header` : ''}`));
+    } else if (this.held.size > 0) {
+      // Replies are waiting for the kernel and the client took nothing for that long.
+      this.server.counters.idleClosed++;
+      this.reject(new TierStackError(ErrorCode.Timeout, `the client read none of its replies for ${ms} ms`));
+    }
+  }
+
+  private onClose(): void {
+    this.done = true;
+    for (const release of [...this.held]) release();
+    this.wake?.();
+  }
+
+  private reject(err: TierStackError): void {
     if (this.done) return;
     this.done = true;
-    this.server.noteRejected(why);
+    this.server.noteRejected(err, this.sock);
     this.sock.destroy();
   }
 
   private onData(d: Buffer): void {
     if (this.done || this.closing) return;
     this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
-    // GETs that arrived together are fetched from the stack with one batched call; their
-    // answers still go out one by one, in order.
-    const gets: Header[] = [];
     try {
-      for (;;) {
-        if (this.buf.length < 8) break;
-        const cmd = this.buf.readUInt32LE(0);
-        const code = cmd & 0xffff;
-        if (code === PS_IOV_CLOSE || code === PS_IOV_FORCE_CLOSE) {
-          // Both layouts: CLOSE carries no payload we need; answer once its shorter form arrived.
-          if (this.buf.length < LEGACY_HEADER) break;
-          this.buf = Buffer.alloc(0);
-          this.closing = true;
-          break;
-        }
-        if (code !== PS_IOV_GET) throw new MalformedHeader(`unexpected command 0x${cmd.toString(16)}`);
-        this.layout ??= this.buf.readUInt32LE(4) !== 0 ? 'legacy' : 'v42';
-        const size = this.layout === 'v42' ? V42_HEADER : LEGACY_HEADER;
-        if (this.buf.length < size) break;
-        const h = decodePsHeader(this.layout, this.buf.subarray(0, size));
-        this.buf = this.buf.subarray(size);
-        if (h.nrPages <= 0 || h.nrPages > this.server.maxPages) throw new MalformedHeader(`GET of ${h.nrPages} pages`);
-        if (!Number.isSafeInteger(h.vaddr) || h.vaddr % this.server.pageSize !== 0) throw new MalformedHeader(`GET at unaligned vaddr ${h.vaddr}`);
-        gets.push(h);
-      }
+      this.parse();
     } catch (err) {
       // Requests parsed before the bad header are dropped too: the connection is over.
-      this.reject(err instanceof MalformedHeader ? `malformed header: ${err.message}` : (err as Error).message);
+      this.reject(err instanceof TierStackError ? err : protocolError((err as Error).message));
       return;
     }
-    if (gets.length > 0) this.serveGets(this.layout!, gets);
-    if (this.closing) {
-      this.enqueue(async () => {
-        await this.write(Buffer.alloc(4)); // int32 0
-        this.done = true;
-        this.sock.end();
-      });
+    // Back-pressure: enough requests wait for their answers; TCP holds the rest at the client.
+    if (this.queue.length >= this.server.limits.maxQueuedGets || this.closing) this.sock.pause();
+    this.kick();
+  }
+
+  private parse(): void {
+    const maxPages = this.server.maxPages;
+    while (this.queue.length < this.server.limits.maxQueuedGets) {
+      if (this.buf.length < 8) return;
+      const cmd = this.buf.readUInt32LE(0);
+      const code = cmd & 0xffff;
+      if (code === PS_IOV_CLOSE || code === PS_IOV_FORCE_CLOSE) {
+        // Both layouts: CLOSE carries no payload we need; answer once its shorter form arrived.
+        if (this.buf.length < LEGACY_HEADER) return;
+        this.buf = Buffer.alloc(0);
+        this.closing = true;
+        return;
+      }
+      if (code !== PS_IOV_GET) throw protocolError(`malformed header: unexpected command 0x${cmd.toString(16)}`);
+      this.layout ??= this.buf.readUInt32LE(4) !== 0 ? 'legacy' : 'v42';
+      const size = this.layout === 'v42' ? V42_HEADER : LEGACY_HEADER;
+      if (this.buf.length < size) return;
+      const h = decodePsHeader(this.layout, this.buf.subarray(0, size));
+      this.buf = this.buf.subarray(size);
+      if (h.nrPages <= 0 || h.nrPages > maxPages) throw protocolError(`malformed header: GET of ${h.nrPages} pages`);
+      if (!Number.isSafeInteger(h.vaddr) || h.vaddr % this.server.pageSize !== 0) throw protocolError(`malformed header: GET at unaligned vaddr ${h.vaddr}`);
+      this.queue.push(this.server.plan(h));
     }
   }
 
-  /** Resolves each GET to its pages (clamped), fetches all of them at once, answers in order. */
-  private serveGets(layout: 'v42' | 'legacy', gets: Header[]): void {
-    const m = this.server.manifest;
-    const ps = m.pageSize;
-    const plans = gets.map((h) => {
-      const region = this.server.regionFor(h.vaddr, h.dstId);
-      if (!region) return { h, error: `no mapping holds vaddr 0x${h.vaddr.toString(16)} (dst_id ${h.dstId})`, first: 0, n: 0 };
-      const n = Math.min(h.nrPages, (region.base + region.size - h.vaddr) / ps);
-      return { h, error: undefined, first: (region.fileOffset + (h.vaddr - region.base)) / ps, n };
-    });
-    const all: number[] = [];
-    for (const p of plans) for (let i = 0; i < p.n; i++) all.push(p.first + i);
-    const fetched = fetchSnapshotPages(this.server.catalog.stack, m, all);
-    fetched.catch(() => undefined);
-    let at = 0;
-    for (const p of plans) {
-      const start = at;
-      at += p.n;
-      this.enqueue(async () => {
-        if (p.error) throw new Error(p.error);
-        const r = await fetched;
-        if (r.bad.length > 0) {
-          const mine = r.bad.filter((b) => b.page >= p.first && b.page < p.first + p.n);
-          if (mine.length > 0) throw badPageError(m, mine);
+  /** Starts the answering loop if it is not running, or wakes it. */
+  private kick(): void {
+    if (this.wake) {
+      const w = this.wake;
+      this.wake = undefined;
+      w();
+    }
+    if (this.pumping) return;
+    this.pumping = true;
+    void this.pump()
+      .catch((err: unknown) => this.reject(err instanceof TierStackError ? err : new TierStackError(ErrorCode.Io, (err as Error).message, { cause: err })))
+      .finally(() => (this.pumping = false));
+  }
+
+  /** The next pages to produce: whole GETs and parts of them, in order, up to one chunk. */
+  private nextBatch(): Segment[] {
+    const max = this.server.chunkPages;
+    const out: Segment[] = [];
+    let pages = 0;
+    let sent = this.sent;
+    for (const plan of this.queue) {
+      if (plan.error) {
+        if (out.length === 0) out.push({ plan, from: 0, count: 0 });
+        break;
+      }
+      const count = Math.min(plan.n - sent, max - pages);
+      out.push({ plan, from: sent, count });
+      pages += count;
+      sent = 0;
+      if (pages >= max) break;
+    }
+    return out;
+  }
+
+  /** Answers the queue in order until it is empty, then waits for more (or ends on CLOSE). */
+  private async pump(): Promise<void> {
+    const ps = this.server.pageSize;
+    while (!this.done) {
+      const batch = this.nextBatch();
+      if (batch.length === 0) {
+        if (this.closing) {
+          this.done = true;
+          this.sock.end(Buffer.alloc(4)); // int32 0
+          return;
         }
-        const header = encodePsHeader(layout, { cmd: ADD_F_PRESENT, nrPages: p.n, vaddr: p.h.vaddr, dstId: p.h.dstId });
-        await this.write(Buffer.concat([header, r.data.subarray(start * ps, (start + p.n) * ps)]));
-        this.server.counters.gets++;
-        this.server.counters.pagesServed += p.n;
-      });
+        if (this.sock.isPaused()) {
+          this.resumeReading();
+          if (this.queue.length > 0 || this.closing || this.done) continue;
+        }
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        continue;
+      }
+      if (batch[0]!.plan.error) throw batch[0]!.plan.error;
+      const pages = batch.reduce((n, s) => n + s.count, 0);
+      const bytes = pages * ps;
+      // Both budgets before any byte is fetched: the local one first, so a connection never
+      // holds server budget while it waits for its own.
+      const l = this.local.acquire(bytes);
+      if (l) await l;
+      const g = this.server.budget.acquire(bytes);
+      if (g) await g;
+      this.server.noteConnectionPeak(this.local.used);
+      let released = false;
+      const release = (): void => {
+        if (released) return;
+        released = true;
+        this.held.delete(release);
+        this.local.release(bytes);
+        this.server.budget.release(bytes);
+      };
+      this.held.add(release);
+      if (this.done) {
+        release();
+        return;
+      }
+      const wanted: number[] = [];
+      for (const s of batch) for (let i = 0; i < s.count; i++) wanted.push(s.plan.first + s.from + i);
+      let data: Buffer;
+      try {
+        data = await this.server.fetch(wanted);
+      } catch (err) {
+        release();
+        throw err;
+      }
+      if (this.done) {
+        release();
+        return;
+      }
+      this.write(batch, data, release);
     }
   }
 
-  private enqueue(fn: () => Promise<void>): void {
-    this.queued++;
-    // Back-pressure: stop reading while many requests wait.
-    if (this.queued > 64) this.sock.pause();
-    this.chain = this.chain.then(async () => {
-      if (this.sock.destroyed) return;
-      try {
-        await fn();
-      } catch (err) {
-        this.reject((err as Error).message);
-      } finally {
-        this.queued--;
-        if (this.queued <= 16 && this.sock.isPaused() && !this.done && !this.closing) this.sock.resume();
+  /** Writes a produced batch (headers where a GET's answer starts); `release` runs once the kernel took it all. */
+  private write(batch: Segment[], data: Buffer, release: () => void): void {
+    const ps = this.server.pageSize;
+    const layout = this.layout!;
+    const out: Buffer[] = [];
+    let at = 0;
+    for (const s of batch) {
+      const h = s.plan.h;
+      if (s.from === 0) out.push(encodePsHeader(layout, { cmd: ADD_F_PRESENT, nrPages: s.plan.n, vaddr: h.vaddr, dstId: h.dstId }));
+      if (s.count > 0) out.push(data.subarray(at * ps, (at + s.count) * ps));
+      at += s.count;
+      this.sent = s.from + s.count;
+      this.server.counters.pagesServed += s.count;
+      if (this.sent === s.plan.n) {
+        this.queue.shift();
+        this.sent = 0;
+        this.server.counters.gets++;
       }
-    });
+    }
+    this.sock.cork();
+    // The last write's callback: everything before it went out too (or the socket is gone).
+    out.forEach((b, i) => this.sock.write(b, i === out.length - 1 ? () => release() : undefined));
+    this.sock.uncork();
+    if (this.sock.isPaused() && !this.closing && this.queue.length <= this.server.limits.maxQueuedGets / 2) this.resumeReading();
   }
 
-  private write(b: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (this.sock.destroyed) return reject(new Error('connection closed'));
-      if (this.sock.write(b)) resolve();
-      else {
-        const onDrain = (): void => {
-          this.sock.off('close', onClose);
-          resolve();
-        };
-        const onClose = (): void => {
-          this.sock.off('drain', onDrain);
-          reject(new Error('connection closed'));
-        };
-        this.sock.once('drain', onDrain);
-        this.sock.once('close', onClose);
-      }
-    });
+  private resumeReading(): void {
+    if (this.done || this.closing) return;
+    // Requests already received but not parsed (the queue was full) come first.
+    try {
+      this.parse();
+    } catch (err) {
+      this.reject(err instanceof TierStackError ? err : protocolError((err as Error).message));
+      return;
+    }
+    if (this.queue.length < this.server.limits.maxQueuedGets && !this.closing) this.sock.resume();
   }
 }
 
+interface Limits {
+  maxConnections: number;
+  maxConnectionBytes: number;
+  maxTotalBytes: number;
+  maxQueuedGets: number;
+  idleTimeoutMs: number;
+}
+
 class PageServer implements CriuPageServer {
-  readonly counters = { connections: 0, gets: 0, pagesServed: 0, rejectedConnections: 0 };
+  readonly counters = { connections: 0, gets: 0, pagesServed: 0, rejectedConnections: 0, refusedConnections: 0, idleClosed: 0 };
   lastError: string | undefined;
+  lastErrorCode: string | undefined;
   readonly sockets = new Set<Socket>();
   readonly pids: Set<number>;
+  readonly budget: ByteBudget;
+  readonly chunkPages: number;
+  peakConnectionBytes = 0;
 
   constructor(
     readonly catalog: SnapshotCatalog,
@@ -245,9 +442,14 @@ class PageServer implements CriuPageServer {
     readonly port: number,
     readonly maxPages: number,
     readonly dstPid: number | undefined,
+    readonly limits: Limits,
+    chunkPages: number,
     readonly log: Logger,
   ) {
     this.pids = new Set(manifest.regions.map((r) => r.pid));
+    this.budget = new ByteBudget(limits.maxTotalBytes);
+    const fit = Math.floor(Math.min(limits.maxConnectionBytes, limits.maxTotalBytes) / manifest.pageSize);
+    this.chunkPages = Math.max(1, Math.min(chunkPages, fit));
   }
 
   get pageSize(): number {
@@ -264,14 +466,46 @@ class PageServer implements CriuPageServer {
     return undefined;
   }
 
-  noteRejected(why: string): void {
+  /** Resolves a GET to snapshot pages (clamped to the end of its mapping). */
+  plan(h: Header): Plan {
+    const region = this.regionFor(h.vaddr, h.dstId);
+    if (!region) {
+      return { h, error: new TierStackError(ErrorCode.NotFound, `no mapping holds vaddr 0x${h.vaddr.toString(16)} (dst_id ${h.dstId})`), first: 0, n: 0 };
+    }
+    const ps = this.pageSize;
+    const n = Math.min(h.nrPages, (region.base + region.size - h.vaddr) / ps);
+    return { h, error: undefined, first: (region.fileOffset + (h.vaddr - region.base)) / ps, n };
+  }
+
+  /** Snapshot pages, verified; a bad or missing page ends the connection. */
+  async fetch(pages: number[]): Promise<Buffer> {
+    const m = this.manifest;
+    const r = await fetchSnapshotPages(this.catalog.stack, m, pages, Buffer.allocUnsafe(pages.length * m.pageSize));
+    if (r.bad.length > 0) throw badPageError(m, r.bad);
+    return r.data;
+  }
+
+  noteConnectionPeak(bytes: number): void {
+    if (bytes > this.peakConnectionBytes) this.peakConnectionBytes = bytes;
+  }
+
+  noteRejected(err: TierStackError, sock?: Socket): void {
     this.counters.rejectedConnections++;
-    this.lastError = why;
-    this.log.warn({ snapshot: this.manifest.id, reason: why }, 'criu page server: closing a connection');
+    this.lastError = err.message;
+    this.lastErrorCode = err.code;
+    this.log.warn({ snapshot: this.manifest.id, code: err.code, reason: err.message, peer: sock ? `${sock.remoteAddress}:${sock.remotePort}` : undefined }, 'criu page server: closing a connection');
   }
 
   stats(): CriuPageServerStats {
-    return { ...this.counters, openConnections: this.sockets.size, lastError: this.lastError };
+    return {
+      ...this.counters,
+      openConnections: this.sockets.size,
+      bytesInFlight: this.budget.used,
+      peakBytesInFlight: this.budget.peak,
+      peakConnectionBytes: this.peakConnectionBytes,
+      lastError: this.lastError,
+      lastErrorCode: this.lastErrorCode,
+    };
   }
 
   close(): Promise<void> {
@@ -280,8 +514,29 @@ class PageServer implements CriuPageServer {
   }
 }
 
+function positive(v: number | undefined, dflt: number, what: string, allowZero = false): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v < 0 || (v === 0 && !allowZero)) {
+    throw new TierStackError(ErrorCode.BadArgument, `${what} must be a ${allowZero ? 'non-negative' : 'positive'} integer, not ${String(v)}`);
+  }
+  return v;
+}
+
 export async function serveCriuPages(catalog: SnapshotCatalog, opts: CriuPageServerOptions): Promise<CriuPageServer> {
+  const d = CRIU_SERVER_DEFAULTS;
+  const limits: Limits = {
+    maxConnections: positive(opts.maxConnections, d.maxConnections, 'maxConnections'),
+    maxConnectionBytes: positive(opts.maxConnectionBytes, d.maxConnectionBytes, 'maxConnectionBytes'),
+    maxTotalBytes: positive(opts.maxTotalBytes, d.maxTotalBytes, 'maxTotalBytes'),
+    maxQueuedGets: positive(opts.maxQueuedGets, d.maxQueuedGets, 'maxQueuedGets'),
+    idleTimeoutMs: positive(opts.idleTimeoutMs, d.idleTimeoutMs, 'idleTimeoutMs', true),
+  };
+  const chunkPages = positive(opts.chunkPages, d.chunkPages, 'chunkPages');
   const manifest = await catalog.get(opts.snapshotId);
+  const ps = manifest.pageSize;
+  if (limits.maxConnectionBytes < ps || limits.maxTotalBytes < ps) {
+    throw new TierStackError(ErrorCode.BadArgument, `the reply budgets (${limits.maxConnectionBytes} per connection, ${limits.maxTotalBytes} in all) must hold at least one ${ps}-byte page`);
+  }
   const host = opts.host ?? '127.0.0.1';
   const layout = opts.headerLayout ?? 'auto';
   if (!['v42', 'legacy', 'auto'].includes(layout)) throw new TierStackError(ErrorCode.BadArgument, `unknown header layout ${String(layout)}`);
@@ -293,9 +548,18 @@ export async function serveCriuPages(catalog: SnapshotCatalog, opts: CriuPageSer
   });
   const addr = net.address();
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-  const server = new PageServer(catalog, manifest, net, host, port, opts.maxPagesPerGet ?? 65536, opts.dstId, log);
+  const server = new PageServer(catalog, manifest, net, host, port, opts.maxPagesPerGet ?? 65536, opts.dstId, limits, chunkPages, log);
   net.on('connection', (sock) => {
     server.counters.connections++;
+    sock.on('error', () => undefined);
+    // A socket we destroyed counts no more, even before its 'close' event.
+    if (server.sockets.size >= limits.maxConnections) for (const s of server.sockets) if (s.destroyed) server.sockets.delete(s);
+    if (server.sockets.size >= limits.maxConnections) {
+      server.counters.refusedConnections++;
+      server.noteRejected(new TierStackError(ErrorCode.Unavailable, `${limits.maxConnections} connections are open (maxConnections); refusing another`), sock);
+      sock.destroy();
+      return;
+    }
     server.sockets.add(sock);
     sock.on('close', () => server.sockets.delete(sock));
     sock.setNoDelay(true);

@@ -32,6 +32,7 @@ export {
   PS_IOV_GET,
   PS_IOV_CLOSE,
   PS_IOV_FORCE_CLOSE,
+  CRIU_SERVER_DEFAULTS,
   type CriuPageServer,
   type CriuPageServerOptions,
   type CriuPageServerStats,

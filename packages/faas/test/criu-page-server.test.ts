@@ -1,6 +1,9 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import type { TierStack } from '@tierstack/core';
 import { SnapshotCatalog, importCriu, serveCriuPages, encodePsHeader, decodePsHeader, ADD_F_PRESENT, PS_IOV_GET, PS_IOV_CLOSE, type CriuPageServer } from '../src/index.js';
 import { PS, tmp, cleanup, imageBytes, makeStack, writeCriuImages, CRIU_ENTRIES } from './fixtures.js';
@@ -159,4 +162,102 @@ it('several pids: the GET dst_id (pid << 8 | 1) selects the pid whose pages are 
   } finally {
     await server.close();
   }
+});
+
+describe('bounded memory under hostile clients', () => {
+  const BIG = 8192; // pages of one mapping (32 MiB)
+  const BASE = 0x7f1000000000;
+  const bigPages = imageBytes(BIG, 77);
+
+  beforeAll(async () => {
+    writeCriuImages(join(dir, 'big'), 99, 1, [{ vaddr: BASE, nrPages: BIG }], 'v42', bigPages);
+    await importCriu(catalog, 'big', join(dir, 'big'));
+  });
+
+  /** Expected sha256 of one connection's answer bytes for these GETs (clamped to the mapping). */
+  const expectedSha = (gets: Array<{ vaddr: number; n: number }>): string => {
+    const h = createHash('sha256');
+    for (const g of gets) {
+      const first = (g.vaddr - BASE) / PS;
+      h.update(bigPages.subarray(first * PS, Math.min(BIG, first + g.n) * PS));
+    }
+    return h.digest('hex');
+  };
+
+  it('pipelined huge GETs from several connections that do not read: RSS stays bounded, every byte arrives right', async () => {
+    const limits = { maxConnectionBytes: 2 << 20, maxTotalBytes: 8 << 20, chunkPages: 256 };
+    const server = await serveCriuPages(catalog, { port: 0, snapshotId: 'big', headerLayout: 'v42', ...limits });
+    const gets = Array.from({ length: 8 }, (_, k) => ({ vaddr: BASE + k * 512 * PS, n: 65536 }));
+    const conns = 3;
+    const rss = (): number => process.memoryUsage().rss;
+    const base = rss();
+    let peak = base;
+    const sampler = setInterval(() => (peak = Math.max(peak, rss())), 10);
+    try {
+      const client = spawn(process.execPath, [fileURLToPath(new URL('./criu-hammer-client.mjs', import.meta.url)), JSON.stringify({ port: server.port, conns, layout: 'v42', dstId: String((99n << 8n) | 1n), gets })], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      let out = '';
+      client.stdout!.on('data', (d) => (out += d));
+      const exited = new Promise<number | null>((r) => client.on('exit', r));
+      for (let i = 0; i < 500 && !out.includes('sent'); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(out).toContain('sent');
+      // The server fills its budget and stops: the clients read nothing yet.
+      for (let i = 0; i < 300 && server.stats().bytesInFlight < limits.maxTotalBytes - limits.maxConnectionBytes; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(server.stats().bytesInFlight).toBeLessThanOrEqual(limits.maxTotalBytes);
+
+      // Meanwhile a well-behaved client is served from what the budget has left.
+      const good = await Client.open(server.port);
+      good.sock.write(encodePsHeader('v42', { cmd: PS_IOV_GET, nrPages: 4, vaddr: BASE + 100 * PS, dstId: 1n }));
+      expect(decodePsHeader('v42', await good.read(32)).nrPages).toBe(4);
+      expect((await good.read(4 * PS)).equals(bigPages.subarray(100 * PS, 104 * PS))).toBe(true);
+      good.sock.destroy();
+
+      client.stdin!.write('go\n');
+      expect(await exited).toBe(0);
+      const results = JSON.parse(out.trim().split('\n').pop()!) as Array<{ replies: Array<{ cmd: number; nrPages: number; vaddr: number }>; sha256: string; closeAnswer: number }>;
+      expect(results.length).toBe(conns);
+      for (const r of results) {
+        expect(r.replies.map((x) => [x.cmd, x.nrPages, x.vaddr])).toEqual(gets.map((g) => [ADD_F_PRESENT, Math.min(g.n, BIG - (g.vaddr - BASE) / PS), g.vaddr]));
+        expect(r.sha256).toBe(expectedSha(gets));
+        expect(r.closeAnswer).toBe(0);
+      }
+    } finally {
+      clearInterval(sampler);
+      await server.close();
+    }
+    const s = server.stats();
+    const servedMiB = (s.pagesServed * PS) / 2 ** 20;
+    const growthMiB = (peak - base) / 2 ** 20;
+    console.log(`criu page server: ${servedMiB.toFixed(0)} MiB served to ${conns} non-reading pipelining clients; RSS ${(base / 2 ** 20).toFixed(0)} MiB -> peak ${(peak / 2 ** 20).toFixed(0)} MiB (+${growthMiB.toFixed(0)} MiB); peak in flight ${(s.peakBytesInFlight / 2 ** 20).toFixed(1)} MiB, per connection ${(s.peakConnectionBytes / 2 ** 20).toFixed(1)} MiB`);
+    expect(s.peakBytesInFlight).toBeLessThanOrEqual(limits.maxTotalBytes);
+    expect(s.peakConnectionBytes).toBeLessThanOrEqual(limits.maxConnectionBytes);
+    expect(servedMiB).toBeGreaterThan(500);
+    // Unbounded, this run holds every answer at once (> 1 GiB). Bounded: the budgets plus garbage.
+    expect(growthMiB).toBeLessThan(192);
+  });
+
+  it('connection limit and idle timeout: extra and silent connections are closed, a good client is served after', async () => {
+    const server = await serveCriuPages(catalog, { port: 0, snapshotId: 'big', headerLayout: 'v42', maxConnections: 2, idleTimeoutMs: 300 });
+    try {
+      const silent = await Client.open(server.port);
+      const partial = await Client.open(server.port);
+      // The first 20 bytes of a GET header, then nothing.
+      partial.sock.write(encodePsHeader('v42', { cmd: PS_IOV_GET, nrPages: 1, vaddr: BASE, dstId: 1n }).subarray(0, 20));
+      const extra = await Client.open(server.port);
+      await extra.waitClosed();
+      expect(server.stats().refusedConnections).toBe(1);
+      await silent.waitClosed();
+      await partial.waitClosed();
+      expect(server.stats().idleClosed).toBe(2);
+      expect(server.stats().lastErrorCode).toBe('TS_ERR_TIMEOUT');
+      const good = await Client.open(server.port);
+      good.sock.write(encodePsHeader('v42', { cmd: PS_IOV_GET, nrPages: 3, vaddr: BASE, dstId: 1n }));
+      expect(decodePsHeader('v42', await good.read(32)).nrPages).toBe(3);
+      expect((await good.read(3 * PS)).equals(bigPages.subarray(0, 3 * PS))).toBe(true);
+      good.sock.destroy();
+    } finally {
+      await server.close();
+    }
+  });
 });

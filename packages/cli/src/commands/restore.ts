@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import pino from 'pino';
-import { SnapshotCatalog, serveCriuPages, createRestoreHook, serveFirecracker, type CriuHeaderLayout } from '@tierstack/faas';
+import { SnapshotCatalog, serveCriuPages, createRestoreHook, serveFirecracker, CRIU_SERVER_DEFAULTS, type CriuHeaderLayout } from '@tierstack/faas';
 import { addStackOptions, openStack, type StackCliOptions } from '../stack-options.js';
 
 interface RestoreCliOptions extends StackCliOptions {
@@ -12,6 +12,10 @@ interface RestoreCliOptions extends StackCliOptions {
   criuPort?: number;
   host: string;
   criuLayout: CriuHeaderLayout;
+  criuMaxConnections: number;
+  criuIdleTimeoutMs: number;
+  criuConnBufferMib: number;
+  criuTotalBufferMib: number;
   prefetch: 'latest' | 'union' | 'none';
   eager?: boolean;
   record: boolean;
@@ -34,6 +38,10 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
       .option('--criu-port <port>', 'serve CRIU lazy-pages GETs on this TCP port', Number)
       .option('--host <addr>', 'CRIU: address to bind', '127.0.0.1')
       .option('--criu-layout <layout>', 'CRIU header layout: v42 (CRIU >= 4.2), legacy (3.x-4.1) or auto', 'auto')
+      .option('--criu-max-connections <n>', 'CRIU: connections served at once; more are closed on arrival', Number, CRIU_SERVER_DEFAULTS.maxConnections)
+      .option('--criu-idle-timeout-ms <ms>', 'CRIU: close a connection silent (or not reading its replies) this long; 0: never', Number, CRIU_SERVER_DEFAULTS.idleTimeoutMs)
+      .option('--criu-conn-buffer-mib <n>', 'CRIU: reply bytes one connection may hold in memory, MiB', Number, CRIU_SERVER_DEFAULTS.maxConnectionBytes / 2 ** 20)
+      .option('--criu-total-buffer-mib <n>', 'CRIU: reply bytes all connections together may hold in memory, MiB', Number, CRIU_SERVER_DEFAULTS.maxTotalBytes / 2 ** 20)
       .option('--prefetch <mode>', 'Firecracker: prefetch the latest recorded working set, the union of the kept ones, or none', 'latest')
       .option('--eager', 'Firecracker: install every page before the VM runs')
       .option('--no-record', 'Firecracker: do not record working sets'),
@@ -44,7 +52,17 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
     const catalog = new SnapshotCatalog(stack, { logger });
     try {
       if (o.criuPort !== undefined) {
-        const server = await serveCriuPages(catalog, { snapshotId: id, port: o.criuPort, host: o.host, headerLayout: o.criuLayout, logger });
+        const server = await serveCriuPages(catalog, {
+          snapshotId: id,
+          port: o.criuPort,
+          host: o.host,
+          headerLayout: o.criuLayout,
+          maxConnections: o.criuMaxConnections,
+          idleTimeoutMs: o.criuIdleTimeoutMs,
+          maxConnectionBytes: Math.round(o.criuConnBufferMib * 2 ** 20),
+          maxTotalBytes: Math.round(o.criuTotalBufferMib * 2 ** 20),
+          logger,
+        });
         out(`serving CRIU pages of ${id} on ${server.host}:${server.port} (layout ${o.criuLayout}); Ctrl-C stops`);
         await untilSignal();
         out(JSON.stringify(server.stats()));
