@@ -174,8 +174,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       Napi::Array a = cpus.As<Napi::Array>();
       for (uint32_t i = 0; i < a.Length(); i++) eo.cpus.push_back(a.Get(i).ToNumber().Int32Value());
     }
-    engine_ = std::make_shared<Engine>(client, jp.Get("hasJsTiers").ToBoolean().Value(), client->page_size(),
-                                       client->js_thread_id(), eo);
+    engine_ = std::make_shared<Engine>(client, eo);
     events_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "tierstack-uffd-events", 0, 1);
     events_.Unref(env);
     auto tsfn = events_;

@@ -123,8 +123,7 @@ struct EngineOptions {
 
 class Engine : public std::enable_shared_from_this<Engine> {
  public:
-  Engine(std::shared_ptr<tierstack::StackClient> client, bool has_js_tiers, uint32_t page_size, pid_t js_tid,
-         EngineOptions opts);
+  Engine(std::shared_ptr<tierstack::StackClient> client, EngineOptions opts);
   ~Engine();
   int start();  // creates epoll and the fault threads; 0 or -errno
   void stop();  // joins the fault threads (JS thread)
@@ -209,9 +208,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int add_to_epoll(Source &s);
 
   std::shared_ptr<tierstack::StackClient> client_;
-  const bool has_js_tiers_;
   const uint32_t page_size_;
-  const pid_t js_tid_;
   EngineOptions opts_;
   uint64_t kernel_features_ = 0;
   int epfd_ = -1;
