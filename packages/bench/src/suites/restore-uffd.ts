@@ -28,6 +28,7 @@ import { compare, compareTimed, result, rng, type CaseResult, type SuiteContext,
 import { buildOnDemandHandler, OnDemandHandler, canPin, pinProcess, pinnedCommand, restoreCpus, threadPlacement, type OnDemandStats } from '../ondemand.js';
 
 const PS = 4096;
+const CLIENT_TIMEOUT_MS = 120_000;
 
 /** Why restores cannot run here (the uffd addon or userfaultfd missing), or undefined. */
 async function uffdUnavailable(): Promise<string | undefined> {
@@ -200,8 +201,11 @@ async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseRe
   // Runs the client once against the handler on `sock`: its pages and its connect → request-end time.
   const runClient = async (sock: string): Promise<{ pages: number; ns: number }> => {
     const [bin, args] = pinnedCommand(client, clientArgs(sock), cpus?.client);
-    const r = await runFirecrackerTestClient(bin, args).result;
-    if (r.error) throw new Error(`the Firecracker client failed: ${r.error}`);
+    const run = runFirecrackerTestClient(bin, args);
+    // A handler that never answers would leave the client blocked on its first fault for good.
+    const limit = setTimeout(() => run.child.kill('SIGKILL'), CLIENT_TIMEOUT_MS);
+    const r = await run.result.finally(() => clearTimeout(limit));
+    if (r.error) throw new Error(`the Firecracker client failed (killed after ${CLIENT_TIMEOUT_MS / 1000} s if it hung): ${r.error}`);
     if (r.mismatches !== 0 || r.pages !== request.length) {
       throw new Error(`the Firecracker client read wrong data: ${r.mismatches} of ${r.pages} touched pages differ from the memory file (first ${r.first_bad})`);
     }
@@ -267,7 +271,14 @@ async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseRe
           last: () => last,
           async request(): Promise<{ pages: number; ns: number }> {
             const r = await runClient(socketPath);
-            while (ends.length === 0) await new Promise<void>((res) => (wake = res));
+            const deadline = Date.now() + CLIENT_TIMEOUT_MS;
+            while (ends.length === 0) {
+              if (Date.now() > deadline) throw new Error(`tierstack's restore did not end ${CLIENT_TIMEOUT_MS / 1000} s after its VM exited`);
+              await new Promise<void>((res) => {
+                wake = res;
+                setTimeout(res, 1000);
+              });
+            }
             last = ends.shift();
             return r;
           },
@@ -315,8 +326,7 @@ async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseRe
           const r = await ts.request();
           return { ops: r.pages, ns: r.ns };
         };
-        const res = await compareTimed(op, cOp, measure);
-        await ts.handler.close();
+        const res = await compareTimed(op, cOp, measure).finally(() => ts.handler.close());
         yield result('restore', 'first request: lazy vs C on-demand', 'C on-demand handler', res, `pages/s; CXL cold, pages in the file tier's page cache; ${base}; ${describe(ts.last())}; ${cDescribe()}; ${placement}; bar >= 1.0`);
       }
       // 2. Lazy, every stored page already in the CXL tier.
@@ -329,8 +339,7 @@ async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseRe
           const r = await ts.request();
           return { ops: r.pages, ns: r.ns };
         };
-        const res = await compareTimed(op, cOp, measure);
-        await ts.handler.close();
+        const res = await compareTimed(op, cOp, measure).finally(() => ts.handler.close());
         yield result('restore', 'first request: lazy (CXL hit) vs C on-demand', 'C on-demand handler', res, `pages/s; CXL held ${held}/${storedInRequest.length} of the request's stored pages; ${base}; ${describe(ts.last())}; ${cDescribe()}; ${placement}; bar >= 1.2`);
       }
       // 3. The recorded working set prefetched, the CXL tier cold again.
@@ -342,8 +351,7 @@ async function* restoreFirecrackerCases(ctx: SuiteContext): AsyncIterable<CaseRe
           const r = await ts.request();
           return { ops: r.pages, ns: r.ns };
         };
-        const res = await compareTimed(op, cOp, measure);
-        await ts.handler.close();
+        const res = await compareTimed(op, cOp, measure).finally(() => ts.handler.close());
         yield result('restore', 'first request: lazy+prefetch vs C on-demand', 'C on-demand handler', res, `pages/s; recorded working set prefetched, CXL cold, pages in the file tier's page cache; ${base}; ${describe(ts.last())}; ${cDescribe()}; ${placement}; bar >= 3.0`);
       }
     } finally {
