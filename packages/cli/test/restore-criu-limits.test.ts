@@ -96,6 +96,20 @@ describe('tierstack restore --criu-port limits', () => {
     }
   });
 
+  it('--criu-layout v42 against a legacy (24-byte header) client: the connection is refused with what to run, no deadlock', async () => {
+    const s = await startServer(['--criu-layout', 'v42', '--criu-idle-timeout-ms', '0']);
+    try {
+      const c = await open(s.port);
+      c.sock.write(encodePsHeader('legacy', { cmd: PS_IOV_GET, nrPages: 2, vaddr: VADDR, dstId: DST }));
+      await c.closed;
+      expect(c.data().length).toBe(0);
+      expect(s.stderr()).toMatch(/TS_ERR_PROTOCOL.*CRIU 3\.x-4\.1 \(24-byte\).*--criu-layout legacy or auto/);
+      await served(s.port);
+    } finally {
+      await stop(s.proc);
+    }
+  });
+
   it('bad limits are refused before serving', () => {
     expect(() => cli(['restore', ...dd, '--criu-port', '0', '--criu-max-connections', '0', 'ct'])).toThrow(/TS_ERR_BAD_ARGUMENT/);
   });

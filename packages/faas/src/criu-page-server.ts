@@ -275,6 +275,7 @@ class Connection {
       }
       if (code !== PS_IOV_GET) throw protocolError(`malformed header: unexpected command 0x${cmd.toString(16)}`);
       this.layout ??= this.buf.readUInt32LE(4) !== 0 ? 'legacy' : 'v42';
+      if (!this.checkLayout()) return;
       const size = this.layout === 'v42' ? V42_HEADER : LEGACY_HEADER;
       if (this.buf.length < size) return;
       const h = decodePsHeader(this.layout, this.buf.subarray(0, size));
@@ -283,6 +284,41 @@ class Connection {
       if (!Number.isSafeInteger(h.vaddr) || h.vaddr % this.server.pageSize !== 0) throw protocolError(`malformed header: GET at unaligned vaddr ${h.vaddr}`);
       this.queue.push(this.server.plan(h));
     }
+  }
+
+  /**
+   * A client of the other layout (the layout was forced) would otherwise wait forever: a legacy
+   * client's 24-byte GET never completes a 32-byte header, and a 4.2 client's pad word reads as
+   * zero pages. A GET whose page count is impossible in this layout but right in the other one is
+   * refused as soon as that much of it arrived, with a message saying what to run. False: wait
+   * for more bytes before parsing.
+   */
+  private checkLayout(): boolean {
+    const b = this.buf;
+    const max = this.server.maxPages;
+    const ps = this.server.pageSize;
+    const okLegacy = (): boolean => b.length >= LEGACY_HEADER && b.readUInt32LE(4) > 0 && b.readUInt32LE(4) <= max && b.readBigUInt64LE(8) % BigInt(ps) === 0n;
+    const okV42 = (): boolean => b.length >= V42_HEADER && b.readUInt32LE(4) === 0 && b.readBigUInt64LE(8) > 0n && b.readBigUInt64LE(8) <= BigInt(max) && b.readBigUInt64LE(16) % BigInt(ps) === 0n;
+    const mismatch = (client: string, flag: string): TierStackError =>
+      new TierStackError(
+        ErrorCode.Protocol,
+        `layout mismatch: the client sends ${client} page-server headers but this server was told --criu-layout ${this.layout} ` +
+          `(headerLayout '${this.layout}'); restart it with --criu-layout ${flag} or auto`,
+      );
+    if (this.layout === 'v42' && b.length >= 16) {
+      const n = b.readBigUInt64LE(8);
+      if (n > 0n && n <= BigInt(max)) return true; // a plausible 4.2 GET
+      if (okLegacy()) throw mismatch('CRIU 3.x-4.1 (24-byte)', 'legacy');
+      throw protocolError(`malformed header: GET of ${n} pages`);
+    }
+    if (this.layout === 'legacy' && b.readUInt32LE(4) === 0) {
+      // Zero pages is no legacy GET; a 4.2 header has its pad word here.
+      if (b.length >= 16 && !(b.readBigUInt64LE(8) > 0n && b.readBigUInt64LE(8) <= BigInt(max))) throw protocolError('malformed header: GET of 0 pages');
+      if (b.length < V42_HEADER) return false;
+      if (okV42()) throw mismatch('CRIU >= 4.2 (32-byte)', 'v42');
+      throw protocolError('malformed header: GET of 0 pages');
+    }
+    return true;
   }
 
   /** Starts the answering loop if it is not running, or wakes it. */

@@ -261,3 +261,29 @@ describe('bounded memory under hostile clients', () => {
     }
   });
 });
+
+describe('a forced layout the client does not speak', () => {
+  for (const [server, client, hint] of [
+    ['v42', 'legacy', /CRIU 3\.x-4\.1 \(24-byte\).*--criu-layout legacy or auto/],
+    ['legacy', 'v42', /CRIU >= 4\.2 \(32-byte\).*--criu-layout v42 or auto/],
+  ] as const) {
+    it(`--criu-layout ${server} against a ${client} client: refused with a message, no deadlock; others are served`, { timeout: 10_000 }, async () => {
+      const s = await serveCriuPages(catalog, { port: 0, snapshotId: 'criu', headerLayout: server, idleTimeoutMs: 0 });
+      try {
+        const good = await Client.open(s.port);
+        const wrong = await Client.open(s.port);
+        // One GET, then the client waits for its answer (as lazy-pages does).
+        wrong.sock.write(encodePsHeader(client, { cmd: PS_IOV_GET, nrPages: 2, vaddr: 0x7ffd00000000, dstId: (BigInt(pid) << 8n) | 1n }));
+        await wrong.waitClosed();
+        expect(s.stats().lastErrorCode).toBe('TS_ERR_PROTOCOL');
+        expect(s.stats().lastError).toMatch(hint);
+        good.sock.write(encodePsHeader(server, { cmd: PS_IOV_GET, nrPages: 2, vaddr: 0x7ffd00000000, dstId: 1n }));
+        expect(decodePsHeader(server, await good.read(server === 'v42' ? 32 : 24)).nrPages).toBe(2);
+        expect((await good.read(2 * PS)).equals(expected(0x7ffd00000000, 2))).toBe(true);
+        good.sock.destroy();
+      } finally {
+        await s.close();
+      }
+    });
+  }
+});
