@@ -223,8 +223,10 @@ void Engine::serve_faults(Source &s, Scratch &sc) {
     std::vector<std::pair<Region *, Fault>> &batch = sc.batch;
     batch.clear();
     batch.swap(sc.queued);
-    // Group by region, keeping arrival order within each.
-    std::stable_sort(batch.begin(), batch.end(), [](const auto &a, const auto &b) { return a.first < b.first; });
+    // Group by region, keeping arrival order within each (an insertion sort: batches are short,
+    // usually of one region, and std::stable_sort would allocate on every call).
+    for (size_t i = 1; i < batch.size(); i++)
+      for (size_t j = i; j > 0 && batch[j].first < batch[j - 1].first; j--) std::swap(batch[j], batch[j - 1]);
     std::vector<Fault> &faults = sc.faults;
     for (size_t i = 0; i < batch.size();) {
       Region *r = batch[i].first;
