@@ -5,7 +5,11 @@
  * {cmd = 7, nr_pages, vaddr, dst_id}, possibly several in flight; each is answered, in order,
  * by an ADD_F|PRESENT header {0x00040006, m <= n, vaddr, dst_id} and m pages (m clamped to the
  * end of the mapping holding vaddr). CLOSE (0x1023) / FORCE_CLOSE (0x1024) is answered with an
- * int32 0 and the connection closes. A server that lacks a page closes the connection.
+ * int32 0 and the connection closes. A server that lacks a page closes the connection — and
+ * CRIU then lets the kernel zero-fill what it has not fetched. This one reads a bad copy again
+ * from the other tiers, and when no tier has a good copy it leaves that GET unanswered with the
+ * connection open (the process blocks rather than runs on zeros), retrying the page with
+ * backoff until a good copy appears (see the README).
  * Header layouts: CRIU >= 4.2 {cmd u32, pad u32, nr_pages u64, vaddr u64, dst_id u64} (32 bytes),
  * CRIU 3.x-4.1 {cmd u32, nr_pages u32, vaddr u64, dst_id u64} (24 bytes); there is no
  * negotiation, so the layout is configured, or detected from the first header ('auto': a GET
@@ -21,10 +25,10 @@
  * `idleTimeoutMs` is closed.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { TierStackError, ErrorCode, silentLogger, type Logger } from '@tierstack/core';
+import { TierStackError, ErrorCode, silentLogger, pageChecksum, type Logger, type PageStore } from '@tierstack/core';
 import type { SnapshotCatalog } from './catalog.js';
 import type { SnapshotManifest, RegionInfo } from './manifest.js';
-import { fetchSnapshotPages, badPageError } from './reader.js';
+import { fetchSnapshotPages } from './reader.js';
 
 export const PS_IOV_ADD_F = 6;
 export const PS_IOV_GET = 7;
@@ -45,7 +49,10 @@ export const CRIU_SERVER_DEFAULTS = {
   maxQueuedGets: 64,
   idleTimeoutMs: 60_000,
   chunkPages: 256,
+  badPageRetryMs: 1000,
 } as const;
+
+const MAX_RETRY_MS = 30_000;
 
 export interface CriuPageServerOptions {
   snapshotId: string;
@@ -72,6 +79,9 @@ export interface CriuPageServerOptions {
   idleTimeoutMs?: number;
   /** Pages fetched from the stack per step (default 256; at most what the budgets hold). */
   chunkPages?: number;
+  /** A page with no good copy in any tier is tried again after this long, doubling up to 30 s
+   *  (default 1000 ms); its GET stays unanswered meanwhile (see the README). */
+  badPageRetryMs?: number;
   logger?: Logger;
 }
 
@@ -91,6 +101,13 @@ export interface CriuPageServerStats {
   peakBytesInFlight: number;
   /** Per-connection peak of the same. */
   peakConnectionBytes: number;
+  /** Pages whose copy in a tier failed the manifest checksum (or could not be read) and that
+   *  were served from another tier's good copy. */
+  recoveredPages: number;
+  /** Connections waiting now on a page that no tier has a good copy of (their GET unanswered). */
+  stuckConnections: number;
+  /** Attempts to read such a page that found no good copy (the first and every retry). */
+  unservableReads: number;
   lastError: string | undefined;
   lastErrorCode: string | undefined;
 }
@@ -183,6 +200,18 @@ interface Segment {
   count: number;
 }
 
+/** The first `pages` pages of a batch. */
+function cut(batch: Segment[], pages: number): Segment[] {
+  const out: Segment[] = [];
+  for (const s of batch) {
+    if (pages <= 0) break;
+    const count = Math.min(s.count, pages);
+    out.push({ ...s, count });
+    pages -= count;
+  }
+  return out;
+}
+
 /** One lazy-pages client connection: parses headers, answers them strictly in order, in chunks. */
 class Connection {
   private buf: Buffer = Buffer.alloc(0);
@@ -199,6 +228,9 @@ class Connection {
   private readonly held = new Set<() => void>();
   private wake: (() => void) | undefined;
   private pumping = false;
+  /** Waiting for a good copy of this snapshot page (its GET is not answered meanwhile). */
+  private stuck: { page: number; tries: number } | undefined;
+  private cancelSleep: (() => void) | undefined;
 
   constructor(
     private readonly sock: Socket,
@@ -236,6 +268,14 @@ class Connection {
     this.done = true;
     for (const release of [...this.held]) release();
     this.wake?.();
+    this.cancelSleep?.();
+    if (this.stuck) {
+      this.server.stuck.delete(this);
+      this.server.log.warn(
+        { snapshot: this.server.manifest.id, page: this.stuck.page, tries: this.stuck.tries },
+        'criu page server: the client hung up while its GET waited for a page with no good copy',
+      );
+    }
   }
 
   private reject(err: TierStackError): void {
@@ -398,9 +438,9 @@ class Connection {
       }
       const wanted: number[] = [];
       for (const s of batch) for (let i = 0; i < s.count; i++) wanted.push(s.plan.first + s.from + i);
-      let data: Buffer;
+      let r: { data: Buffer; bad: number[] };
       try {
-        data = await this.server.fetch(wanted);
+        r = await this.server.fetch(wanted);
       } catch (err) {
         release();
         throw err;
@@ -409,8 +449,56 @@ class Connection {
         release();
         return;
       }
-      this.write(batch, data, release);
+      if (r.bad.length === 0) {
+        if (this.stuck) this.unstick();
+        this.write(batch, r.data, release);
+        continue;
+      }
+      // Answer up to the first page no tier has a good copy of, then hold that answer back:
+      // closing (or answering zeros) would let the process run on wrong memory; an unanswered
+      // GET blocks it instead. Try the page again later: a tier may come back or be repaired.
+      const good = r.bad[0]!;
+      if (good > 0) this.write(cut(batch, good), r.data, release);
+      else release();
+      await this.waitForGoodCopy(wanted[good]!);
     }
+  }
+
+  private async waitForGoodCopy(page: number): Promise<void> {
+    const srv = this.server;
+    srv.counters.unservableReads++;
+    if (this.stuck?.page !== page) {
+      this.stuck = { page, tries: 0 };
+      srv.stuck.add(this);
+      const plan = this.queue[0]!;
+      const vaddr = plan.h.vaddr + (page - plan.first) * srv.pageSize;
+      const err = new TierStackError(ErrorCode.Checksum, `page ${page} of snapshot ${srv.manifest.id} has no good copy in any tier`, {
+        details: { id: srv.manifest.id, page, vaddr },
+      });
+      srv.lastError = err.message;
+      srv.lastErrorCode = err.code;
+      srv.log.error(
+        { snapshot: srv.manifest.id, code: err.code, page, vaddr: `0x${vaddr.toString(16)}`, dstId: String(plan.h.dstId) },
+        'criu page server: no tier has a good copy of a page; its GET stays unanswered so the restored process blocks on it instead of running on zeros (retrying)',
+      );
+    }
+    const delay = Math.min(MAX_RETRY_MS, srv.badPageRetryMs * 2 ** Math.min(this.stuck.tries, 20));
+    this.stuck.tries++;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, delay);
+      this.cancelSleep = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+    this.cancelSleep = undefined;
+  }
+
+  private unstick(): void {
+    const s = this.stuck!;
+    this.stuck = undefined;
+    this.server.stuck.delete(this);
+    this.server.log.warn({ snapshot: this.server.manifest.id, page: s.page, tries: s.tries }, 'criu page server: a good copy of the page appeared; answering again');
   }
 
   /** Writes a produced batch (headers where a GET's answer starts); `release` runs once the kernel took it all. */
@@ -461,7 +549,8 @@ interface Limits {
 }
 
 class PageServer implements CriuPageServer {
-  readonly counters = { connections: 0, gets: 0, pagesServed: 0, rejectedConnections: 0, refusedConnections: 0, idleClosed: 0 };
+  readonly counters = { connections: 0, gets: 0, pagesServed: 0, rejectedConnections: 0, refusedConnections: 0, idleClosed: 0, recoveredPages: 0, unservableReads: 0 };
+  readonly stuck = new Set<object>();
   lastError: string | undefined;
   lastErrorCode: string | undefined;
   readonly sockets = new Set<Socket>();
@@ -480,6 +569,7 @@ class PageServer implements CriuPageServer {
     readonly dstPid: number | undefined,
     readonly limits: Limits,
     chunkPages: number,
+    readonly badPageRetryMs: number,
     readonly log: Logger,
   ) {
     this.pids = new Set(manifest.regions.map((r) => r.pid));
@@ -513,12 +603,76 @@ class PageServer implements CriuPageServer {
     return { h, error: undefined, first: (region.fileOffset + (h.vaddr - region.base)) / ps, n };
   }
 
-  /** Snapshot pages, verified; a bad or missing page ends the connection. */
-  async fetch(pages: number[]): Promise<Buffer> {
+  /**
+   * Snapshot pages, verified against the manifest. A page whose copy is bad (or a batch the stack
+   * fails as a whole: a tier's own check, an unreachable tier) is read again tier by tier, top to
+   * bottom, and the first copy that matches its checksum is served. `bad`: indexes (ascending)
+   * of pages no tier has a good copy of; their bytes in `data` are zeros.
+   */
+  async fetch(pages: number[]): Promise<{ data: Buffer; bad: number[] }> {
     const m = this.manifest;
-    const r = await fetchSnapshotPages(this.catalog.stack, m, pages, Buffer.allocUnsafe(pages.length * m.pageSize));
-    if (r.bad.length > 0) throw badPageError(m, r.bad);
-    return r.data;
+    const ps = m.pageSize;
+    const data = Buffer.allocUnsafe(pages.length * ps);
+    let bad: number[];
+    try {
+      const r = await fetchSnapshotPages(this.catalog.stack, m, pages, data);
+      if (r.bad.length === 0) return { data, bad: [] };
+      const badPages = new Set(r.bad.map((b) => b.page));
+      bad = [];
+      pages.forEach((p, i) => badPages.has(p) && bad.push(i));
+    } catch (err) {
+      this.log.warn({ snapshot: m.id, err: (err as Error).message, code: (err as { code?: string }).code }, 'criu page server: the stack failed a read; reading tier by tier');
+      bad = [];
+      pages.forEach((p, i) => {
+        if (m.isZero(p)) data.fill(0, i * ps, (i + 1) * ps);
+        else bad.push(i);
+      });
+    }
+    const before = bad.length;
+    bad = await this.fromTiers(pages, bad, data);
+    const recovered = before - bad.length;
+    if (recovered > 0) {
+      this.counters.recoveredPages += recovered;
+      this.log.warn({ snapshot: m.id, recovered }, 'criu page server: served pages from a lower tier (the copy above was bad or unreadable)');
+    }
+    return { data, bad };
+  }
+
+  /** Reads the `idx` pages from each tier in turn; returns those no tier had a good copy of. */
+  private async fromTiers(pages: number[], idx: number[], data: Buffer): Promise<number[]> {
+    const m = this.manifest;
+    const ps = m.pageSize;
+    const stack = this.catalog.stack as { tiers?: readonly PageStore[] };
+    const tiers: readonly PageStore[] = Array.isArray(stack.tiers) && stack.tiers.length > 0 ? stack.tiers : [this.catalog.stack];
+    let left = idx;
+    for (const tier of tiers) {
+      if (left.length === 0) break;
+      const want = left.map((i) => pages[i]!);
+      const copies: Array<Buffer | undefined> = [];
+      try {
+        const r = await tier.get(m.namespace, want);
+        want.forEach((_, k) => copies.push(r.found[k] ? r.data.subarray(k * ps, (k + 1) * ps) : undefined));
+      } catch {
+        // One bad page fails a batch in some tiers: ask for each page alone.
+        for (const p of want) {
+          try {
+            const r = await tier.get(m.namespace, [p]);
+            copies.push(r.found[0] ? r.data : undefined);
+          } catch {
+            copies.push(undefined);
+          }
+        }
+      }
+      const still: number[] = [];
+      left.forEach((i, k) => {
+        const c = copies[k];
+        if (c && pageChecksum(c) === m.checksum(pages[i]!)) c.copy(data, i * ps);
+        else still.push(i);
+      });
+      left = still;
+    }
+    for (const i of left) data.fill(0, i * ps, (i + 1) * ps);
+    return left;
   }
 
   noteConnectionPeak(bytes: number): void {
@@ -539,6 +693,7 @@ class PageServer implements CriuPageServer {
       bytesInFlight: this.budget.used,
       peakBytesInFlight: this.budget.peak,
       peakConnectionBytes: this.peakConnectionBytes,
+      stuckConnections: this.stuck.size,
       lastError: this.lastError,
       lastErrorCode: this.lastErrorCode,
     };
@@ -568,6 +723,7 @@ export async function serveCriuPages(catalog: SnapshotCatalog, opts: CriuPageSer
     idleTimeoutMs: positive(opts.idleTimeoutMs, d.idleTimeoutMs, 'idleTimeoutMs', true),
   };
   const chunkPages = positive(opts.chunkPages, d.chunkPages, 'chunkPages');
+  const badPageRetryMs = positive(opts.badPageRetryMs, d.badPageRetryMs, 'badPageRetryMs');
   const manifest = await catalog.get(opts.snapshotId);
   const ps = manifest.pageSize;
   if (limits.maxConnectionBytes < ps || limits.maxTotalBytes < ps) {
@@ -584,7 +740,7 @@ export async function serveCriuPages(catalog: SnapshotCatalog, opts: CriuPageSer
   });
   const addr = net.address();
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-  const server = new PageServer(catalog, manifest, net, host, port, opts.maxPagesPerGet ?? 65536, opts.dstId, limits, chunkPages, log);
+  const server = new PageServer(catalog, manifest, net, host, port, opts.maxPagesPerGet ?? 65536, opts.dstId, limits, chunkPages, badPageRetryMs, log);
   net.on('connection', (sock) => {
     server.counters.connections++;
     sock.on('error', () => undefined);

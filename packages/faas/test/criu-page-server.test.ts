@@ -3,9 +3,10 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { openSync, writeSync, closeSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { TierStack } from '@tierstack/core';
-import { SnapshotCatalog, importCriu, serveCriuPages, encodePsHeader, decodePsHeader, ADD_F_PRESENT, PS_IOV_GET, PS_IOV_CLOSE, type CriuPageServer } from '../src/index.js';
+import { SnapshotCatalog, SnapshotManifest, importCriu, serveCriuPages, encodePsHeader, decodePsHeader, ADD_F_PRESENT, PS_IOV_GET, PS_IOV_CLOSE, type CriuPageServer } from '../src/index.js';
 import { PS, tmp, cleanup, imageBytes, makeStack, writeCriuImages, CRIU_ENTRIES } from './fixtures.js';
 
 let dir: string;
@@ -287,3 +288,90 @@ describe('a forced layout the client does not speak', () => {
     });
   }
 });
+
+describe('a stored page that fails its checksum', () => {
+  /** A fresh copy of the CRIU snapshot to damage. */
+  const fresh = async (id: string): Promise<SnapshotManifest> => {
+    await importCriu(catalog, id, join(dir, 'img'));
+    return catalog.get(id);
+  };
+  const dst = (BigInt(pid) << 8n) | 1n;
+  const MAP = 0x7f0000000000; // 40 pages, snapshot pages 3..42
+  const get = (vaddr: number, n: number): Buffer => encodePsHeader('v42', { cmd: PS_IOV_GET, nrPages: n, vaddr, dstId: dst });
+
+  it('a bad copy in the top tier is served from the tier below it: the session goes on, bytes are right', async () => {
+    const m = await fresh('dmg-top');
+    const p = m.storedPageList().find((x) => x > 10)!;
+    // The DRAM tier holds a wrong copy of p (the file tier's is right).
+    await stack.tiers[0]!.put(m.namespace, [p], Buffer.alloc(PS, 0xab));
+    const server = await serveCriuPages(catalog, { port: 0, snapshotId: 'dmg-top', headerLayout: 'v42' });
+    try {
+      const c = await Client.open(server.port);
+      const vaddr = MAP + (p - 3) * PS;
+      c.sock.write(get(vaddr, 2));
+      expect(decodePsHeader('v42', await c.read(32)).nrPages).toBe(2);
+      expect((await c.read(2 * PS)).equals(expected(vaddr, 2))).toBe(true);
+      expect(server.stats()).toMatchObject({ recoveredPages: 1, stuckConnections: 0, rejectedConnections: 0 });
+      c.sock.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('no good copy anywhere: the answers before it go out, that GET is never answered (the session stays open), and serving resumes once a good copy exists', async () => {
+    const m = await fresh('dmg-all');
+    const stored = m.storedPageList().filter((x) => x >= 3 && x < 43);
+    const p = stored[10]!;
+    const vaddr = MAP + (p - 3) * PS;
+    // The page on disk is damaged behind the file tier's back (its own CRC now fails, so a
+    // batch read of the stack fails as a whole) and no cache holds it.
+    const bottom = stack.tiers[stack.tiers.length - 1]!;
+    await stack.tiers[0]!.remove(m.namespace, [p]);
+    const file = findPagesFile(join(dir, 'file-tier'), m.namespace);
+    const fd = openSync(file, 'r+');
+    writeSync(fd, Buffer.alloc(PS, 0xcd), 0, PS, p * PS);
+    closeSync(fd);
+    await expect(bottom.get(m.namespace, [p])).rejects.toMatchObject({ code: 'TS_ERR_CHECKSUM' });
+
+    const server = await serveCriuPages(catalog, { port: 0, snapshotId: 'dmg-all', headerLayout: 'v42', badPageRetryMs: 20 });
+    try {
+      const c = await Client.open(server.port);
+      const other = await Client.open(server.port);
+      // A: before the bad page; B: starts 2 pages before it; C: after it.
+      c.sock.write(Buffer.concat([get(MAP, 4), get(vaddr - 2 * PS, 5), get(vaddr + PS, 2)]));
+      expect(decodePsHeader('v42', await c.read(32)).nrPages).toBe(4);
+      expect((await c.read(4 * PS)).equals(expected(MAP, 4))).toBe(true);
+      expect(decodePsHeader('v42', await c.read(32)).nrPages).toBe(5);
+      expect((await c.read(2 * PS)).equals(expected(vaddr - 2 * PS, 2))).toBe(true);
+      // The server keeps trying; the client gets nothing more and is not cut off.
+      for (let i = 0; i < 500 && server.stats().unservableReads < 3; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(server.stats()).toMatchObject({ stuckConnections: 1, rejectedConnections: 0, lastErrorCode: 'TS_ERR_CHECKSUM' });
+      expect(server.stats().unservableReads).toBeGreaterThanOrEqual(3);
+      expect(c.closed).toBe(false);
+      // Other connections are served meanwhile.
+      other.sock.write(get(MAP + 30 * PS, 3));
+      expect(decodePsHeader('v42', await other.read(32)).nrPages).toBe(3);
+      expect((await other.read(3 * PS)).equals(expected(MAP + 30 * PS, 3))).toBe(true);
+
+      // A good copy appears (repaired, or a tier came back): the held answer and the rest go out.
+      await bottom.put(m.namespace, [p], expected(vaddr, 1));
+      expect((await c.read(3 * PS)).equals(expected(vaddr, 3))).toBe(true);
+      expect(decodePsHeader('v42', await c.read(32)).nrPages).toBe(2);
+      expect((await c.read(2 * PS)).equals(expected(vaddr + PS, 2))).toBe(true);
+      c.sock.write(encodePsHeader('v42', { cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0, dstId: 0n }));
+      expect((await c.read(4)).readInt32LE(0)).toBe(0);
+      expect(server.stats().stuckConnections).toBe(0);
+      other.sock.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+/** The data file of segment 0 of a namespace in a FileTier directory. */
+function findPagesFile(tierDir: string, ns: string): string {
+  for (const d of readdirSync(tierDir)) {
+    if (decodeURIComponent(d) === ns) return join(tierDir, d, '0.pages');
+  }
+  throw new Error(`no directory for ${ns} in ${tierDir}`);
+}
