@@ -348,6 +348,7 @@ class Connection {
     if (this.layout === 'v42' && b.length >= 16) {
       const n = b.readBigUInt64LE(8);
       if (n > 0n && n <= BigInt(max)) return true; // a plausible 4.2 GET
+      if (b.length < LEGACY_HEADER) return false; // impossible as 4.2: is it a whole legacy GET?
       if (okLegacy()) throw mismatch('CRIU 3.x-4.1 (24-byte)', 'legacy');
       throw protocolError(`malformed header: GET of ${n} pages`);
     }
