@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 namespace tsrdma {
 
@@ -13,6 +14,7 @@ namespace {
 constexpr size_t kMaxConns = 256;
 constexpr int32_t kPendingRead = 1000;  // internal page status: still to be read
 constexpr uint64_t kSpinNs = 500 * 1000;  // default: how long a waiter spins before sleeping on the CQ
+constexpr int kNapUs = 50;  // past the spin phase, a waiter on a CQ without a wait object naps between polls
 
 template <class T>
 T load(const T &v) {
@@ -140,11 +142,17 @@ int Pool::connect(int32_t idx, const std::string &node, const std::string &servi
       mr_local_ = (fd_.mr_mode() & FI_MR_LOCAL) != 0;
       fi_cq_attr cq_attr{};
       cq_attr.format = FI_CQ_FORMAT_CONTEXT;
-      cq_attr.wait_obj = FI_WAIT_UNSPEC;
       cq_attr.size = 4096;
+      // RDM endpoints get a CQ without a wait object. ofi_rxm (libfabric 1.17, and still so
+      // upstream) puts each endpoint's internal MSG CQ into the wait set of the CQ the endpoint
+      // is bound to (ofi_wait_add_fid in rxm_ep_msg_cq_open) and never takes it out again:
+      // after fi_close of a lost donor's endpoint, the next fi_cq_sread/fi_trywait on the
+      // shared CQ calls rxm_ep_trywait_cq on the freed endpoint (util_wait_fd_try) and crashes.
+      // Without a wait object rxm adds nothing there; waiters poll and nap instead (wait()).
+      cq_attr.wait_obj = fd_.rdm() ? FI_WAIT_NONE : FI_WAIT_UNSPEC;
       int rc = fi_cq_open(fd_.domain, &cq_attr, &cq_, nullptr);
-      cq_wait_ = true;
-      if (rc == -FI_ENOSYS || rc == -FI_EINVAL) {
+      cq_wait_ = !fd_.rdm();
+      if (cq_wait_ && (rc == -FI_ENOSYS || rc == -FI_EINVAL)) {
         // No wait object with this provider: poll (and yield) instead.
         cq_attr.wait_obj = FI_WAIT_NONE;
         cq_wait_ = false;
@@ -259,11 +267,18 @@ void Pool::kill_conn(int32_t idx) {
       return;
     }
     {
-      // After fi_close no completion of this endpoint is reported: waiters fail their
-      // operations on it themselves (fail_closed_locked), under the same lock.
+      // Operations may still be posted on the endpoint (a dead peer never answers them).
+      // fi_close either reports them (tcp flushes its queues as error completions into the
+      // CQ) or frees them silently (ofi_rxm); after it, nothing of this endpoint ever reaches
+      // the CQ again. Reading the CQ empty right here, before the connection counts as
+      // closed, dispatches whatever it did report: from then on libfabric holds no context
+      // of an operation on this connection, and waiters fail the ones never reported
+      // (fail_closed_locked, under the same lock) and may free them. No CQ read can run
+      // during fi_close (cq_mu_), and no post (use, exclusive).
       std::lock_guard<std::mutex> lk(cq_mu_);
       fi_close(&c->ep->fid);
       c->ep = nullptr;
+      if (cq_) dispatch_locked();
       c->closed = true;
       close_epoch_.fetch_add(1);
     }
@@ -459,21 +474,30 @@ void Pool::dispatch_locked(int block_ms) {
         op->batch->pending.fetch_sub(1, std::memory_order_release);
       }
       if (n == 64) continue;
-      return;
+      // A short read stops either at the end of the queue or before an error entry: look for
+      // one (no progress, just a peek) so that the queue is always left empty. kill_conn and
+      // fail_closed_locked rely on it: an entry left behind could name an operation its
+      // waiter has already failed and freed.
+      if (!read_error_locked()) return;
+      continue;
     }
     if (n == -FI_EAVAIL) {
-      fi_cq_err_entry err{};
-      if (fi_cq_readerr(cq_, &err, 0) > 0) {
-        auto *op = static_cast<Op *>(err.op_context);
-        if (op && op->result == 1) {
-          op->result = -(err.err ? err.err : FI_EIO);
-          op->batch->pending.fetch_sub(1, std::memory_order_release);
-        }
-      }
+      if (!read_error_locked()) return;
       continue;
     }
     return;
   }
+}
+
+bool Pool::read_error_locked() {
+  fi_cq_err_entry err{};
+  if (fi_cq_readerr(cq_, &err, 0) <= 0) return false;
+  auto *op = static_cast<Op *>(err.op_context);
+  if (op && op->result == 1) {
+    op->result = -(err.err ? err.err : FI_EIO);
+    op->batch->pending.fetch_sub(1, std::memory_order_release);
+  }
+  return true;
 }
 
 void Pool::progress() {
@@ -519,12 +543,15 @@ bool Pool::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
     }
     // Spin first (a donor answers in tens of microseconds, a batch of 32 pages in a few hundred),
     // yielding now and then; a batch that takes longer sleeps in the CQ's wait object, which
-    // leaves the CPU to the donor on a shared host instead of burning it.
+    // leaves the CPU to the donor on a shared host instead of burning it. A CQ without a wait
+    // object (RDM endpoints, see connect) naps between polls instead.
     if (spin_until == 0) spin_until = now_ns() + spin_ns_;
     if (spins < 2048 && spin_ns_ > 0) continue;
     if (cq_wait_ && ((spins & 15) == 0 || spin_ns_ == 0) && now_ns() > spin_until) {
       std::lock_guard<std::mutex> lk(cq_mu_);
       if (b.pending.load(std::memory_order_acquire) > 0) dispatch_locked(1);
+    } else if (!cq_wait_ && ((spins & 3) == 0 || spin_ns_ == 0) && now_ns() > spin_until) {
+      std::this_thread::sleep_for(std::chrono::microseconds(kNapUs));
     } else {
       sched_yield();
     }

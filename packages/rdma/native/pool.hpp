@@ -230,7 +230,10 @@ class Pool {
   void *local_desc(Job &job, const void *buf, size_t len);
   friend struct Job;
   void progress();  // reads and dispatches completions (takes cq_mu_)
+  // Reads the CQ until it is empty (or blocks once for up to block_ms first) and completes the
+  // operations it names. Called with cq_mu_ held.
   void dispatch_locked(int block_ms = 0);
+  bool read_error_locked();  // dispatches one error entry; false if none is at the head
   void fail_closed_locked(Op *ops, size_t n, Batch &b);
   void mark_replica_dead(Slab &s, int slot);
   int transfer_one(bool write, const Replica &r, char *buf, size_t len, void *desc, uint64_t offset);
