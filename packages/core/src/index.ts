@@ -7,6 +7,7 @@ export * from './page-store.js';
 export * from './logger.js';
 export * from './metrics.js';
 export * from './native.js';
+export { coreAddonError } from './core-addon.js';
 export { MemoryTier, type MemoryTierOptions } from './memory-tier.js';
 export { FileTier, type FileTierOptions } from './file-tier.js';
 export {

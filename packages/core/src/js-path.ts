@@ -79,19 +79,22 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
   let hasJsTiers: boolean;
   let jsWrites: boolean;
   let writeNative: boolean;
+  // A tier whose handle only reads (FileTier) needs its writes to go through JavaScript.
+  const readOnly = (t: PageStore): boolean => t.nativeHandle !== undefined && t.nativeReadOnly === true;
   if (store instanceof TierStack) {
     const desc = store.nativeChain();
     chain = desc.handles;
-    hasJsTiers = desc.jsLevel < store.tiers.length;
+    // Pages the chain misses may be in JS tiers below it, or in the stack's write-back queues.
+    hasJsTiers = desc.jsLevel < store.tiers.length || desc.jsQueues;
     // A stack of several tiers keeps its write-back queues in JS: writes that cannot land in
     // the native top tier (and every remove/flush) go through it.
-    jsWrites = store.tiers.length > 1 || chain.length === 0;
-    writeNative = chain.length > 0 && store.writePolicy === 'write-back';
+    jsWrites = store.tiers.length > 1 || chain.length === 0 || readOnly(store.tiers[0]!);
+    writeNative = chain.length > 0 && !readOnly(store.tiers[0]!) && store.writePolicy === 'write-back';
   } else if (store.nativeHandle !== undefined) {
     chain = [store.nativeHandle];
     hasJsTiers = false;
-    jsWrites = false;
-    writeNative = true;
+    jsWrites = readOnly(store);
+    writeNative = !jsWrites;
   } else {
     chain = [];
     hasJsTiers = true;
@@ -207,7 +210,7 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
       names.set(id, ns);
       // Native tiers that keep dirty pages written through their C ABI need the name behind the
       // id to hand those pages back for write-back (e.g. CxlTier.registerNamespace).
-      for (const t of tiersOf(store)) (t as { registerNamespace?: (name: string) => unknown }).registerNamespace?.(ns);
+      for (const t of tiersOf(store)) t.registerNamespace?.(ns);
       return id;
     },
     stats: () => ({ ...counters }),

@@ -58,6 +58,40 @@ export interface PageStore {
   close(): Promise<void>;
   /** The C ABI handle of a native tier (see include/tierstack/page_store.h). */
   readonly nativeHandle?: NativePageStoreHandle | undefined;
+
+  // ---- optional capabilities (duck-typed; see the helpers below) ----
+
+  /**
+   * The native handle serves reads only: its put/remove answer TS_E_NO_SPACE and writes must take
+   * the JavaScript path (FileTier). createJsPath routes them accordingly.
+   */
+  readonly nativeReadOnly?: boolean;
+  /** Names a namespace for the tier's native side (which sees 64-bit ids only); returns the id. */
+  registerNamespace?(ns: string): bigint;
+  /**
+   * Forgets every page of a namespace and gives its storage back (FileTier: deletes its directory;
+   * RedisTier: deletes its keys and resolves to how many). The resolved value is tier-specific.
+   */
+  removeNamespace?(ns: string): Promise<unknown>;
+  /** Bytes of storage allocated for one namespace, or for the whole store (FileTier: st_blocks * 512). */
+  diskUsage?(ns?: string): Promise<number>;
+  /**
+   * Pages a stack above has queued for writing into this store (TierStack write-back queues):
+   * until cleared, the store's native handle must not serve an older copy of them (FileTier
+   * answers them as misses, sending native readers to the stack's JavaScript path).
+   */
+  markPendingWrite?(ns: string, pages: readonly number[]): void;
+  clearPendingWrite?(ns: string, pages: readonly number[]): void;
+}
+
+/** A store that can drop a whole namespace (and give its space back). */
+export function canRemoveNamespace(store: PageStore): store is PageStore & { removeNamespace(ns: string): Promise<unknown> } {
+  return typeof store.removeNamespace === 'function';
+}
+
+/** A store that reports the storage it allocates. */
+export function hasDiskUsage(store: PageStore): store is PageStore & { diskUsage(ns?: string): Promise<number> } {
+  return typeof store.diskUsage === 'function';
 }
 
 /** Pages that leave a cache tier while dirty; the receiver owns `data` from then on. */

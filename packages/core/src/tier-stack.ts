@@ -51,6 +51,13 @@ export interface NativeChainDescriptor {
   /** Index of the first tier without a native handle (= tiers.length when all have one).
    *  A page missed by every handle must be fetched with the stack's get(). */
   jsLevel: number;
+  /**
+   * Dirty pages may wait in the stack's JavaScript write-back queues (a write-back cache above
+   * the bottom): a page no handle serves may still be there, so misses of the native chain must
+   * also ask the stack's get() even when every tier has a handle. (Tiers below a queue hide their
+   * older copies of queued pages from native readers: see PageStore.markPendingWrite.)
+   */
+  jsQueues: boolean;
 }
 
 interface InFlight {
@@ -127,7 +134,9 @@ export class TierStack extends BasePageStore {
       if (t.nativeHandle === undefined) break;
       handles.push(t.nativeHandle);
     }
-    return { handles, jsLevel: handles.length };
+    const dirtyAbove = this.writePolicy === 'write-back' || this.promotion === 'exclusive';
+    const jsQueues = dirtyAbove && this.tiers.slice(0, -1).some((t) => isWriteBackCache(t));
+    return { handles, jsLevel: handles.length, jsQueues };
   }
 
   /** Hint: bring these pages up into the top tier. Resolves to the number of pages found. */
@@ -350,6 +359,8 @@ export class TierStack extends BasePageStore {
   private enqueueWriteback(level: number, batch: EvictedPages): void {
     const ps = this.pageSize;
     const queue = this.pending[level]!;
+    // The tier below holds an older copy (or none) until the write lands: its native readers must not serve it.
+    this.tiers[level + 1]!.markPendingWrite?.(batch.ns, batch.pages);
     batch.pages.forEach((page, k) => {
       queue.set(pageKey(batch.ns, page), { ns: batch.ns, page, data: batch.data.subarray(k * ps, (k + 1) * ps) });
     });
@@ -377,6 +388,9 @@ export class TierStack extends BasePageStore {
             await this.writeDown(level, { ns, pages: list.map(([, e]) => e.page), data: Buffer.concat(list.map(([, e]) => e.data)) });
             // Only the queued version that was written may leave the queue.
             for (const [key, e] of list) if (queue.get(key) === e) queue.delete(key);
+            // Landed below: native readers of that tier may serve these pages again.
+            const landed = list.filter(([key]) => !queue.has(key)).map(([, e]) => e.page);
+            if (landed.length > 0) this.tiers[level + 1]!.clearPendingWrite?.(ns, landed);
           }
           failures = 0;
         } catch (err) {

@@ -12,6 +12,7 @@ const dir = (): string => join(root, `d${n++}`);
 
 runPageStoreConformance('MemoryTier', () => new MemoryTier({ maxSize: 64 << 20 }));
 runPageStoreConformance('FileTier', () => FileTier.open({ dir: dir() }));
+runPageStoreConformance('FileTier (JavaScript only)', () => FileTier.open({ dir: dir(), native: false }));
 runPageStoreConformance('FileTier (O_DIRECT)', () => FileTier.open({ dir: dir(), direct: true }));
 runPageStoreConformance('TierStack [MemoryTier, FileTier]', async () =>
   createTierStack({ tiers: [new MemoryTier({ maxSize: 64 << 20 }), await FileTier.open({ dir: dir() })] }),

@@ -1,7 +1,5 @@
 // StackClient (include/tierstack/stack_client.hpp) driven from real native threads, over stacks
 // mixing a native C ABI tier (the test addon's MapStore) and JS tiers.
-import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,26 +17,9 @@ import {
   type PutOptions,
 } from '../src/index.js';
 import { makePages, pageMatches } from '../src/testing/index.js';
+import { loadTestAddon, type TestAddon } from './helpers/test-addon.js';
 
-interface Addon {
-  createMapStore(pageSize: number, name: string): NativePageStoreHandle;
-  mapStoreOp(h: NativePageStoreHandle, op: number, ns: bigint, pages: Float64Array, buf?: Buffer, found?: Uint8Array): number;
-  createClient(jsPath: object, maxBatchPages?: number): object;
-  closeClient(c: object): void;
-  runWorkers(c: object, mode: string, ns: bigint, threads: number, perThread: number, batch: number, version: number): Promise<WorkResult>;
-  getOnJsThread(c: object, ns: bigint, page: number): { rc: number; status: number };
-}
-interface WorkResult {
-  mismatches: number;
-  misses: number;
-  errors: number;
-  found: number;
-  lastError: number;
-  byLevel: number[];
-}
-
-const addonDir = join(import.meta.dirname, 'addon');
-let addon: Addon;
+let addon: TestAddon;
 
 /** A JS PageStore over the addon's native MapStore, with its C ABI handle exposed. */
 class NativeMapTier extends BasePageStore {
@@ -77,8 +58,7 @@ function tempDir(): string {
 }
 
 beforeAll(() => {
-  execFileSync(process.execPath, [join(import.meta.dirname, '../../../scripts/build-native.mjs')], { cwd: addonDir, stdio: 'inherit' });
-  addon = createRequire(import.meta.url)(join(addonDir, 'build/Release/stack_client_test.node')) as Addon;
+  addon = loadTestAddon();
 }, 120_000);
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -121,7 +101,7 @@ describe('StackClient', () => {
 
   it('serves native hits on native threads and misses through JS, with promotion and write-back', async () => {
     const top = new NativeMapTier('map');
-    const bottom = new FileTier({ dir: tempDir() });
+    const bottom = new FileTier({ dir: tempDir(), native: false }); // a JS tier below the native one
     const stack = createTierStack({ tiers: [top, bottom] });
     const path = createJsPath(stack);
     expect(path.chain).toHaveLength(1);
@@ -156,6 +136,35 @@ describe('StackClient', () => {
     expect(rm.errors).toBe(0);
     const gone = await addon.runWorkers(client, 'get', id, 2, 512, 64, 2);
     expect(gone).toMatchObject({ found: 0, misses: 1024, errors: 0 });
+    addon.closeClient(client);
+    await stack.close();
+  });
+
+  it('serves a stack whose tiers are all native with no JavaScript: [native map tier, FileTier]', async () => {
+    const top = new NativeMapTier('map');
+    const bottom = await FileTier.open({ dir: tempDir() });
+    const stack = createTierStack({ tiers: [top, bottom] });
+    const path = createJsPath(stack);
+    expect(path.chain).toHaveLength(2);
+    expect(path.hasJsTiers).toBe(false);
+    expect(path.jsWrites).toBe(true); // several tiers: removes, flushes and spills go through the stack
+    expect(path.writeNative).toBe(true);
+    const ns = 'all-native';
+    // Pages only in the file tier, written there by JavaScript (like an imported snapshot).
+    const pages = Array.from({ length: 1024 }, (_, i) => i);
+    await bottom.put(ns, pages, makePages(ns, pages, 4096, 4));
+    const id = path.register(ns);
+    const client = addon.createClient(path, 64);
+    const first = await addon.runWorkers(client, 'get', id, 2, 512, 16, 4);
+    expect(first).toMatchObject({ mismatches: 0, misses: 0, errors: 0, found: 1024 });
+    expect(first.byLevel[1]).toBe(1024); // read and verified from the file tier on native threads
+    const second = await addon.runWorkers(client, 'get', id, 2, 512, 16, 4);
+    expect(second).toMatchObject({ mismatches: 0, found: 1024 });
+    expect(second.byLevel[0]).toBe(1024); // promoted natively into the tier above
+    // Pages the stack does not hold are answered natively as well.
+    const miss = await addon.runWorkers(client, 'get', path.register('nothing-here'), 1, 64, 16, 0);
+    expect(miss).toMatchObject({ found: 0, misses: 64, errors: 0 });
+    expect(path.stats().batches).toBe(0); // no JavaScript hand-off at all
     addon.closeClient(client);
     await stack.close();
   });

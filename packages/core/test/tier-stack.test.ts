@@ -178,7 +178,7 @@ describe('TierStack', () => {
 
   it('describes its native chain: no handles when the top tier is JavaScript', async () => {
     const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 1 << 20 }), await fileTier()] });
-    expect(stack.nativeChain()).toEqual({ handles: [], jsLevel: 0 });
+    expect(stack.nativeChain()).toEqual({ handles: [], jsLevel: 0, jsQueues: true });
     expect(await stack.prefetch('pf', [0])).toBe(0);
     await stack.close();
   });

@@ -1,9 +1,12 @@
 // Test addon for core's native headers: a small in-memory tier implementing the page-store C ABI
 // (a reference implementation of its rules), and a driver that runs native threads against a
 // StackClient so the tests can check what front-ends rely on: native hits, the batched JS
-// path, writes, removes, flushes, and the JS-thread deadlock guard.
+// path, writes, removes, flushes, and the JS-thread deadlock guard. Also drivers that call any
+// page-store handle (e.g. FileTier's) straight from native threads: readPages, hammer, benchGet.
 #include <napi.h>
+#include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -262,9 +265,231 @@ Napi::Value GetOnJsThread(const Napi::CallbackInfo &info) {
   return o;
 }
 
+// ---- drivers of a bare page-store handle, on native threads ----
+
+// readPages(handle, nsId, pages: Float64Array, out: Buffer, status: Int32Array, batch, threads)
+//   → Promise<rc>: thread t reads batches t, t+threads, ... of `pages` into `out`, statuses into `status`.
+class ReadPages : public Napi::AsyncWorker {
+ public:
+  ReadPages(Napi::Env env, tierstack::StoreRef store, uint64_t ns, std::vector<uint64_t> pages, Napi::Buffer<uint8_t> out,
+            Napi::Int32Array status, uint32_t batch, uint32_t threads)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), store_(std::move(store)), ns_(ns),
+        pages_(std::move(pages)), out_(out.Data()), status_(status.Data()), batch_(std::max(1u, batch)),
+        threads_(std::max(1u, threads)) {
+    out_ref_ = Napi::Persistent(out);
+    status_ref_ = Napi::Persistent(status);
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const uint32_t ps = store_->page_size;
+    std::vector<std::thread> ts;
+    for (uint32_t t = 0; t < threads_; t++)
+      ts.emplace_back([this, t, ps] {
+        std::vector<void *> bufs(batch_);
+        for (size_t start = static_cast<size_t>(t) * batch_; start < pages_.size(); start += static_cast<size_t>(threads_) * batch_) {
+          size_t n = std::min<size_t>(batch_, pages_.size() - start);
+          for (size_t i = 0; i < n; i++) bufs[i] = out_ + (start + i) * ps;
+          int rc = store_.get_pages(ns_, pages_.data() + start, n, bufs.data(), status_ + start);
+          if (rc != TS_OK) rc_ = rc;
+        }
+      });
+    for (auto &t : ts) t.join();
+  }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), rc_.load())); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  tierstack::StoreRef store_;
+  uint64_t ns_;
+  std::vector<uint64_t> pages_;
+  uint8_t *out_;
+  int32_t *status_;
+  Napi::Reference<Napi::Buffer<uint8_t>> out_ref_;
+  Napi::Reference<Napi::Int32Array> status_ref_;
+  uint32_t batch_, threads_;
+  std::atomic<int> rc_{TS_OK};
+};
+
+std::vector<uint64_t> page_list(const Napi::Value &v) {
+  auto arr = v.As<Napi::Float64Array>();
+  std::vector<uint64_t> pages(arr.ElementLength());
+  for (size_t i = 0; i < pages.size(); i++) pages[i] = static_cast<uint64_t>(arr[i]);
+  return pages;
+}
+
+Napi::Value ReadPagesFn(const Napi::CallbackInfo &info) {
+  tierstack::StoreRef store = tierstack::unwrap_page_store(info.Env(), info[0]);
+  if (!store) return info.Env().Undefined();
+  bool lossless = false;
+  auto *w = new ReadPages(info.Env(), std::move(store), info[1].As<Napi::BigInt>().Uint64Value(&lossless), page_list(info[2]),
+                          info[3].As<Napi::Buffer<uint8_t>>(), info[4].As<Napi::Int32Array>(),
+                          info[5].As<Napi::Number>().Uint32Value(), info[6].As<Napi::Number>().Uint32Value());
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// hammer(handle, nsId, pages, batch, threads, rounds, versionA, versionB) → Promise<counts>:
+// every thread reads every page `rounds` times; a FOUND page must hold the pattern of version A
+// or B (checked byte for byte); anything else counts as a mismatch.
+class Hammer : public Napi::AsyncWorker {
+ public:
+  Hammer(Napi::Env env, tierstack::StoreRef store, uint64_t ns, std::vector<uint64_t> pages, uint32_t batch, uint32_t threads,
+         uint32_t rounds, uint32_t va, uint32_t vb)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), store_(std::move(store)), ns_(ns),
+        pages_(std::move(pages)), batch_(std::max(1u, batch)), threads_(std::max(1u, threads)), rounds_(rounds), va_(va), vb_(vb) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const uint32_t ps = store_->page_size;
+    std::vector<std::thread> ts;
+    for (uint32_t t = 0; t < threads_; t++)
+      ts.emplace_back([this, ps] {
+        std::vector<uint8_t> data(static_cast<size_t>(batch_) * ps), a(ps), b(ps);
+        std::vector<void *> bufs(batch_);
+        std::vector<int32_t> st(batch_);
+        for (uint32_t i = 0; i < batch_; i++) bufs[i] = data.data() + static_cast<size_t>(i) * ps;
+        for (uint32_t r = 0; r < rounds_; r++) {
+          for (size_t start = 0; start < pages_.size(); start += batch_) {
+            size_t n = std::min<size_t>(batch_, pages_.size() - start);
+            int rc = store_.get_pages(ns_, pages_.data() + start, n, bufs.data(), st.data());
+            if (rc != TS_OK) {
+              errors_++;
+              continue;
+            }
+            for (size_t i = 0; i < n; i++) {
+              if (st[i] == TS_PAGE_MISS) {
+                misses_++;
+              } else if (st[i] == TS_PAGE_FOUND) {
+                found_++;
+                fill_page(a.data(), ps, ns_, pages_[start + i], va_);
+                fill_page(b.data(), ps, ns_, pages_[start + i], vb_);
+                if (std::memcmp(bufs[i], a.data(), ps) != 0 && std::memcmp(bufs[i], b.data(), ps) != 0) mismatches_++;
+              } else if (st[i] == TS_E_CHECKSUM) {
+                checksum_++;
+              } else {
+                errors_++;
+              }
+            }
+          }
+        }
+      });
+    for (auto &t : ts) t.join();
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("found", Napi::Number::New(env, static_cast<double>(found_)));
+    o.Set("misses", Napi::Number::New(env, static_cast<double>(misses_)));
+    o.Set("mismatches", Napi::Number::New(env, static_cast<double>(mismatches_)));
+    o.Set("checksum", Napi::Number::New(env, static_cast<double>(checksum_)));
+    o.Set("errors", Napi::Number::New(env, static_cast<double>(errors_)));
+    deferred_.Resolve(o);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  tierstack::StoreRef store_;
+  uint64_t ns_;
+  std::vector<uint64_t> pages_;
+  uint32_t batch_, threads_, rounds_, va_, vb_;
+  std::atomic<uint64_t> found_{0}, misses_{0}, mismatches_{0}, checksum_{0}, errors_{0};
+};
+
+Napi::Value HammerFn(const Napi::CallbackInfo &info) {
+  tierstack::StoreRef store = tierstack::unwrap_page_store(info.Env(), info[0]);
+  if (!store) return info.Env().Undefined();
+  bool lossless = false;
+  auto *w = new Hammer(info.Env(), std::move(store), info[1].As<Napi::BigInt>().Uint64Value(&lossless), page_list(info[2]),
+                       info[3].As<Napi::Number>().Uint32Value(), info[4].As<Napi::Number>().Uint32Value(),
+                       info[5].As<Napi::Number>().Uint32Value(), info[6].As<Napi::Number>().Uint32Value(),
+                       info[7].As<Napi::Number>().Uint32Value());
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// benchGet(handle, nsId, pages, batch, iterations) → Promise<{ nsPerCall, found }>: one native
+// thread calls get() on consecutive batches of `pages` (wrapping around) `iterations` times.
+class BenchGet : public Napi::AsyncWorker {
+ public:
+  BenchGet(Napi::Env env, tierstack::StoreRef store, uint64_t ns, std::vector<uint64_t> pages, uint32_t batch, uint32_t iterations)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), store_(std::move(store)), ns_(ns),
+        pages_(std::move(pages)), batch_(std::max(1u, batch)), iterations_(iterations) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const uint32_t ps = store_->page_size;
+    std::vector<uint8_t> data(static_cast<size_t>(batch_) * ps);
+    std::vector<void *> bufs(batch_);
+    std::vector<int32_t> st(batch_);
+    for (uint32_t i = 0; i < batch_; i++) bufs[i] = data.data() + static_cast<size_t>(i) * ps;
+    size_t groups = std::max<size_t>(1, pages_.size() / batch_);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (uint32_t it = 0; it < iterations_; it++) {
+      const uint64_t *p = pages_.data() + (it % groups) * batch_;
+      store_.get_pages(ns_, p, batch_, bufs.data(), st.data());
+      for (uint32_t i = 0; i < batch_; i++) found_ += st[i] == TS_PAGE_FOUND;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ns_total_ = (t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("nsPerCall", Napi::Number::New(env, iterations_ ? ns_total_ / iterations_ : 0));
+    o.Set("found", Napi::Number::New(env, static_cast<double>(found_)));
+    deferred_.Resolve(o);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  tierstack::StoreRef store_;
+  uint64_t ns_;
+  std::vector<uint64_t> pages_;
+  uint32_t batch_, iterations_;
+  double ns_total_ = 0;
+  uint64_t found_ = 0;
+};
+
+Napi::Value BenchGetFn(const Napi::CallbackInfo &info) {
+  tierstack::StoreRef store = tierstack::unwrap_page_store(info.Env(), info[0]);
+  if (!store) return info.Env().Undefined();
+  bool lossless = false;
+  std::vector<uint64_t> pages = page_list(info[2]);
+  uint32_t batch = info[3].As<Napi::Number>().Uint32Value();
+  if (batch == 0 || pages.size() < batch) {
+    Napi::TypeError::New(info.Env(), "benchGet: need at least `batch` pages").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  auto *w = new BenchGet(info.Env(), std::move(store), info[1].As<Napi::BigInt>().Uint64Value(&lossless), std::move(pages), batch,
+                         info[4].As<Napi::Number>().Uint32Value());
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// storeOp(handle, op: 'put' | 'remove', nsId, pages) → rc of put (zero pages) / remove through the ABI.
+Napi::Value StoreOpFn(const Napi::CallbackInfo &info) {
+  tierstack::StoreRef store = tierstack::unwrap_page_store(info.Env(), info[0]);
+  if (!store) return info.Env().Undefined();
+  std::string op = info[1].As<Napi::String>().Utf8Value();
+  bool lossless = false;
+  uint64_t ns = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+  std::vector<uint64_t> pages = page_list(info[3]);
+  if (op == "remove") return Napi::Number::New(info.Env(), store.remove_pages(ns, pages.data(), pages.size()));
+  std::vector<uint8_t> data(pages.size() * store->page_size);
+  std::vector<const void *> bufs(pages.size());
+  for (size_t i = 0; i < pages.size(); i++) bufs[i] = data.data() + i * store->page_size;
+  return Napi::Number::New(info.Env(), store.put_pages(ns, pages.data(), pages.size(), bufs.data(), TS_PUT_DIRTY));
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("readPages", Napi::Function::New(env, ReadPagesFn));
+  exports.Set("hammer", Napi::Function::New(env, HammerFn));
+  exports.Set("benchGet", Napi::Function::New(env, BenchGetFn));
+  exports.Set("storeOp", Napi::Function::New(env, StoreOpFn));
   exports.Set("createMapStore", Napi::Function::New(env, CreateMapStore));
   exports.Set("mapStoreOp", Napi::Function::New(env, MapStoreOp));
   exports.Set("createClient", Napi::Function::New(env, CreateClient));
