@@ -2,6 +2,9 @@ export { SnapshotManifest, assertSnapshotId, type RegionInfo, type WorkingSetInf
 export {
   SnapshotCatalog,
   bottomOf,
+  diskUsageOf,
+  type GcResult,
+  type DamagedSnapshot,
   DEFAULT_CATALOG_NAMESPACE,
   DEFAULT_KEEP_WORKING_SETS,
   type SnapshotCatalogOptions,

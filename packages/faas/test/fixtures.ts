@@ -1,5 +1,5 @@
 /** Test fixtures: memory images with a realistic mix, CRIU image directories in both layouts. */
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync, readdirSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createTierStack, MemoryTier, FileTier, type TierStack } from '@tierstack/core';
@@ -65,3 +65,19 @@ export const CRIU_ENTRIES: CriuEntry[] = [
   { vaddr: 0x7f0000000000, nrPages: 40, flags: 4 | 2 },
   { vaddr: 0x7ffd00000000, nrPages: 5 },
 ];
+
+/** Flips bytes of a stored page in a FileTier directory behind the tier's back (its own CRC then fails). */
+export function corruptFileTierPage(tierDir: string, ns: string, page: number, pageSize = PS): void {
+  const d = readdirSync(tierDir).find((x) => decodeURIComponent(x) === ns);
+  if (!d) throw new Error(`no directory for ${ns} in ${tierDir}`);
+  const file = join(tierDir, d, `${Math.floor(page / 2 ** 18)}.pages`);
+  const fd = openSync(file, 'r+');
+  try {
+    const b = Buffer.alloc(64);
+    readSync(fd, b, 0, 64, (page % 2 ** 18) * pageSize + 64);
+    for (let i = 0; i < b.length; i++) b[i] = b[i]! ^ 0x5a;
+    writeSync(fd, b, 0, 64, (page % 2 ** 18) * pageSize + 64);
+  } finally {
+    closeSync(fd);
+  }
+}
