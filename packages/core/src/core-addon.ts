@@ -38,6 +38,8 @@ export interface CoreAddon {
   fileStoreStats(h: NativePageStoreHandle): FileStoreNativeStats;
   /** fallocate(PUNCH_HOLE | KEEP_SIZE) of [offset, length] pairs, off the JS thread. */
   punchHoles(fd: number, ranges: Float64Array): Promise<void>;
+  /** out[i] = CRC-32 (zlib polynomial) of page i of `data`, computed natively in one call. */
+  crc32Pages(data: Uint8Array, pageSize: number, out: Uint32Array): void;
 }
 
 export const corePackageDir = join(dirname(fileURLToPath(import.meta.url)), '..');

@@ -2,7 +2,7 @@
  * Reading snapshot pages back out of the stack with their checksums verified: the one path
  * export, the CRIU page server and the JS side of restores share.
  */
-import { pageChecksum, ErrorCode, TierStackError, type PageStore } from '@tierstack/core';
+import { pageChecksums, ErrorCode, TierStackError, type PageStore } from '@tierstack/core';
 import type { SnapshotManifest } from './manifest.js';
 
 export interface BadPage {
@@ -45,9 +45,10 @@ export async function fetchSnapshotPages(store: PageStore, m: SnapshotManifest, 
   // No zero pages in the batch: the stack writes straight into the result (no extra copy).
   const direct = want.length === pages.length;
   const r = await store.get(m.namespace, want, direct ? { out: data } : {});
+  const sums = pageChecksums(r.data.subarray(0, want.length * ps), ps); // one native call for the batch
   for (let k = 0; k < want.length; k++) {
     const page = r.data.subarray(k * ps, (k + 1) * ps);
-    const code = !r.found[k] ? ErrorCode.NotFound : pageChecksum(page) !== m.checksum(want[k]!) ? ErrorCode.Checksum : undefined;
+    const code = !r.found[k] ? ErrorCode.NotFound : sums[k] !== m.checksum(want[k]!) ? ErrorCode.Checksum : undefined;
     if (code) {
       bad.push({ page: want[k]!, code });
       data.fill(0, slot[k]! * ps, (slot[k]! + 1) * ps);
