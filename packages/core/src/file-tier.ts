@@ -35,7 +35,7 @@ import { join, resolve } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { BasePageStore, DEFAULT_PAGE_SIZE, type PutOptions } from './page-store.js';
 import { TierStackError, ErrorCode, hasCode } from './errors.js';
-import { pageChecksum } from './checksum.js';
+import { pageChecksums } from './checksum.js';
 import { assertNamespace, namespaceId } from './keys.js';
 import type { NativePageStoreHandle } from './native.js';
 import { coreAddon, type CoreAddon } from './core-addon.js';
@@ -417,6 +417,7 @@ export class FileTier extends BasePageStore {
         const metaRead = meta.length;
         const data = Buffer.allocUnsafe(run.count * ps);
         const dataRead = await this.readData(f.data, data, first * ps);
+        const sums = pageChecksums(data.subarray(0, Math.min(run.count * ps, Math.floor(dataRead / ps) * ps)), ps);
         for (let k = 0; k < run.count; k++) {
           const at = k * META_BYTES;
           if (at + META_BYTES > metaRead || meta.readUInt32LE(at + 4) !== PRESENT) continue; // a miss
@@ -427,7 +428,7 @@ export class FileTier extends BasePageStore {
             });
           }
           const bytes = data.subarray(k * ps, (k + 1) * ps);
-          if (pageChecksum(bytes) !== meta.readUInt32LE(at)) {
+          if (sums[k] !== meta.readUInt32LE(at)) {
             throw new TierStackError(ErrorCode.Checksum, `page ${page} of ${ns} fails its checksum`, { details: { ns, page } });
           }
           for (const i of run.idx[k]!) {
@@ -454,9 +455,10 @@ export class FileTier extends BasePageStore {
             const i = run.idx[k]!.at(-1)!;
             const src = data.subarray(i * ps, (i + 1) * ps);
             src.copy(buf, k * ps);
-            meta.writeUInt32LE(pageChecksum(src), k * META_BYTES);
             meta.writeUInt32LE(PRESENT, k * META_BYTES + 4);
           }
+          const sums = pageChecksums(buf, ps);
+          for (let k = 0; k < run.count; k++) meta.writeUInt32LE(sums[k]!, k * META_BYTES);
           await this.writeData(f.data, buf, first * ps);
           await writeFully(f.meta, meta, first * META_BYTES);
           setMeta(f, meta, first);
