@@ -453,6 +453,12 @@ bool Pool::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, voi
     uint64_t t = now_ms();
     if (deadline == 0) deadline = t + op_timeout_ms_;
     if (t > deadline) {
+      // Refused for a whole donor timeout. Over ofi_rxm this is what a dead peer looks like:
+      // rxm keeps reconnecting and answers EAGAIN, never an error. Give the donor up, as wait()
+      // does for operations that never complete, so that later posts to it fail at once
+      // instead of each waiting out the timeout (posting runs on the JavaScript thread, which
+      // is also the one that would learn of the loss from the control connection).
+      kill_conn(conn_idx);
       op.result = -FI_ETIMEDOUT;
       return false;
     }

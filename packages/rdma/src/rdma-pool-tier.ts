@@ -88,6 +88,8 @@ interface DonorState {
 }
 
 const MAX_REPLICAS = 4;
+/** Slabs repaired at once: up to 3, leaving at least one libuv worker to the data path. */
+const REPAIR_LANES = Math.max(1, Math.min(3, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 1));
 
 const slabKey = (ns: bigint, index: number): string => `${ns}:${index}`;
 
@@ -552,14 +554,24 @@ export class RdmaPoolTier extends BasePageStore {
 
   private async repairOnce(): Promise<void> {
     const A = rdmaAddon();
-    for (const s of this.native.slabs()) {
-      if (this.isClosed) return;
-      try {
-        await this.repairSlab(s, A.kReplicaActive, A.kReplicaSyncing, A.kReplicaDead);
-      } catch (err) {
-        if (!(err instanceof SlabGone)) throw err;
+    const slabs = this.native.slabs();
+    let next = 0;
+    let failed: { err: unknown } | undefined;
+    // A few slabs at a time (a donor loss leaves many to copy). Each copy holds a libuv worker
+    // while it waits for puts to its slab, and those puts need a worker to finish: at least
+    // one worker is always left to them.
+    const lane = async (): Promise<void> => {
+      while (next < slabs.length && !failed && !this.isClosed) {
+        const s = slabs[next++]!;
+        try {
+          await this.repairSlab(s, A.kReplicaActive, A.kReplicaSyncing, A.kReplicaDead);
+        } catch (err) {
+          if (!(err instanceof SlabGone)) failed ??= { err };
+        }
       }
-    }
+    };
+    await Promise.all(Array.from({ length: REPAIR_LANES }, lane));
+    if (failed) throw failed.err;
   }
 
   private async repairSlab(s: NativeSlabView, ACTIVE: number, SYNCING: number, DEAD: number): Promise<void> {
