@@ -53,4 +53,22 @@ export {
   type TierFetchStats,
   type PrefetchMode,
 } from './restore-hook.js';
-export { serveFirecracker, type FirecrackerHandler, type FirecrackerHandlerOptions, type FirecrackerHealth } from './firecracker.js';
+export {
+  serveFirecracker,
+  type FirecrackerHandler,
+  type FirecrackerHandlerOptions,
+  type FirecrackerHealth,
+  type FirecrackerRestore,
+  type FirecrackerRestorer,
+  type FirecrackerRestoreStats,
+} from './firecracker.js';
+export {
+  listenForHandshakes,
+  acceptHandshake,
+  adoptHandshake,
+  verifyUserfaultfd,
+  HANDSHAKE_DEFAULTS,
+  type Handshake,
+  type HandshakeListener,
+  type HandshakeListenerOptions,
+} from './handshake.js';

@@ -20,8 +20,6 @@
 import { TierStackError, ErrorCode, silentLogger, type Logger, type PageStore, type StoreStats } from '@tierstack/core';
 import {
   createUffdEngine,
-  listenForUffd,
-  closeFd,
   SnapshotView,
   type UffdRegion,
   type AdoptedUffd,
@@ -31,9 +29,10 @@ import {
 } from '@tierstack/uffd';
 import { SnapshotCatalog, DEFAULT_KEEP_WORKING_SETS } from './catalog.js';
 import type { SnapshotManifest } from './manifest.js';
-import { parseFirecrackerHandshake, type GuestMapping } from './firecracker-handshake.js';
+import type { GuestMapping } from './firecracker-handshake.js';
 import { serveCriuPages, type CriuPageServer, type CriuPageServerOptions } from './criu-page-server.js';
-import type { FirecrackerHandler, FirecrackerHandlerOptions } from './firecracker.js';
+import { serveFirecracker, type FirecrackerHandler, type FirecrackerHandlerOptions } from './firecracker.js';
+import { acceptHandshake, adoptHandshake } from './handshake.js';
 
 export type PrefetchMode = 'latest' | 'union' | 'none';
 
@@ -311,8 +310,7 @@ export class RestoreHook {
   }
 
   /** A Firecracker UFFD handler on `socketPath` serving `snapshotId` through this hook. */
-  async serveFirecracker(opts: FirecrackerHandlerOptions): Promise<FirecrackerHandler> {
-    const { serveFirecracker } = await import('./firecracker.js');
+  serveFirecracker(opts: FirecrackerHandlerOptions<RestoreOptions, RestoreHandle>): Promise<FirecrackerHandler<RestoreHandle>> {
     return serveFirecracker(this, opts);
   }
 
@@ -324,28 +322,10 @@ export class RestoreHook {
   /** Waits for one sender on `socketPath` (JSON mappings + uffd), checks it, and serves it. */
   private async restoreFromSocket(snapshotId: string, socketPath: string, timeoutMs: number | undefined, ro: RestoreOptions): Promise<RestoreHandle> {
     const m = await this.catalog.get(snapshotId);
-    const listener = listenForUffd(socketPath);
-    let got;
-    try {
-      got = await listener.accept(timeoutMs === undefined ? {} : { timeoutMs });
-    } finally {
-      listener.close();
-    }
-    let mappings: GuestMapping[];
-    try {
-      if (!(got.fd >= 0)) throw new TierStackError(ErrorCode.Protocol, 'the sender passed no userfaultfd (SCM_RIGHTS)');
-      mappings = parseFirecrackerHandshake(got.message, m);
-    } catch (err) {
-      if (got.fd >= 0) closeFd(got.fd);
-      got.closeConnection();
-      throw err;
-    }
-    // Once adopted the engine owns the descriptor; a failed adoption leaves it to us.
-    const h = await this.restore(snapshotId, { kind: 'adopt', fd: got.fd, pid: got.pid, mappings }, ro).catch((err: unknown) => {
-      closeFd(got.fd);
-      got.closeConnection();
-      throw err;
-    });
+    // The same accept → check (a real userfaultfd) → parse as the Firecracker handler.
+    const got = await acceptHandshake(socketPath, { manifest: m, timeoutMs, logger: this.log });
+    // Once adopted the engine owns the descriptor; a failed adoption is cleaned up by adoptHandshake.
+    const h = await adoptHandshake(got, (target) => this.restore(snapshotId, target, ro));
     return {
       ...h,
       close: async () => {
