@@ -18,6 +18,14 @@ export function parseSize(text: string): number {
   return n;
 }
 
+/** Parses a positive whole number ("4"); anything else is TS_ERR_BAD_ARGUMENT naming the flag. */
+export function parseCount(text: string, what: string): number {
+  if (!/^\s*\d+\s*$/.test(text) || Number(text) <= 0 || !Number.isSafeInteger(Number(text))) {
+    throw new TierStackError(ErrorCode.BadArgument, `${what} must be a positive whole number, not "${text}"`);
+  }
+  return Number(text);
+}
+
 export interface DaemonOptions extends Omit<MemdOptions, 'logger'> {
   logLevel?: string;
 }

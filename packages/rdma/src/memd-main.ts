@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** Standalone memd entry (the same daemon as `tierstack memd`): node dist/memd-main.js --capacity 1G ... */
 import { parseArgs } from 'node:util';
-import { parseSize, runMemdDaemon } from './memd-daemon.js';
+import { parseSize, parseCount, runMemdDaemon } from './memd-daemon.js';
 
 const { values: v } = parseArgs({
   options: {
@@ -12,6 +12,8 @@ const { values: v } = parseArgs({
     provider: { type: 'string', default: 'tcp' },
     capacity: { type: 'string', default: '1G' },
     'slab-size': { type: 'string', default: '1G' },
+    'client-quota': { type: 'string' },
+    'client-quota-slabs': { type: 'string' },
     token: { type: 'string' },
     headroom: { type: 'string', default: '0' },
     'headroom-poll-ms': { type: 'string', default: '1000' },
@@ -32,7 +34,8 @@ if (v['die-with-parent']) {
   }, 500).unref();
 }
 
-runMemdDaemon({
+// Options are parsed inside the chain: a bad size or count ends in the one-line error below.
+Promise.resolve().then(() => runMemdDaemon({
   host: v.host!,
   port: Number(v.port),
   ...(v['data-host'] ? { dataHost: v['data-host'] } : {}),
@@ -40,6 +43,8 @@ runMemdDaemon({
   provider: v.provider!,
   capacityBytes: parseSize(v.capacity!),
   slabBytes: parseSize(v['slab-size']!),
+  ...(v['client-quota'] ? { clientQuotaBytes: parseSize(v['client-quota']) } : {}),
+  ...(v['client-quota-slabs'] ? { clientQuotaSlabs: parseCount(v['client-quota-slabs'], '--client-quota-slabs') } : {}),
   ...(v.token ? { token: v.token } : {}),
   headroomBytes: parseSize(v.headroom!),
   headroomPollMs: Number(v['headroom-poll-ms']),
@@ -48,7 +53,7 @@ runMemdDaemon({
   ...(v['metrics-port'] ? { metricsPort: Number(v['metrics-port']) } : {}),
   ...(v['donor-id'] ? { donorId: v['donor-id'] } : {}),
   logLevel: v['log-level']!,
-}).catch((err: Error & { code?: string }) => {
+})).catch((err: Error & { code?: string }) => {
   process.stderr.write(`memd: ${err.code ? err.code + ': ' : ''}${err.message}\n`);
   process.exit(1);
 });

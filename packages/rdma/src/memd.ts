@@ -8,6 +8,10 @@
  * token. A connection that sends a malformed, oversized or unauthenticated frame is closed with
  * a logged reason; everyone else is served on. A client's slabs are freed when its control
  * connection closes (a slab is a lease: nobody else could find its pages anyway).
+ *
+ * Quota: `clientQuotaSlabs` / `clientQuotaBytes` cap what one client (one control connection —
+ * the unit that holds slabs) may hold, so one client cannot take every slab; an allocation past
+ * it is refused with TS_ERR_NO_SPACE and a message that names the quota, and logged.
  */
 import { createServer, isIP, type Server, type Socket, type AddressInfo } from 'node:net';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
@@ -36,6 +40,10 @@ export interface MemdOptions {
   capacityBytes: number;
   /** Bytes per slab (default 1 GiB). */
   slabBytes?: number;
+  /** Most slabs one client (control connection) may hold (default: no limit but capacity). */
+  clientQuotaSlabs?: number;
+  /** The same in bytes (whole slabs: floor(bytes / slabBytes)); with both, the smaller wins. */
+  clientQuotaBytes?: number;
   /** Shared secret clients must present; required for a non-loopback bind. */
   token?: string;
   /** Keep at least this much host memory available; reclaim slabs below it (0 = off). */
@@ -63,6 +71,8 @@ interface ClientConn {
   authed: boolean;
   name: string;
   slabs: Set<bigint>;
+  /** Allocations refused for the quota (the first is logged at warn, the rest at debug). */
+  quotaRefusals: number;
 }
 
 interface SlabRecord {
@@ -73,6 +83,8 @@ interface SlabRecord {
   /** Set once an evict notice went out: the slab is freed at this time. */
   evictAt?: number;
 }
+
+const mib = (bytes: number): string => (bytes % 2 ** 30 === 0 ? `${bytes / 2 ** 30} GiB` : `${+(bytes / 2 ** 20).toFixed(1)} MiB`);
 
 const isLoopback = (host: string): boolean =>
   host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
@@ -92,8 +104,10 @@ export interface MemdAddress {
 }
 
 export class MemdServer {
-  private readonly opts: Required<Omit<MemdOptions, 'token' | 'freeMemoryFile' | 'metricsPort' | 'registry' | 'logger' | 'metricsHost'>> &
-    Pick<MemdOptions, 'token' | 'freeMemoryFile' | 'metricsPort' | 'metricsHost'>;
+  private readonly opts: Required<Omit<MemdOptions, 'token' | 'freeMemoryFile' | 'metricsPort' | 'registry' | 'logger' | 'metricsHost' | 'clientQuotaSlabs' | 'clientQuotaBytes'>> &
+    Pick<MemdOptions, 'token' | 'freeMemoryFile' | 'metricsPort' | 'metricsHost' | 'clientQuotaSlabs' | 'clientQuotaBytes'>;
+  /** Slabs one client may hold (Infinity: no quota). */
+  private readonly quotaSlabs: number;
   private readonly log: Logger;
   private donor: NativeDonor | undefined;
   private server: Server | undefined;
@@ -116,6 +130,16 @@ export class MemdServer {
     if (!Number.isSafeInteger(options.capacityBytes) || options.capacityBytes < slabBytes) {
       throw new TierStackError(ErrorCode.BadArgument, `capacity ${options.capacityBytes} must hold at least one slab of ${slabBytes} bytes`);
     }
+    for (const [what, v] of [['client slab quota', options.clientQuotaSlabs], ['client byte quota', options.clientQuotaBytes]] as const) {
+      if (v !== undefined && (!Number.isSafeInteger(v) || v <= 0)) throw new TierStackError(ErrorCode.BadArgument, `${what} must be a positive integer, not ${String(v)}`);
+    }
+    if (options.clientQuotaBytes !== undefined && options.clientQuotaBytes < slabBytes) {
+      throw new TierStackError(ErrorCode.BadArgument, `a client byte quota of ${options.clientQuotaBytes} holds no slab of ${slabBytes} bytes`);
+    }
+    this.quotaSlabs = Math.min(
+      options.clientQuotaSlabs ?? Infinity,
+      options.clientQuotaBytes !== undefined ? Math.floor(options.clientQuotaBytes / slabBytes) : Infinity,
+    );
     const host = options.host ?? '127.0.0.1';
     for (const h of [host, options.dataHost ?? host]) {
       if (!isLoopback(h) && !options.token) {
@@ -130,6 +154,8 @@ export class MemdServer {
       provider: options.provider ?? 'tcp',
       capacityBytes: options.capacityBytes,
       slabBytes,
+      clientQuotaSlabs: options.clientQuotaSlabs,
+      clientQuotaBytes: options.clientQuotaBytes,
       token: options.token,
       headroomBytes: options.headroomBytes ?? 0,
       headroomPollMs: options.headroomPollMs ?? 1000,
@@ -149,6 +175,7 @@ export class MemdServer {
       rejected: new Counter({ name: 'memd_rejected_connections_total', help: 'connections closed for bad input', labelNames: ['reason'], registers: r }),
       evicted: new Counter({ name: 'memd_evicted_slabs_total', help: 'slabs reclaimed for headroom', registers: r }),
       allocated: new Counter({ name: 'memd_allocated_slabs_total', help: 'slabs allocated', registers: r }),
+      quotaRefused: new Counter({ name: 'memd_quota_refusals_total', help: 'slab allocations refused by the per-client quota', registers: r }),
     };
   }
 
@@ -186,7 +213,17 @@ export class MemdServer {
       this.headroomTimer = setInterval(() => this.checkHeadroom(), this.opts.headroomPollMs);
     }
     const addr = this.address();
-    this.log.info({ ...addr, provider: this.opts.provider, capacityBytes: this.opts.capacityBytes, slabBytes: this.opts.slabBytes, donorId: this.opts.donorId }, 'memd listening');
+    this.log.info(
+      {
+        ...addr,
+        provider: this.opts.provider,
+        capacityBytes: this.opts.capacityBytes,
+        slabBytes: this.opts.slabBytes,
+        donorId: this.opts.donorId,
+        ...(Number.isFinite(this.quotaSlabs) ? { clientQuotaSlabs: this.quotaSlabs } : {}),
+      },
+      'memd listening',
+    );
     return addr;
   }
 
@@ -221,6 +258,7 @@ export class MemdServer {
       authed: false,
       name: `${socket.remoteAddress}:${socket.remotePort}`,
       slabs: new Set(),
+      quotaRefusals: 0,
     };
     this.conns.add(conn);
     socket.setNoDelay(true);
@@ -358,7 +396,26 @@ export class MemdServer {
     return Math.max(0, Math.min(byCapacity, byHost));
   }
 
+  /** The quota as the operator set it, for messages: "4 slabs (4 MiB) per client (--client-quota-slabs 4)". */
+  private quotaText(): string {
+    const n = this.quotaSlabs;
+    const flags = [
+      ...(this.opts.clientQuotaSlabs !== undefined ? [`--client-quota-slabs ${this.opts.clientQuotaSlabs}`] : []),
+      ...(this.opts.clientQuotaBytes !== undefined ? [`--client-quota ${mib(this.opts.clientQuotaBytes)}`] : []),
+    ];
+    return `${n} slab${n === 1 ? '' : 's'} (${mib(n * this.opts.slabBytes)}) per client (${flags.join(', ')})`;
+  }
+
   private alloc(conn: ClientConn, requestId: number, tag: string): void {
+    if (conn.slabs.size >= this.quotaSlabs) {
+      this.metrics.quotaRefused.inc();
+      const message = `client quota reached: this client holds ${conn.slabs.size} slabs, the quota is ${this.quotaText()}; free a slab or ask the donor's operator for a larger quota`;
+      const fields = { client: conn.name, slabs: conn.slabs.size, quotaSlabs: this.quotaSlabs, tag };
+      if (conn.quotaRefusals++ === 0) this.log.warn(fields, 'memd: slab refused: client quota reached');
+      else this.log.debug(fields, 'memd: slab refused: client quota reached');
+      this.send(conn, { requestId, error: { code: ErrorCode.NoSpace, message } });
+      return;
+    }
     if (this.freeBytes() < this.opts.slabBytes) {
       this.send(conn, { requestId, error: { code: ErrorCode.NoSpace, message: 'no donatable memory left' } });
       return;

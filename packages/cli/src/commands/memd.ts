@@ -1,6 +1,11 @@
 /** `tierstack memd`: runs a memory-donor daemon of the RDMA pool tier (@tierstack/rdma). */
 import type { Command } from 'commander';
 
+/** A positive whole number of slabs (MemdServer rejects the rest with TS_ERR_BAD_ARGUMENT too). */
+function slabCount(text: string): number {
+  return /^\s*\d+\s*$/.test(text) ? Number(text) : Number.NaN;
+}
+
 export function registerMemdCommand(program: Command): void {
   program
     .command('memd')
@@ -12,6 +17,8 @@ export function registerMemdCommand(program: Command): void {
     .option('--provider <name>', 'libfabric provider: tcp, tcp;ofi_rxm, verbs;ofi_rxm, efa', 'tcp')
     .option('--capacity <size>', 'RAM to donate (e.g. 8G)', '1G')
     .option('--slab-size <size>', 'bytes per slab', '1G')
+    .option('--client-quota <size>', 'most memory one client (control connection) may hold, in whole slabs (e.g. 8G)')
+    .option('--client-quota-slabs <n>', 'most slabs one client (control connection) may hold')
     .option('--token <secret>', 'shared secret clients must present (or TIERSTACK_MEMD_TOKEN)')
     .option('--headroom <size>', 'keep this much host memory available; reclaim slabs below it', '0')
     .option('--headroom-poll-ms <n>', 'free-memory check interval', '1000')
@@ -30,6 +37,8 @@ export function registerMemdCommand(program: Command): void {
         provider: o.provider!,
         capacityBytes: parseSize(o.capacity!),
         slabBytes: parseSize(o.slabSize!),
+        ...(o.clientQuota ? { clientQuotaBytes: parseSize(o.clientQuota) } : {}),
+        ...(o.clientQuotaSlabs ? { clientQuotaSlabs: slabCount(o.clientQuotaSlabs) } : {}),
         ...(o.token ? { token: o.token } : {}),
         headroomBytes: parseSize(o.headroom!),
         headroomPollMs: Number(o.headroomPollMs),
