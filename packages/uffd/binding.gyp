@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "tierstack_uffd",
-      "sources": ["native/addon.cc", "native/engine.cc", "native/fill.cc", "native/managed.cc", "native/unix_socket.cc"],
+      "sources": ["native/addon.cc", "native/engine.cc", "native/fill.cc", "native/managed.cc", "native/unix_socket.cc", "native/shared_region.cc", "native/shared_region_napi.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "<!(node -p \"require('path').join(require('path').dirname(require.resolve('@tierstack/core/package.json')),'include')\")"

@@ -14,6 +14,8 @@
 
 #include "engine.hpp"
 #include "napi_util.hpp"
+#include "shared_region.hpp"
+#include "shared_region_napi.hpp"
 #include "test_store.hpp"
 #include "unix_socket.hpp"
 
@@ -146,6 +148,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return DefineClass(env, "NativeEngine",
                        {InstanceMethod("createRegion", &EngineWrap::CreateRegion),
                         InstanceMethod("adopt", &EngineWrap::Adopt), InstanceMethod("close", &EngineWrap::Close),
+                        InstanceMethod("adoptShared", &EngineWrap::AdoptShared),
                         InstanceMethod("features", &EngineWrap::Features),
                         InstanceMethod("takeEvents", &EngineWrap::TakeEvents)});
   }
@@ -248,6 +251,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   Napi::Value CreateRegion(const Napi::CallbackInfo &info);
   Napi::Value Adopt(const Napi::CallbackInfo &info);
+  Napi::Value AdoptShared(const Napi::CallbackInfo &info);
 
   std::shared_ptr<Engine> engine_;
   std::shared_ptr<tierstack::StackClient> client_;
@@ -513,6 +517,33 @@ Napi::Value EngineWrap::Adopt(const Napi::CallbackInfo &info) {
   return obj;
 }
 
+// adoptShared(uffd, memfd, fileOffset, pid, region) → { source: NativeSource, shared }: a managed
+// region of another process that maps `memfd` MAP_SHARED (shared_region.hpp). Takes both fds.
+Napi::Value EngineWrap::AdoptShared(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!engine_) return throw_error(env, "TS_ERR_CLOSED", "the uffd engine is closed");
+  int uffd = info[0].ToNumber().Int32Value();
+  int memfd = info[1].ToNumber().Int32Value();
+  uint64_t file_offset = bigint_u64(info[2]);
+  pid_t pid = info[3].ToNumber().Int32Value();
+  RegionConfig c;
+  if (!read_region_config(env, info[4].As<Napi::Object>(), engine_->page_size(), &c)) {
+    ::close(uffd);
+    ::close(memfd);
+    return env.Undefined();
+  }
+  std::string err;
+  int e = 0;
+  auto s = adopt_shared(*engine_, uffd, memfd, file_offset, pid, c, &err, &e);
+  if (!s) return throw_error(env, e == ENOTSUP || e == ENOSYS || e == EPERM ? "TS_ERR_UNSUPPORTED" : "TS_ERR_IO", err, e);
+  Napi::Object src = env.GetInstanceData<AddonData>()->source_ctor.New({});
+  SourceWrap::Unwrap(src)->Init(engine_, s);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("source", src);
+  out.Set("shared", shared_region_object(env, engine_, s));
+  return out;
+}
+
 // ---- Unix socket descriptor passing ----
 
 Napi::Value ReceivedToJs(Napi::Env env, const Received &r) {
@@ -728,6 +759,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("testStoreOp", Napi::Function::New(env, TestStoreOp));
   exports.Set("gettid", Napi::Function::New(env, GetTid));
   exports.Set("pinCurrentThread", Napi::Function::New(env, PinCurrentThread));
+  exports.Set("sharedRegionsSupported", Napi::Function::New(env, SharedRegionsSupported));
   return exports;
 }
 

@@ -31,6 +31,8 @@
 
 namespace tsuffd {
 
+struct SharedMirror;  // shared_region.hpp
+
 enum class MissingPolicy : uint8_t { kZero, kStrict };
 
 struct RegionConfig {
@@ -47,6 +49,8 @@ struct RegionConfig {
                               // never written back is zero without asking the stack
   // A snapshot restore: zero pages, checksums and the working-set recorder, known natively.
   std::shared_ptr<SnapshotMeta> snap;
+  // A shared region of another process (shared_region.hpp): its memfd, mapped here too.
+  std::shared_ptr<SharedMirror> mirror;
 };
 
 // Something JavaScript must hear about, queued by native threads.

@@ -9,6 +9,7 @@
 
 #include "engine.hpp"
 #include "engine_internal.hpp"
+#include "shared_region.hpp"
 
 namespace tsuffd {
 
@@ -89,7 +90,7 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
         // Stop writers first, then copy: the copy is the page's final content.
         write_protect(s.fd, addr, ps, true, false);
         auto copy = std::make_shared<std::vector<uint8_t>>(ps);
-        std::memcpy(copy->data(), reinterpret_cast<const void *>(addr), ps);
+        std::memcpy(copy->data(), page_bytes(r, idx), ps);
         uint64_t page = r.cfg.page_offset + idx;
         r.writeback[page] = copy;
         r.wb_inflight.insert(page);
@@ -103,7 +104,7 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
     for (size_t i = 0; i < victims.size();) {
       size_t e = i + 1;
       while (e < victims.size() && victims[e] == victims[e - 1] + 1) e++;
-      madvise(reinterpret_cast<void *>(r.addr_of(victims[i])), (e - i) * ps, MADV_DONTNEED);
+      drop_pages(r, victims[i], e - i);
       i = e;
     }
     for (uint64_t idx : victims) {
@@ -132,7 +133,7 @@ int Engine::flush(Source &s, Region &r) {
         uint64_t addr = r.addr_of(idx);
         write_protect(s.fd, addr, ps, true, false);
         auto copy = std::make_shared<std::vector<uint8_t>>(ps);
-        std::memcpy(copy->data(), reinterpret_cast<const void *>(addr), ps);
+        std::memcpy(copy->data(), page_bytes(r, idx), ps);
         uint64_t page = r.cfg.page_offset + idx;
         r.writeback[page] = copy;  // in case the put fails: reads keep seeing it
         if (r.cfg.fresh) r.stored.set(idx);

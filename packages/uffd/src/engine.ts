@@ -17,10 +17,11 @@ import {
   type MetricsRegistry,
   type PageStore,
 } from '@tierstack/core';
-import { uffdAddon, type NativeEngine, type NativeEvent, type NativeFeatures, type NativeRegionConfig, type NativeSnapshot, type NativeSource } from './native.js';
+import { uffdAddon, type NativeSharedRegion, type NativeEngine, type NativeEvent, type NativeFeatures, type NativeRegionConfig, type NativeSnapshot, type NativeSource } from './native.js';
 import { UffdRegion, closeSource, type MissingPolicy, type PageErrorEvent, type RegionStats } from './region.js';
 import { bindUffdMetrics } from './metrics.js';
 import { SnapshotView } from './snapshot-view.js';
+import type { SharedAdoptOptions } from './shared.js';
 
 export interface UffdEngineOptions {
   /** The stack (or a single tier) regions are served from. */
@@ -131,6 +132,81 @@ export class AdoptedUffd extends EventEmitter {
   }
 }
 
+/**
+ * An adopted shared region. close() (also run when the owner exits) stops serving it and then
+ * removes every page it stored from the stack; `released` resolves with how many.
+ */
+export class SharedAdoption extends AdoptedUffd {
+  readonly region: UffdRegion;
+  readonly released: Promise<number>;
+  #resolveReleased!: (n: number) => void;
+  #rejectReleased!: (e: unknown) => void;
+  #releasing = false;
+
+  /** @internal */
+  constructor(
+    source: NativeSource,
+    private readonly shared: NativeSharedRegion,
+    region: UffdRegion,
+    pid: number,
+    onClosed: () => void,
+  ) {
+    super(source, [region], pid, onClosed);
+    this.region = region;
+    this.released = new Promise<number>((resolve, reject) => {
+      this.#resolveReleased = resolve;
+      this.#rejectReleased = reject;
+    });
+    this.released.catch(() => {}); // surfaced to whoever awaits it
+  }
+
+  /** The owner freed pages [first, first + count): dropped without write-back, removed from the stack. */
+  forget(firstPage: number, count: number): Promise<number> {
+    this.assertOpen();
+    if (!Number.isInteger(firstPage) || !Number.isInteger(count) || firstPage < 0 || count < 0) {
+      throw new TierStackError(ErrorCode.BadArgument, 'forget needs a page range');
+    }
+    return this.shared.forget(firstPage, count);
+  }
+
+  /** Writes every dirty page back to the stack (they stay resident and clean). */
+  writeBackDirty(): Promise<number> {
+    this.assertOpen();
+    return this.shared.writeBackDirty();
+  }
+
+  /** Pages the region wrote to the stack and did not forget since, as a bitmap (64 pages a word). */
+  storedBitmap(): Promise<BigUint64Array> {
+    return this.shared.storedBitmap();
+  }
+
+  /** Marks pages as held by the stack (before the owner touches the region). */
+  markStored(bitmap: BigUint64Array): void {
+    this.assertOpen();
+    this.shared.markStored(bitmap);
+  }
+
+  /** Resident pages by the region's own count. */
+  residentPages(): number {
+    return this.shared.residentPages();
+  }
+
+  override async close(): Promise<void> {
+    await super.close();
+    if (this.#releasing) return;
+    this.#releasing = true;
+    try {
+      this.#resolveReleased(await this.shared.release());
+    } catch (err) {
+      this.#rejectReleased(err);
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new TierStackError(ErrorCode.Closed, 'the shared region is closed');
+  }
+}
+
 const DEFAULT_FAULT_THREADS = 2;
 
 export class UffdEngine extends EventEmitter {
@@ -214,6 +290,34 @@ export class UffdEngine extends EventEmitter {
     this.adopted.add(adopted);
     this.sources.set(sourceId, adopted);
     return adopted;
+  }
+
+  /**
+   * Serves a managed region of another process whose memory is a memfd it maps MAP_SHARED (what
+   * `tierstack run`'s interposer does): the engine maps the memfd too, so that it can evict pages
+   * (read them through its own mapping, write dirty ones back, punch them out of the memfd). See
+   * SharedAdoptOptions; the region is fresh (pages never written back are zero).
+   */
+  adoptShared(options: SharedAdoptOptions): SharedAdoption {
+    const engine = this.engine();
+    if (!Number.isInteger(options.uffd) || options.uffd < 0 || !Number.isInteger(options.memfd) || options.memfd < 0) {
+      throw badArgument('adoptShared needs the owner\'s userfaultfd and memfd descriptors');
+    }
+    const r = options.region;
+    if (!r || typeof r.base !== 'bigint') throw badArgument('a shared region needs its base address as a bigint');
+    const cfg = this.regionConfig({ ...r, missing: 'strict', zeroAfterRemove: false, managed: { budgetPages: options.budgetPages, fresh: true } }, r.base);
+    const { source, shared } = engine.adoptShared(options.uffd, options.memfd, options.fileOffset ?? 0n, options.pid ?? 0, cfg);
+    const region = new UffdRegion(source, 0, this.describe(r, cfg), false, undefined);
+    const sourceId = source.regionInfo(0).source;
+    const adoption: SharedAdoption = new SharedAdoption(source, shared, region, options.pid ?? 0, () => {
+      this.adopted.delete(adoption);
+      this.sources.delete(sourceId);
+      this.regions.delete(region.id);
+    });
+    this.regions.set(region.id, region);
+    this.adopted.add(adoption);
+    this.sources.set(sourceId, adoption);
+    return adoption;
   }
 
   /** Closes every region, stops the fault threads and releases the stack client. */

@@ -1,6 +1,7 @@
 export {
   UffdEngine,
   AdoptedUffd,
+  SharedAdoption,
   createUffdEngine,
   type UffdEngineOptions,
   type RegionOptions,
@@ -13,3 +14,4 @@ export { UffdListener, listenForUffd, receiveUffd, sendUffd, closeFd, type Recei
 export { bindUffdMetrics } from './metrics.js';
 export type { NativeFeatures as UffdFeatures } from './native.js';
 export { SnapshotView, type SnapshotViewOptions, type SnapshotViewStats } from './snapshot-view.js';
+export { sharedRegionsSupported, type SharedAdoptOptions } from './shared.js';

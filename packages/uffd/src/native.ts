@@ -92,8 +92,19 @@ export interface NativeFeatures {
   jsThreadId: number;
 }
 
+/** The native side of a shared region (see native/shared_region.hpp). */
+export interface NativeSharedRegion {
+  forget(firstPage: number, count: number): Promise<number>;
+  writeBackDirty(): Promise<number>;
+  storedBitmap(): Promise<BigUint64Array>;
+  markStored(bitmap: BigUint64Array): void;
+  release(): Promise<number>;
+  residentPages(): number;
+}
+
 export interface NativeEngine {
   createRegion(cfg: NativeRegionConfig): NativeSource;
+  adoptShared(uffd: number, memfd: number, fileOffset: bigint, pid: number, region: NativeRegionConfig): { source: NativeSource; shared: NativeSharedRegion };
   adopt(fd: number, pid: number, features: bigint, apiDone: boolean, regions: NativeRegionConfig[]): NativeSource;
   close(): void;
   features(): NativeFeatures;
@@ -133,6 +144,7 @@ export interface UffdAddon {
   testStoreOp(handle: NativePageStoreHandle, op: string, ns?: bigint, pages?: Float64Array, data?: Buffer, status?: number): unknown;
   gettid(): number;
   pinCurrentThread(cpus: number[]): void;
+  sharedRegionsSupported(): { supported: boolean; reason?: string };
 }
 
 let addon: UffdAddon | undefined;

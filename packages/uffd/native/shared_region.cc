@@ -1,0 +1,275 @@
+// Shared regions (see shared_region.hpp): adoption, free, write-back of every dirty page, and the
+// release of everything a region stored once its owner is gone.
+#include "shared_region.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "engine.hpp"
+
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE 0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+
+namespace tsuffd {
+
+namespace {
+// Read by page_bytes() for a region whose mirror is already gone (nothing evicts then; a guard).
+alignas(4096) const uint8_t kZeroPage[65536] = {};
+
+constexpr size_t kBatch = 256;  // pages per stack call
+
+bool any_inflight_in(const Region &r, uint64_t first, uint64_t count) {
+  const uint64_t lo = r.cfg.page_offset + first, hi = lo + count;
+  for (uint64_t p : r.wb_inflight)
+    if (p >= lo && p < hi) return true;
+  return false;
+}
+
+int remove_from_stack(Engine &e, const Region &r, const std::vector<uint64_t> &pages) {
+  int rc = TS_OK;
+  for (size_t off = 0; off < pages.size(); off += kBatch) {
+    size_t cnt = std::min(kBatch, pages.size() - off);
+    int one = e.client()->remove(r.cfg.ns, pages.data() + off, cnt);
+    if (one != TS_OK) rc = one;
+  }
+  return rc;
+}
+}  // namespace
+
+void SharedMirror::release() {
+  if (local != nullptr) munmap(local, size);
+  local = nullptr;
+  if (memfd >= 0) ::close(memfd);
+  memfd = -1;
+}
+
+const void *page_bytes(const Region &r, uint64_t idx) {
+  if (r.cfg.mirror) {
+    if (r.cfg.mirror->local == nullptr || r.page_size > sizeof kZeroPage) return kZeroPage;
+    return r.cfg.mirror->local + idx * r.page_size;
+  }
+  return reinterpret_cast<const void *>(r.addr_of(idx));
+}
+
+void drop_pages(const Region &r, uint64_t first, uint64_t count) {
+  const uint64_t ps = r.page_size;
+  if (r.cfg.mirror) {
+    if (r.cfg.mirror->memfd >= 0)
+      fallocate(r.cfg.mirror->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                static_cast<off_t>(r.cfg.mirror->file_offset + first * ps), static_cast<off_t>(count * ps));
+    return;
+  }
+  madvise(reinterpret_cast<void *>(r.addr_of(first)), count * ps, MADV_DONTNEED);
+}
+
+int shared_regions_supported(std::string *why) {
+  uint64_t f = 0;
+  int rc = probe_features(&f);
+  if (rc < 0) {
+    *why = "userfaultfd is not available";
+    return rc;
+  }
+  if (!(f & UFFD_FEATURE_MISSING_SHMEM)) {
+    *why = "this kernel's userfaultfd cannot serve missing faults of shared memory (Linux >= 4.11)";
+    return -ENOTSUP;
+  }
+  if (!(f & UFFD_FEATURE_WP_HUGETLBFS_SHMEM)) {
+    *why = "this kernel's userfaultfd cannot write-protect shared memory (Linux >= 5.19)";
+    return -ENOTSUP;
+  }
+  return 0;
+}
+
+std::shared_ptr<Source> adopt_shared(Engine &e, int uffd, int memfd, uint64_t file_offset, pid_t pid, RegionConfig cfg,
+                                     std::string *err, int *err_errno) {
+  auto mirror = std::make_shared<SharedMirror>();
+  mirror->memfd = memfd;  // closed with the mirror, on failure too
+  auto fail = [&](const char *what, int en) -> std::shared_ptr<Source> {
+    *err = what;
+    *err_errno = en;
+    if (uffd >= 0) ::close(uffd);
+    return nullptr;
+  };
+  const uint64_t ps = e.page_size();
+  if (cfg.size == 0 || cfg.size % ps != 0 || cfg.base % ps != 0 || file_offset % ps != 0)
+    return fail("a shared region's base, size and file offset must be multiples of the page size", EINVAL);
+  std::string why;
+  if (shared_regions_supported(&why) < 0) return fail("shared regions are not supported here", ENOTSUP);
+  struct stat st;
+  if (fstat(memfd, &st) != 0) return fail("the region's memfd is not usable", errno);
+  if (static_cast<uint64_t>(st.st_size) < file_offset + cfg.size) return fail("the region's memfd is smaller than the region", EINVAL);
+  fcntl(memfd, F_SETFD, FD_CLOEXEC);
+  void *m = mmap(nullptr, cfg.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd, static_cast<off_t>(file_offset));
+  if (m == MAP_FAILED) return fail("mapping the region's memfd failed", errno);
+  mirror->local = static_cast<uint8_t *>(m);
+  mirror->size = cfg.size;
+  mirror->file_offset = file_offset;
+  madvise(m, cfg.size, MADV_NOHUGEPAGE);  // the owner's faults and our installs are per 4 KiB page
+
+  // The owner's uffd: negotiated and registered here (the calls act on the owner's memory).
+  uint64_t want = UFFD_FEATURE_WP_HUGETLBFS_SHMEM | (UFFD_FEATURE_POISON & e.kernel_features());
+  uint64_t got = 0;
+  int rc = api(uffd, want, &got);
+  if (rc < 0) return fail("UFFDIO_API on the owner's userfaultfd failed", -rc);
+  uint64_t ioctls = 0;
+  rc = register_range(uffd, cfg.base, cfg.size, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, &ioctls);
+  if (rc < 0) return fail("UFFDIO_REGISTER of the owner's shared range failed", -rc);
+  if (!(ioctls & (1ull << _UFFDIO_COPY)) || !(ioctls & (1ull << _UFFDIO_WRITEPROTECT)))
+    return fail("the owner's range cannot be served (no UFFDIO_COPY/UFFDIO_WRITEPROTECT): is it a MAP_SHARED memfd mapping?", ENOTSUP);
+
+  cfg.managed = true;
+  cfg.fresh = true;
+  cfg.zero_after_remove = false;  // no REMOVE events are negotiated
+  if (cfg.budget_pages == 0) cfg.budget_pages = cfg.size / ps;
+  cfg.mirror = mirror;
+  std::vector<RegionConfig> cfgs{cfg};
+  auto s = e.adopt(uffd, pid, got, true, cfgs, err, err_errno);
+  if (!s) {
+    ::close(uffd);  // adopt() leaves the descriptor to the caller on failure
+    return nullptr;
+  }
+  return s;
+}
+
+int forget_pages(Engine &e, Source &, Region &r, uint64_t first, uint64_t count) {
+  if (!r.cfg.mirror || !r.cfg.managed || !r.cfg.fresh) return TS_E_UNSUPPORTED;
+  if (first >= r.npages) return TS_OK;
+  count = std::min<uint64_t>(count, r.npages - first);
+  if (count == 0) return TS_OK;
+  std::vector<uint64_t> stored;
+  {
+    std::unique_lock<std::mutex> lk(r.mu);
+    // A write-back of one of these pages that lands after the remove would re-create the page.
+    r.wb_done.wait(lk, [&] { return !any_inflight_in(r, first, count); });
+    drop_pages(r, first, count);  // unmaps them in the owner too
+    const uint64_t lo = r.cfg.page_offset + first, hi = lo + count;
+    for (auto it = r.writeback.begin(); it != r.writeback.end();) {  // failed write-backs: forget them too
+      if (it->first >= lo && it->first < hi)
+        it = r.writeback.erase(it);
+      else
+        ++it;
+    }
+    for (uint64_t i = first; i < first + count; i++) {
+      if (r.installed.clear(i)) r.resident--;
+      r.dirty.clear(i);
+      r.removed.clear(i);
+      // A fill deciding about this page right now (fault-around of a neighbour) must not install it.
+      r.evict_gen[i].fetch_add(1, std::memory_order_acq_rel);
+      if (r.stored.clear(i)) stored.push_back(r.cfg.page_offset + i);
+    }
+  }
+  return remove_from_stack(e, r, stored);
+}
+
+int write_back_dirty(Engine &e, Source &s, Region &r) {
+  if (!r.cfg.managed) return TS_OK;
+  const uint64_t ps = r.page_size;
+  std::vector<uint64_t> pages;
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> data;
+  {
+    std::unique_lock<std::mutex> lk(r.mu);
+    r.wb_done.wait(lk, [&] { return r.wb_inflight.empty(); });
+    for (uint64_t idx = 0; idx < r.npages;) {
+      if (!r.dirty.test(idx)) {
+        idx++;
+        continue;
+      }
+      uint64_t end = idx + 1;
+      while (end < r.npages && r.dirty.test(end)) end++;
+      // Stop writers first (one ioctl per run), then copy: the copies are the pages' contents now.
+      write_protect(s.fd, r.addr_of(idx), (end - idx) * ps, true, false);
+      for (uint64_t i = idx; i < end; i++) {
+        auto copy = std::make_shared<std::vector<uint8_t>>(ps);
+        std::memcpy(copy->data(), page_bytes(r, i), ps);
+        uint64_t page = r.cfg.page_offset + i;
+        r.writeback[page] = copy;  // reads see it until the put lands; kept if the put fails
+        if (r.cfg.fresh) r.stored.set(i);
+        r.dirty.clear(i);
+      }
+      idx = end;
+    }
+    for (auto &kv : r.writeback) {  // includes earlier write-backs that failed
+      pages.push_back(kv.first);
+      data.push_back(kv.second);
+      r.wb_inflight.insert(kv.first);
+    }
+  }
+  int rc = TS_OK;
+  std::vector<const void *> bufs(pages.size());
+  for (size_t i = 0; i < pages.size(); i++) bufs[i] = data[i]->data();
+  for (size_t off = 0; off < pages.size(); off += kBatch) {
+    size_t cnt = std::min(kBatch, pages.size() - off);
+    int prc = e.client()->put(r.cfg.ns, pages.data() + off, cnt, bufs.data() + off, TS_PUT_DIRTY);
+    std::lock_guard<std::mutex> lk(r.mu);
+    for (size_t i = off; i < off + cnt; i++) {
+      r.wb_inflight.erase(pages[i]);
+      if (prc != TS_OK) continue;
+      auto it = r.writeback.find(pages[i]);
+      if (it != r.writeback.end() && it->second == data[i]) r.writeback.erase(it);
+    }
+    if (prc != TS_OK) {
+      rc = prc;
+      RegionStats::add(r.stats.writeback_errors, cnt);
+    } else {
+      RegionStats::add(r.stats.writebacks, cnt);
+    }
+  }
+  r.wb_done.notify_all();
+  return rc;
+}
+
+std::vector<uint64_t> stored_bitmap(Region &r) {
+  std::vector<uint64_t> words((r.npages + 63) / 64, 0);
+  if (!r.cfg.fresh) return words;
+  std::unique_lock<std::mutex> lk(r.mu);
+  r.wb_done.wait(lk, [&] { return r.wb_inflight.empty(); });
+  for (uint64_t i = 0; i < r.npages; i++)
+    if (r.stored.test(i)) words[i >> 6] |= uint64_t{1} << (i & 63);
+  return words;
+}
+
+void mark_stored(Region &r, const std::vector<uint64_t> &bitmap) {
+  if (!r.cfg.fresh) return;
+  std::lock_guard<std::mutex> lk(r.mu);
+  for (uint64_t w = 0; w < bitmap.size() && w * 64 < r.npages; w++) {
+    uint64_t bits = bitmap[w];
+    while (bits) {
+      uint64_t i = w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      if (i < r.npages) r.stored.set(i);
+    }
+  }
+}
+
+int64_t release_shared(Engine &e, Source &, Region &r) {
+  std::vector<uint64_t> stored;
+  {
+    std::unique_lock<std::mutex> lk(r.mu);
+    r.wb_done.wait(lk, [&] { return r.wb_inflight.empty(); });
+    if (r.cfg.fresh)
+      for (uint64_t i = 0; i < r.npages; i++)
+        if (r.stored.clear(i)) stored.push_back(r.cfg.page_offset + i);
+    for (auto &kv : r.writeback)  // write-backs that failed: the stack may hold an older copy
+      if (std::find(stored.begin(), stored.end(), kv.first) == stored.end()) stored.push_back(kv.first);
+    r.writeback.clear();
+    for (uint64_t i = 0; i < r.npages; i++) {
+      r.installed.clear(i);
+      r.dirty.clear(i);
+    }
+    r.resident = 0;
+    if (r.cfg.mirror) r.cfg.mirror->release();
+  }
+  int rc = remove_from_stack(e, r, stored);
+  return rc == TS_OK ? static_cast<int64_t>(stored.size()) : rc;
+}
+
+}  // namespace tsuffd

@@ -1,0 +1,88 @@
+// Shared regions: a managed (budgeted, write-back) region of ANOTHER process whose memory is a
+// memfd mapped MAP_SHARED both there and here (the "mirror"). This is what `tierstack run` serves:
+// the interposer in the program maps its big allocations from a memfd and hands the memfd and its
+// userfaultfd to the server.
+//
+// Why shared memory: eviction needs to read a page and drop it, and neither can be done on another
+// process's private memory (memcpy and MADV_DONTNEED act on the caller's address space). With a
+// shared memfd the server reads the page through its own mapping and drops it with
+// fallocate(PUNCH_HOLE), which removes it from the page cache and so from the owner's page tables
+// too; the owner's next touch is a missing fault again. Dirty tracking is userfaultfd write-protect
+// on shmem (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+), driven through the owner's uffd, which
+// works from any process. Missing faults are served with UFFDIO_COPY as for any region.
+//
+// Everything else (fetching, installing, eviction order, write-back) is the engine's managed-region
+// machinery (fill.cc, managed.cc); managed.cc asks page_bytes()/drop_pages() where a page's bytes
+// are and how to drop it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tsuffd {
+
+class Engine;
+class Source;
+class Region;
+struct RegionConfig;
+
+// This process's mapping of a shared region's memfd.
+struct SharedMirror {
+  int memfd = -1;
+  uint8_t *local = nullptr;  // MAP_SHARED mapping of [file_offset, file_offset + size) of memfd
+  uint64_t size = 0;
+  uint64_t file_offset = 0;
+  SharedMirror() = default;
+  SharedMirror(const SharedMirror &) = delete;
+  SharedMirror &operator=(const SharedMirror &) = delete;
+  ~SharedMirror() { release(); }
+  // Unmaps and closes (the shmem pages are freed once the owner is gone too). Only once no
+  // thread can evict from the region any more.
+  void release();
+};
+
+// Where page `idx` of a region can be read in this process (the mirror for shared regions).
+const void *page_bytes(const Region &r, uint64_t idx);
+// Drops resident pages [first, first + count) of a region: MADV_DONTNEED for in-process memory,
+// a hole punched in the memfd for shared regions (which unmaps them in the owner too).
+void drop_pages(const Region &r, uint64_t first, uint64_t count);
+
+// The kernel's support for shared regions, probed once: 0, or -ENOTSUP / -errno with *why set.
+int shared_regions_supported(std::string *why);
+
+// Adopts the uffd of process `pid` (not yet API'd: done here) whose range [cfg.base, +cfg.size)
+// maps `memfd` at `file_offset` MAP_SHARED. Maps the mirror, negotiates WP on shmem + REMOVE events
+// + POISON, registers the range MISSING|WP and serves it as a managed, fresh region (cfg.managed,
+// cfg.fresh are forced; cfg.budget_pages as given). Takes ownership of both descriptors (closed on
+// failure too). Returns the source or nullptr with *err / *err_errno set.
+std::shared_ptr<Source> adopt_shared(Engine &e, int uffd, int memfd, uint64_t file_offset, pid_t pid, RegionConfig cfg,
+                                     std::string *err, int *err_errno);
+
+// The owner freed pages [first, first + count): they are dropped without write-back (punched out
+// of the memfd), forgotten by the region (the next touch is a fresh zero page) and removed from the
+// stack. Waits for write-backs of those pages under way first (they would re-create them). Blocks
+// on the stack (JS path): never call on the JS thread. Returns TS_OK or a TS_E_* status.
+int forget_pages(Engine &e, Source &s, Region &r, uint64_t first, uint64_t count);
+
+// Writes every dirty page back to the stack (they stay resident, clean and write-protected) and
+// waits until no write-back of the region is under way. Unlike Engine::flush it does not flush
+// the stack. Off the JS thread. Returns TS_OK or a TS_E_* status.
+int write_back_dirty(Engine &e, Source &s, Region &r);
+
+// The set of region pages written to the stack at least once and not forgotten since ("stored"),
+// as a bitmap of ceil(npages / 64) words. Waits for write-backs under way.
+std::vector<uint64_t> stored_bitmap(Region &r);
+// Marks pages stored (a region created with pages the stack already holds, e.g. a fork child).
+// Before the region serves its first fault.
+void mark_stored(Region &r, const std::vector<uint64_t> &bitmap);
+
+// The owner is gone: removes every stored page of the region from the stack (waiting for
+// write-backs under way), then releases the mirror. Off the JS thread. Returns pages removed (>= 0)
+// or a TS_E_* status.
+int64_t release_shared(Engine &e, Source &s, Region &r);
+
+}  // namespace tsuffd
