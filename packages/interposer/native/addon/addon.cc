@@ -1,0 +1,400 @@
+// N-API surface of @tierstack/interposer (the `tierstack run` server side):
+//  - the CowStore over a tier stack (cow_store.hpp), as a page-store handle plus its controls;
+//  - the listening socket and HELLO receipt (a message plus the program's uffd and memfd as
+//    SCM_RIGHTS: Node's `net` cannot receive descriptors). Later messages are read by JS.
+// Blocking work runs on its own thread and resolves a promise.
+#include <napi.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <tierstack/page_store_napi.hpp>
+#include <tierstack/stack_client.hpp>
+
+#include "cow_store.hpp"
+
+namespace tsrun {
+namespace {
+
+Napi::Error make_error(Napi::Env env, const char *code, const std::string &msg, int err_no = 0) {
+  std::string full = msg;
+  if (err_no) full += std::string(": ") + std::strerror(err_no);
+  Napi::Error e = Napi::Error::New(env, full);
+  e.Set("code", Napi::String::New(env, code));
+  if (err_no) e.Set("errno", Napi::Number::New(env, err_no));
+  return e;
+}
+
+Napi::Value throw_error(Napi::Env env, const char *code, const std::string &msg, int err_no = 0) {
+  make_error(env, code, msg, err_no).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+uint64_t u64(Napi::Value v) {
+  if (v.IsBigInt()) {
+    bool lossless;
+    return v.As<Napi::BigInt>().Uint64Value(&lossless);
+  }
+  return static_cast<uint64_t>(v.ToNumber().Int64Value());
+}
+
+// Runs `work()` on a new thread (never the libuv pool: it may wait for the JS path, whose tiers
+// may need the pool); `done(env, deferred)` then runs on the JS thread.
+Napi::Value run_on_thread(Napi::Env env, std::function<void()> work, std::function<void(Napi::Env, Napi::Promise::Deferred &)> done) {
+  struct Job {
+    explicit Job(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+    Napi::Promise::Deferred deferred;
+    std::function<void()> work;
+    std::function<void(Napi::Env, Napi::Promise::Deferred &)> done;
+    Napi::ThreadSafeFunction tsfn;
+  };
+  auto *job = new Job(env);
+  job->work = std::move(work);
+  job->done = std::move(done);
+  Napi::Promise promise = job->deferred.Promise();
+  job->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo &) {}), "tierstack-run-job", 0, 1);
+  std::thread([job] {
+    job->work();
+    napi_status st = job->tsfn.BlockingCall(job, [](Napi::Env env, Napi::Function, Job *j) {
+      if (env != nullptr) {
+        Napi::HandleScope scope(env);
+        j->done(env, j->deferred);
+      }
+      j->tsfn.Release();
+      delete j;
+    });
+    if (st != napi_ok) job->tsfn.Release();
+  }).detach();
+  return promise;
+}
+
+// ---- CowStore ----
+
+struct CowHolder {
+  CowStore *store = nullptr;  // one reference
+  std::shared_ptr<tierstack::StackClient> client;
+  ~CowHolder() {
+    if (store) store->release();
+  }
+};
+using CowRef = std::shared_ptr<CowHolder>;
+using CowMethod = Napi::Value (*)(const Napi::CallbackInfo &, const CowRef &);
+
+void add_method(Napi::Env env, Napi::Object obj, const char *name, CowMethod m, const CowRef &h) {
+  struct Data {
+    CowMethod m;
+    CowRef h;
+  };
+  auto *d = new Data{m, h};
+  Napi::Function fn = Napi::Function::New(
+      env, [](const Napi::CallbackInfo &info) -> Napi::Value {
+        auto *d = static_cast<Data *>(info.Data());
+        return d->m(info, d->h);
+      },
+      name, d);
+  fn.AddFinalizer([](Napi::Env, Data *p) { delete p; }, d);
+  obj.Set(name, fn);
+}
+
+Napi::Value resolve_undefined(Napi::Env env, std::function<void()> work) {
+  return run_on_thread(env, std::move(work), [](Napi::Env env, Napi::Promise::Deferred &d) { d.Resolve(env.Undefined()); });
+}
+
+// addLayer(child: bigint, source: bigint, pending: BigUint64Array) → Promise<void>
+Napi::Value AddLayer(const Napi::CallbackInfo &info, const CowRef &h) {
+  uint64_t child = u64(info[0]), source = u64(info[1]);
+  auto a = info[2].As<Napi::BigUint64Array>();
+  std::vector<uint64_t> bits(a.ElementLength());
+  for (size_t i = 0; i < bits.size(); i++) bits[i] = a[i];
+  return resolve_undefined(info.Env(), [h, child, source, bits]() mutable { h->store->add_layer(child, source, std::move(bits)); });
+}
+
+// dropLayer(ns: bigint) → Promise<void>
+Napi::Value DropLayer(const Napi::CallbackInfo &info, const CowRef &h) {
+  uint64_t ns = u64(info[0]);
+  return resolve_undefined(info.Env(), [h, ns] { h->store->drop_layer(ns); });
+}
+
+// pendingPages(ns: bigint) → Promise<number>
+Napi::Value PendingPages(const Napi::CallbackInfo &info, const CowRef &h) {
+  uint64_t ns = u64(info[0]);
+  auto n = std::make_shared<uint64_t>(0);
+  return run_on_thread(
+      info.Env(), [h, ns, n] { *n = h->store->pending_pages(ns); },
+      [n](Napi::Env env, Napi::Promise::Deferred &d) { d.Resolve(Napi::Number::New(env, static_cast<double>(*n))); });
+}
+
+// op('get'|'put'|'remove', ns: bigint, pages: Float64Array, data?: Buffer) → Promise<Int32Array | void>:
+// the same calls the uffd engine makes, from JavaScript (on a thread of their own).
+Napi::Value Op(const Napi::CallbackInfo &info, const CowRef &h) {
+  Napi::Env env = info.Env();
+  std::string op = info[0].ToString().Utf8Value();
+  uint64_t ns = u64(info[1]);
+  auto arr = info[2].As<Napi::Float64Array>();
+  auto pages = std::make_shared<std::vector<uint64_t>>(arr.ElementLength());
+  for (size_t i = 0; i < pages->size(); i++) (*pages)[i] = static_cast<uint64_t>(arr[i]);
+  const size_t ps = h->store->store()->page_size;
+  uint8_t *data = nullptr;
+  auto ref = std::make_shared<Napi::Reference<Napi::Value>>();
+  if (op == "get" || op == "put") {
+    if (info.Length() < 4 || !info[3].IsBuffer() || info[3].As<Napi::Buffer<uint8_t>>().Length() < pages->size() * ps)
+      return throw_error(env, "TS_ERR_BAD_ARGUMENT", "op needs a buffer of pages");
+    data = info[3].As<Napi::Buffer<uint8_t>>().Data();
+    *ref = Napi::Persistent(info[3]);
+  } else if (op != "remove") {
+    return throw_error(env, "TS_ERR_BAD_ARGUMENT", "op is get, put or remove");
+  }
+  auto status = std::make_shared<std::vector<int32_t>>(pages->size(), TS_PAGE_MISS);
+  auto rc = std::make_shared<int>(TS_OK);
+  ts_page_store *s = h->store->store();
+  return run_on_thread(
+      env,
+      [h, s, op, ns, pages, data, ps, status, rc] {
+        std::vector<void *> bufs(pages->size());
+        for (size_t i = 0; i < bufs.size(); i++) bufs[i] = data ? data + i * ps : nullptr;
+        if (op == "get")
+          *rc = s->ops->get(s->self, ns, pages->data(), pages->size(), bufs.data(), status->data());
+        else if (op == "put")
+          *rc = s->ops->put(s->self, ns, pages->data(), pages->size(), const_cast<const void *const *>(bufs.data()), TS_PUT_DIRTY);
+        else
+          *rc = s->ops->remove(s->self, ns, pages->data(), pages->size());
+      },
+      [ref, status, rc](Napi::Env env, Napi::Promise::Deferred &d) {
+        ref->Reset();
+        if (*rc != TS_OK) {
+          d.Reject(make_error(env, ts_status_code(*rc), "tierstack-run store call failed").Value());
+          return;
+        }
+        auto out = Napi::Int32Array::New(env, status->size());
+        for (size_t i = 0; i < status->size(); i++) out[i] = (*status)[i];
+        d.Resolve(out);
+      });
+}
+
+Napi::Value Stats(const Napi::CallbackInfo &info, const CowRef &h) {
+  Napi::Env env = info.Env();
+  const CowStore::Stats &s = h->store->stats();
+  Napi::Object o = Napi::Object::New(env);
+  auto num = [&](const char *k, const std::atomic<uint64_t> &v) {
+    o.Set(k, Napi::Number::New(env, static_cast<double>(v.load(std::memory_order_relaxed))));
+  };
+  num("gets", s.gets);
+  num("puts", s.puts);
+  num("removes", s.removes);
+  num("pagesRead", s.pages_read);
+  num("pagesFound", s.pages_found);
+  num("pagesWritten", s.pages_written);
+  num("pagesRemoved", s.pages_removed);
+  num("nativePages", s.native_pages);
+  num("jsPathPages", s.js_pages);
+  num("cowReads", s.cow_reads);
+  num("cowCopies", s.cow_copies);
+  num("errors", s.errors);
+  return o;
+}
+
+// close(): fails the JS-path requests of the store's client (call after the engine stopped).
+Napi::Value Close(const Napi::CallbackInfo &info, const CowRef &h) {
+  if (h->client) h->client->close();
+  return info.Env().Undefined();
+}
+
+// createCowStore(jsPath) → { handle, addLayer, dropLayer, pendingPages, op, stats, close }
+Napi::Value CreateCowStore(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "createCowStore(jsPath)");
+  tierstack::StackClientOptions opts;
+  auto client = tierstack::StackClient::create(env, info[0].As<Napi::Object>(), opts);
+  if (!client) return env.Undefined();
+  client->unref(env);  // an idle server must not be kept alive by it
+  auto h = std::make_shared<CowHolder>();
+  h->client = client;
+  h->store = new CowStore(client, client->page_size());
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("handle", tierstack::wrap_page_store(env, h->store->store()));
+  add_method(env, o, "addLayer", AddLayer, h);
+  add_method(env, o, "dropLayer", DropLayer, h);
+  add_method(env, o, "pendingPages", PendingPages, h);
+  add_method(env, o, "op", Op, h);
+  add_method(env, o, "stats", Stats, h);
+  add_method(env, o, "close", Close, h);
+  return o;
+}
+
+// ---- the listening socket ----
+
+int wait_readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  for (;;) {
+    int n = poll(&p, 1, timeout_ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    if (n == 0) return -ETIMEDOUT;
+    return 0;
+  }
+}
+
+// listenUnix(path) → fd (mode 0600: only the owner and root may connect).
+Napi::Value ListenUnix(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].ToString().Utf8Value();
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "socket path too long: " + path);
+  std::memcpy(a.sun_path, path.data(), path.size());
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_error(env, "TS_ERR_IO", "socket", errno);
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
+  if (bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || listen(fd, 64) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_error(env, "TS_ERR_IO", "cannot listen on " + path, e);
+  }
+  chmod(path.c_str(), 0600);
+  return Napi::Number::New(env, fd);
+}
+
+struct Hello {
+  int conn = -1;
+  std::vector<int> fds;
+  std::vector<uint8_t> message;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  int err = 0;
+  std::string what;
+};
+
+// Accepts one connection and receives its first message (exactly `size` bytes) with up to 4 fds.
+Hello accept_hello(int listen_fd, int timeout_ms, size_t size) {
+  Hello r;
+  int w = wait_readable(listen_fd, timeout_ms);
+  if (w < 0) {
+    r.err = -w;
+    r.what = "waiting for a connection";
+    return r;
+  }
+  int conn = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  if (conn < 0) {
+    r.err = errno;
+    r.what = "accept";
+    return r;
+  }
+  r.conn = conn;
+  ucred cred{};
+  socklen_t cl = sizeof cred;
+  if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+    r.pid = cred.pid;
+    r.uid = cred.uid;
+    r.gid = cred.gid;
+  }
+  r.message.resize(size);
+  size_t got = 0;
+  while (got < size) {
+    // A client that connects and says nothing must not hold this thread forever.
+    w = wait_readable(conn, 10000);
+    if (w < 0) {
+      r.err = -w;
+      r.what = "waiting for HELLO";
+      break;
+    }
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+    iovec iov{r.message.data() + got, size - got};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      r.err = n < 0 ? errno : EPIPE;
+      r.what = "receiving HELLO";
+      break;
+    }
+    for (cmsghdr *c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; i++) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        r.fds.push_back(fd);
+      }
+    }
+    got += static_cast<size_t>(n);
+  }
+  if (r.err != 0) {
+    for (int fd : r.fds) close(fd);
+    r.fds.clear();
+  }
+  return r;
+}
+
+// acceptHello(listenFd, timeoutMs, size) → Promise<{ conn, fds, message, pid, uid, gid }>
+Napi::Value AcceptHello(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].ToNumber().Int32Value();
+  int timeout = info[1].IsNumber() ? info[1].ToNumber().Int32Value() : -1;
+  size_t size = static_cast<size_t>(info[2].ToNumber().Uint32Value());
+  auto res = std::make_shared<Hello>();
+  return run_on_thread(
+      env, [fd, timeout, size, res] { *res = accept_hello(fd, timeout, size); },
+      [res](Napi::Env env, Napi::Promise::Deferred &d) {
+        if (res->err == 0) {
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("conn", res->conn);
+          Napi::Array fds = Napi::Array::New(env, res->fds.size());
+          for (size_t i = 0; i < res->fds.size(); i++) fds.Set(static_cast<uint32_t>(i), res->fds[i]);
+          o.Set("fds", fds);
+          o.Set("message", Napi::Buffer<uint8_t>::Copy(env, res->message.data(), res->message.size()));
+          o.Set("pid", static_cast<double>(res->pid));
+          o.Set("uid", static_cast<double>(res->uid));
+          o.Set("gid", static_cast<double>(res->gid));
+          d.Resolve(o);
+          return;
+        }
+        const char *code = res->err == ETIMEDOUT ? "TS_ERR_TIMEOUT" : "TS_ERR_IO";
+        Napi::Error e = make_error(env, code, "accepting a tierstack-run client failed (" + res->what + ")", res->err);
+        e.Set("conn", Napi::Number::New(env, res->conn));
+        d.Reject(e.Value());
+      });
+}
+
+// Wakes a thread waiting in poll/accept on a listening socket.
+Napi::Value ShutdownFd(const Napi::CallbackInfo &info) {
+  int fd = info[0].ToNumber().Int32Value();
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+  return info.Env().Undefined();
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo &info) {
+  int fd = info[0].ToNumber().Int32Value();
+  if (fd >= 0) ::close(fd);
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("createCowStore", Napi::Function::New(env, CreateCowStore));
+  exports.Set("listenUnix", Napi::Function::New(env, ListenUnix));
+  exports.Set("acceptHello", Napi::Function::New(env, AcceptHello));
+  exports.Set("shutdownFd", Napi::Function::New(env, ShutdownFd));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  return exports;
+}
+
+}  // namespace
+}  // namespace tsrun
+
+static Napi::Object InitTierstackInterposer(Napi::Env env, Napi::Object exports) { return tsrun::Init(env, exports); }
+NODE_API_MODULE(tierstack_interposer, InitTierstackInterposer)

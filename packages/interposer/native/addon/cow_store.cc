@@ -1,0 +1,268 @@
+#include "cow_store.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+
+namespace tsrun {
+
+const ts_page_store_ops CowStore::kOps = {
+    TS_PAGE_STORE_ABI_VERSION, sizeof(ts_page_store_ops), &CowStore::op_get, &CowStore::op_put, &CowStore::op_remove,
+    &CowStore::op_retain,      &CowStore::op_release,
+};
+
+CowStore::CowStore(std::shared_ptr<tierstack::StackClient> below, uint32_t page_size) : below_(std::move(below)) {
+  store_.abi_version = TS_PAGE_STORE_ABI_VERSION;
+  store_.page_size = page_size;
+  store_.name = "tierstack-run";
+  store_.ops = &kOps;
+  store_.self = this;
+}
+
+CowStore::~CowStore() = default;
+
+int CowStore::op_get(void *self, uint64_t ns, const uint64_t *pages, size_t count, void *const *bufs, int32_t *status) {
+  return static_cast<CowStore *>(self)->get(ns, pages, count, bufs, status);
+}
+int CowStore::op_put(void *self, uint64_t ns, const uint64_t *pages, size_t count, const void *const *bufs, uint32_t flags) {
+  return static_cast<CowStore *>(self)->put(ns, pages, count, bufs, flags);
+}
+int CowStore::op_remove(void *self, uint64_t ns, const uint64_t *pages, size_t count) {
+  return static_cast<CowStore *>(self)->remove(ns, pages, count);
+}
+void CowStore::op_retain(void *self) { static_cast<CowStore *>(self)->retain(); }
+void CowStore::op_release(void *self) { static_cast<CowStore *>(self)->release(); }
+
+int CowStore::below_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+  thread_local std::vector<uint8_t> level;
+  level.assign(n, 0);
+  int rc = below_->get(ns, pages, n, bufs, status, level.data());
+  if (rc != TS_OK) {
+    stats_.errors.fetch_add(1, std::memory_order_relaxed);
+    return rc;
+  }
+  uint64_t native = 0, js = 0, found = 0;
+  const size_t native_levels = below_->chain().size();
+  for (size_t i = 0; i < n; i++) {
+    if (status[i] != TS_PAGE_FOUND) continue;
+    found++;
+    if (level[i] < native_levels)
+      native++;
+    else
+      js++;
+  }
+  stats_.pages_found.fetch_add(found, std::memory_order_relaxed);
+  stats_.native_pages.fetch_add(native, std::memory_order_relaxed);
+  stats_.js_pages.fetch_add(js, std::memory_order_relaxed);
+  return TS_OK;
+}
+
+uint64_t CowStore::resolve(uint64_t ns, uint64_t p) const {
+  for (int depth = 0; depth < 1024; depth++) {
+    auto it = layers_.find(ns);
+    if (it == layers_.end() || !it->second.has_source || !it->second.is_pending(p)) return ns;
+    ns = it->second.source;
+  }
+  return ns;
+}
+
+int CowStore::get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+  stats_.gets.fetch_add(1, std::memory_order_relaxed);
+  stats_.pages_read.fetch_add(n, std::memory_order_relaxed);
+  if (layers_with_source_.load(std::memory_order_acquire) == 0) return below_get(ns, pages, n, bufs, status);
+  // Hold the layers shared for the whole read: a parent's copy cannot change under a child's
+  // read of it (copy_to_children runs exclusive).
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  thread_local std::vector<uint64_t> from;
+  from.resize(n);
+  bool all_own = true;
+  for (size_t i = 0; i < n; i++) {
+    from[i] = resolve(ns, pages[i]);
+    if (from[i] != ns) all_own = false;
+  }
+  if (all_own) return below_get(ns, pages, n, bufs, status);
+  // Group by the namespace each page is read from (usually one or two).
+  thread_local std::vector<uint64_t> sub_pages;
+  thread_local std::vector<void *> sub_bufs;
+  thread_local std::vector<int32_t> sub_status;
+  thread_local std::vector<size_t> sub_idx;
+  thread_local std::vector<uint8_t> done;
+  done.assign(n, 0);
+  for (size_t i = 0; i < n; i++) {
+    if (done[i]) continue;
+    const uint64_t src = from[i];
+    sub_pages.clear();
+    sub_bufs.clear();
+    sub_idx.clear();
+    for (size_t k = i; k < n; k++) {
+      if (done[k] || from[k] != src) continue;
+      sub_pages.push_back(pages[k]);
+      sub_bufs.push_back(bufs[k]);
+      sub_idx.push_back(k);
+      done[k] = 1;
+    }
+    sub_status.assign(sub_pages.size(), TS_PAGE_MISS);
+    int rc = below_get(src, sub_pages.data(), sub_pages.size(), sub_bufs.data(), sub_status.data());
+    if (rc != TS_OK) return rc;
+    for (size_t k = 0; k < sub_idx.size(); k++) status[sub_idx[k]] = sub_status[k];
+    if (src != ns) stats_.cow_reads.fetch_add(sub_pages.size(), std::memory_order_relaxed);
+  }
+  return TS_OK;
+}
+
+int CowStore::copy_to_children(uint64_t ns, const uint64_t *pages, size_t n) {
+  auto it = layers_.find(ns);
+  if (it == layers_.end() || it->second.children.empty()) return TS_OK;
+  const uint32_t ps = store_.page_size;
+  std::vector<uint64_t> want;
+  for (uint64_t child : std::vector<uint64_t>(it->second.children)) {
+    auto c = layers_.find(child);
+    if (c == layers_.end()) continue;
+    want.clear();
+    for (size_t i = 0; i < n; i++)
+      if (c->second.is_pending(pages[i])) want.push_back(pages[i]);
+    if (want.empty()) continue;
+    std::sort(want.begin(), want.end());
+    want.erase(std::unique(want.begin(), want.end()), want.end());
+    // The old copies, as ns sees them (a page ns itself still reads from its source included):
+    // one read per namespace they come from.
+    std::vector<uint8_t> buf(want.size() * ps);
+    std::vector<int32_t> st(want.size(), TS_PAGE_MISS);
+    std::vector<uint64_t> from(want.size());
+    for (size_t k = 0; k < want.size(); k++) from[k] = resolve(ns, want[k]);
+    std::vector<uint8_t> done(want.size(), 0);
+    for (size_t k = 0; k < want.size(); k++) {
+      if (done[k]) continue;
+      std::vector<uint64_t> sub;
+      std::vector<void *> sub_bufs;
+      std::vector<size_t> idx;
+      for (size_t j = k; j < want.size(); j++) {
+        if (done[j] || from[j] != from[k]) continue;
+        sub.push_back(want[j]);
+        sub_bufs.push_back(buf.data() + j * ps);
+        idx.push_back(j);
+        done[j] = 1;
+      }
+      std::vector<int32_t> sub_st(sub.size(), TS_PAGE_MISS);
+      int rc = below_get(from[k], sub.data(), sub.size(), sub_bufs.data(), sub_st.data());
+      if (rc != TS_OK) return rc;
+      for (size_t j = 0; j < idx.size(); j++) st[idx[j]] = sub_st[j];
+    }
+    // Found pages go to the child; a page ns no longer has (a miss) is simply no longer pending
+    // (the child would read a miss either way). A page that cannot be read stays pending and the
+    // caller's change fails: the child's copy is never lost.
+    std::vector<uint64_t> put_pages;
+    std::vector<const void *> put_bufs;
+    for (size_t k = 0; k < want.size(); k++) {
+      if (st[k] == TS_PAGE_FOUND) {
+        put_pages.push_back(want[k]);
+        put_bufs.push_back(buf.data() + k * ps);
+      } else if (st[k] < 0) {
+        return st[k];
+      }
+    }
+    if (!put_pages.empty()) {
+      int rc = below_->put(child, put_pages.data(), put_pages.size(), put_bufs.data(), TS_PUT_DIRTY);
+      if (rc != TS_OK) {
+        stats_.errors.fetch_add(1, std::memory_order_relaxed);
+        return rc;
+      }
+      stats_.cow_copies.fetch_add(put_pages.size(), std::memory_order_relaxed);
+    }
+    for (uint64_t p : want) c->second.clear_pending(p);
+  }
+  return TS_OK;
+}
+
+int CowStore::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
+  stats_.puts.fetch_add(1, std::memory_order_relaxed);
+  stats_.pages_written.fetch_add(n, std::memory_order_relaxed);
+  if (layers_with_source_.load(std::memory_order_acquire) == 0) return below_->put(ns, pages, n, bufs, flags);
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  int rc = copy_to_children(ns, pages, n);
+  if (rc != TS_OK) return rc;
+  rc = below_->put(ns, pages, n, bufs, flags);
+  if (rc != TS_OK) return rc;
+  auto it = layers_.find(ns);
+  if (it != layers_.end())
+    for (size_t i = 0; i < n; i++) it->second.clear_pending(pages[i]);  // ns has its own copy now
+  return TS_OK;
+}
+
+int CowStore::remove(uint64_t ns, const uint64_t *pages, size_t n) {
+  stats_.removes.fetch_add(1, std::memory_order_relaxed);
+  stats_.pages_removed.fetch_add(n, std::memory_order_relaxed);
+  if (layers_with_source_.load(std::memory_order_acquire) == 0) return below_->remove(ns, pages, n);
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  int rc = copy_to_children(ns, pages, n);
+  if (rc != TS_OK) return rc;
+  auto it = layers_.find(ns);
+  if (it != layers_.end())
+    for (size_t i = 0; i < n; i++) it->second.clear_pending(pages[i]);  // freed: no longer the source's
+  return below_->remove(ns, pages, n);
+}
+
+void CowStore::add_layer(uint64_t child, uint64_t source, std::vector<uint64_t> pending) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  Layer &c = layers_[child];
+  c.source = source;
+  c.has_source = true;
+  c.pending = std::move(pending);
+  c.npending = 0;
+  for (uint64_t w : c.pending) c.npending += static_cast<uint64_t>(__builtin_popcountll(w));
+  layers_[source].children.push_back(child);
+  layers_with_source_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void CowStore::drop_layer(uint64_t ns) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  auto it = layers_.find(ns);
+  if (it == layers_.end()) return;
+  // Children still pending on ns: copy what they still read from it.
+  if (!it->second.children.empty()) {
+    for (uint64_t child : std::vector<uint64_t>(it->second.children)) {
+      auto c = layers_.find(child);
+      if (c == layers_.end() || c->second.npending == 0) continue;
+      std::vector<uint64_t> pend;
+      for (size_t w = 0; w < c->second.pending.size(); w++) {
+        uint64_t bits = c->second.pending[w];
+        while (bits) {
+          pend.push_back(w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits)));
+          bits &= bits - 1;
+        }
+      }
+      for (size_t off = 0; off < pend.size(); off += 256)
+        copy_to_children(ns, pend.data() + off, std::min<size_t>(256, pend.size() - off));
+    }
+  }
+  it = layers_.find(ns);
+  if (it == layers_.end()) return;
+  if (it->second.has_source) {
+    auto s = layers_.find(it->second.source);
+    if (s != layers_.end()) {
+      auto &ch = s->second.children;
+      ch.erase(std::remove(ch.begin(), ch.end(), ns), ch.end());
+      if (ch.empty() && !s->second.has_source) layers_.erase(s);
+    }
+    layers_with_source_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  // ns's children keep reading from ns's pages they already have copies of; their link to ns
+  // (now empty of pending pages) is cut.
+  for (uint64_t child : it->second.children) {
+    auto c = layers_.find(child);
+    if (c == layers_.end() || !c->second.has_source) continue;
+    c->second.has_source = false;
+    c->second.pending.clear();
+    c->second.npending = 0;
+    layers_with_source_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  layers_.erase(ns);
+}
+
+uint64_t CowStore::pending_pages(uint64_t ns) {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  auto it = layers_.find(ns);
+  return it == layers_.end() ? 0 : it->second.npending;
+}
+
+}  // namespace tsrun
