@@ -8,23 +8,20 @@
 #include <tierstack/crc32.hpp>
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <tierstack/napi_error.hpp>
 #include <tierstack/page_store_napi.hpp>
+#include <tierstack/run_on_thread.hpp>
 
 #include "file_store.hpp"
 
+namespace tscore {
 namespace {
 
-using tierstack_core::FileStore;
-
-Napi::Value throw_code(Napi::Env env, const char *code, const std::string &msg) {
-  Napi::Error err = Napi::Error::New(env, msg);
-  err.Set("code", Napi::String::New(env, code));
-  err.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
+using tierstack::throw_error;
 
 bool get_u64(const Napi::Value &v, uint64_t &out) {
   if (v.IsBigInt()) {
@@ -40,43 +37,6 @@ bool get_u64(const Napi::Value &v, uint64_t &out) {
   }
   return false;
 }
-
-// Punches holes (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) off the JS thread.
-class PunchWorker : public Napi::AsyncWorker {
- public:
-  PunchWorker(Napi::Env env, int fd, std::vector<uint64_t> ranges)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), ranges_(std::move(ranges)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    for (size_t i = 0; i + 1 < ranges_.size(); i += 2) {
-      if (ranges_[i + 1] == 0) continue;
-      if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(ranges_[i]),
-                      static_cast<off_t>(ranges_[i + 1])) != 0) {
-        err_ = errno;
-        return;
-      }
-    }
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (err_ == 0) {
-      deferred_.Resolve(env.Undefined());
-      return;
-    }
-    bool unsupported = err_ == EOPNOTSUPP || err_ == ENOSYS;
-    Napi::Error e = Napi::Error::New(env, std::string("fallocate(PUNCH_HOLE): ") + std::strerror(err_));
-    e.Set("code", Napi::String::New(env, unsupported ? "TS_ERR_UNSUPPORTED" : "TS_ERR_IO"));
-    e.Set("errno", Napi::Number::New(env, err_));
-    deferred_.Reject(e.Value());
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  int fd_;
-  std::vector<uint64_t> ranges_;
-  int err_ = 0;
-};
 
 class CoreAddon : public Napi::Addon<CoreAddon> {
  public:
@@ -99,7 +59,7 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
     tierstack::StoreRef ref = tierstack::unwrap_page_store(env, v);
     if (!ref) return nullptr;  // exception pending
     FileStore *f = FileStore::from(ref.get());
-    if (f == nullptr) throw_code(env, "TS_ERR_BAD_ARGUMENT", "the handle is not a FileTier store");
+    if (f == nullptr) throw_error(env, "TS_ERR_BAD_ARGUMENT", "the handle is not a FileTier store");
     return f;  // the caller's handle keeps it alive for the call
   }
 
@@ -108,12 +68,12 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
   Napi::Value Crc32Pages(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsTypedArray())
-      return throw_code(env, "TS_ERR_BAD_ARGUMENT", "crc32Pages(data, pageSize, out)");
+      return throw_error(env, "TS_ERR_BAD_ARGUMENT", "crc32Pages(data, pageSize, out)");
     auto data = info[0].As<Napi::TypedArray>();
     auto out = info[2].As<Napi::TypedArray>();
     uint32_t ps = info[1].As<Napi::Number>().Uint32Value();
     if (ps == 0 || out.TypedArrayType() != napi_uint32_array || data.ByteLength() % ps != 0 || out.ElementLength() < data.ByteLength() / ps)
-      return throw_code(env, "TS_ERR_BAD_ARGUMENT", "crc32Pages: data must be whole pages and out a Uint32Array with one entry per page");
+      return throw_error(env, "TS_ERR_BAD_ARGUMENT", "crc32Pages: data must be whole pages and out a Uint32Array with one entry per page");
     const uint8_t *p = static_cast<const uint8_t *>(data.ArrayBuffer().Data()) + data.ByteOffset();
     uint32_t *o = reinterpret_cast<uint32_t *>(static_cast<uint8_t *>(out.ArrayBuffer().Data()) + out.ByteOffset());
     size_t n = data.ByteLength() / ps;
@@ -125,9 +85,9 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
   Napi::Value Create(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     if (info.Length() < 4 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsString() || !info[3].IsNumber())
-      return throw_code(env, "TS_ERR_BAD_ARGUMENT", "fileStoreCreate(dir, pageSize, name, maxOpenSegments)");
+      return throw_error(env, "TS_ERR_BAD_ARGUMENT", "fileStoreCreate(dir, pageSize, name, maxOpenSegments)");
     uint32_t ps = info[1].As<Napi::Number>().Uint32Value();
-    if (ps < 512 || (ps & (ps - 1)) != 0) return throw_code(env, "TS_ERR_PAGE_SIZE", "bad page size");
+    if (ps < 512 || (ps & (ps - 1)) != 0) return throw_error(env, "TS_ERR_PAGE_SIZE", "bad page size");
     FileStore *f = FileStore::create(info[0].As<Napi::String>().Utf8Value(), ps, info[2].As<Napi::String>().Utf8Value(),
                                      info[3].As<Napi::Number>().Uint32Value());
     Napi::Value handle = tierstack::wrap_page_store(env, f->abi());
@@ -141,10 +101,10 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
     FileStore *f = store_of(env, info[0]);
     if (!f) return env.Undefined();
     uint64_t id;
-    if (!get_u64(info[1], id) || !info[2].IsString()) return throw_code(env, "TS_ERR_BAD_ARGUMENT", "fileStoreRegister(handle, id, dirName)");
+    if (!get_u64(info[1], id) || !info[2].IsString()) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "fileStoreRegister(handle, id, dirName)");
     std::string dir = info[2].As<Napi::String>().Utf8Value();
     if (dir.empty() || dir.find('/') != std::string::npos || dir == "." || dir == "..")
-      return throw_code(env, "TS_ERR_BAD_ARGUMENT", "bad namespace directory name");
+      return throw_error(env, "TS_ERR_BAD_ARGUMENT", "bad namespace directory name");
     f->register_namespace(id, dir);
     return env.Undefined();
   }
@@ -155,7 +115,7 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
     FileStore *f = store_of(env, info[0]);
     if (!f) return env.Undefined();
     uint64_t id;
-    if (!get_u64(info[1], id) || !info[2].IsNumber()) return throw_code(env, "TS_ERR_BAD_ARGUMENT", "fileStoreInvalidate(handle, id, segment)");
+    if (!get_u64(info[1], id) || !info[2].IsNumber()) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "fileStoreInvalidate(handle, id, segment)");
     double seg = info[2].As<Napi::Number>().DoubleValue();
     f->invalidate(id, seg < 0 ? 0 : static_cast<uint64_t>(seg), seg < 0);
     return env.Undefined();
@@ -168,7 +128,7 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
     if (!f) return env.Undefined();
     uint64_t id;
     if (!get_u64(info[1], id) || !info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-      return throw_code(env, "TS_ERR_BAD_ARGUMENT", "fileStorePending(handle, id, pages: Float64Array, on)");
+      return throw_error(env, "TS_ERR_BAD_ARGUMENT", "fileStorePending(handle, id, pages: Float64Array, on)");
     auto arr = info[2].As<Napi::Float64Array>();
     std::vector<uint64_t> pages(arr.ElementLength());
     for (size_t i = 0; i < pages.size(); i++) pages[i] = static_cast<uint64_t>(arr[i]);
@@ -210,22 +170,40 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray() ||
         info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-      return throw_code(env, "TS_ERR_BAD_ARGUMENT", "punchHoles(fd, ranges: Float64Array)");
+      return throw_error(env, "TS_ERR_BAD_ARGUMENT", "punchHoles(fd, ranges: Float64Array)");
     int fd = info[0].As<Napi::Number>().Int32Value();
     auto arr = info[1].As<Napi::Float64Array>();
     std::vector<uint64_t> ranges(arr.ElementLength());
     for (size_t i = 0; i < ranges.size(); i++) {
       double d = arr[i];
-      if (!(d >= 0)) return throw_code(env, "TS_ERR_BAD_ARGUMENT", "negative hole offset or length");
+      if (!(d >= 0)) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "negative hole offset or length");
       ranges[i] = static_cast<uint64_t>(d);
     }
-    auto *w = new PunchWorker(env, fd, std::move(ranges));
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    // Off the JS thread, on a thread of its own (tierstack/run_on_thread.hpp).
+    auto err = std::make_shared<int>(0);
+    return tierstack::run_on_thread(
+        env,
+        [fd, ranges = std::move(ranges), err] {
+          for (size_t i = 0; i + 1 < ranges.size(); i += 2) {
+            if (ranges[i + 1] == 0) continue;
+            if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(ranges[i]),
+                            static_cast<off_t>(ranges[i + 1])) != 0) {
+              *err = errno;
+              return;
+            }
+          }
+        },
+        [err](Napi::Env env, Napi::Promise::Deferred &d) {
+          if (*err == 0)
+            d.Resolve(env.Undefined());
+          else
+            d.Reject(tierstack::errno_error(env, *err, "fallocate(PUNCH_HOLE)", nullptr, "fallocate").Value());
+        });
   }
 };
 
 }  // namespace
+}  // namespace tscore
 
+using tscore::CoreAddon;
 NODE_API_ADDON(CoreAddon)

@@ -14,7 +14,7 @@
 
 #include <tierstack/crc32.hpp>
 
-namespace tierstack_core {
+namespace tscore {
 
 namespace {
 
@@ -50,21 +50,6 @@ uint32_t load_u32(const uint8_t *p) {
   return v;  // little-endian hosts only (x86-64, aarch64), like the JS side's readUInt32LE
 }
 
-int op_get(void *self, uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
-  return static_cast<FileStore *>(self)->get(ns, pages, n, bufs, status);
-}
-// Writes stay in JavaScript (data, meta, checksums, hole punching, segment files): TS_E_NO_SPACE
-// is the ABI's "use the JavaScript path" answer, so every native caller falls back correctly.
-int op_put(void *, uint64_t, const uint64_t *, size_t n, const void *const *, uint32_t) {
-  return n == 0 ? TS_OK : TS_E_NO_SPACE;
-}
-int op_remove(void *, uint64_t, const uint64_t *, size_t n) { return n == 0 ? TS_OK : TS_E_NO_SPACE; }
-void op_retain(void *self) { static_cast<FileStore *>(self)->retain(); }
-void op_release(void *self) { static_cast<FileStore *>(self)->release(); }
-
-const ts_page_store_ops kOps = {TS_PAGE_STORE_ABI_VERSION, sizeof(ts_page_store_ops), op_get, op_put, op_remove,
-                                op_retain, op_release};
-
 }  // namespace
 
 struct FileStore::Scratch {
@@ -83,16 +68,14 @@ FileStore::Segment::~Segment() {
 
 FileStore::FileStore(std::string dir, uint32_t page_size, std::string name, size_t max_open_segments)
     : dir_(std::move(dir)), name_(std::move(name)), page_size_(page_size), max_open_(std::max<size_t>(max_open_segments, 1)) {
-  abi_ = {TS_PAGE_STORE_ABI_VERSION, page_size_, name_.c_str(), &kOps, this};
+  abi_ = tierstack::make_page_store(this, page_size_, name_.c_str());
 }
 
 FileStore *FileStore::create(std::string dir, uint32_t page_size, std::string name, size_t max_open_segments) {
   return new FileStore(std::move(dir), page_size, std::move(name), max_open_segments);
 }
 
-FileStore *FileStore::from(ts_page_store *s) {
-  return s != nullptr && s->ops == &kOps ? static_cast<FileStore *>(s->self) : nullptr;
-}
+FileStore *FileStore::from(ts_page_store *s) { return tierstack::page_store_self<FileStore>(s); }
 
 void FileStore::register_namespace(uint64_t id, const std::string &dir_name) {
   std::unique_lock<std::shared_mutex> lk(mu_);
@@ -412,4 +395,4 @@ int FileStore::get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bu
   return TS_OK;
 }
 
-}  // namespace tierstack_core
+}  // namespace tscore

@@ -31,7 +31,7 @@
 // its scratch is thread_local and grows to the largest batch seen.
 #pragma once
 
-#include <tierstack/page_store.h>
+#include <tierstack/store_adapter.hpp>
 
 #include <atomic>
 #include <cstdint>
@@ -42,7 +42,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-namespace tierstack_core {
+namespace tscore {
 
 constexpr unsigned kSegmentShift = 18;  // 2^18 pages per segment (SEGMENT_PAGES in file-tier.ts)
 constexpr uint64_t kSegmentPages = uint64_t(1) << kSegmentShift;
@@ -70,8 +70,12 @@ class FileStore {
   void close();
   FileStoreStats stats();
 
-  // ---- C ABI ----
+  // ---- C ABI (tierstack::page_store_ops<FileStore>) ----
   int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
+  // Writes stay in JavaScript (data, meta, checksums, hole punching, segment files): TS_E_NO_SPACE
+  // is the ABI's "use the JavaScript path" answer, so every native caller falls back correctly.
+  int put(uint64_t, const uint64_t *, size_t n, const void *const *, uint32_t) { return n == 0 ? TS_OK : TS_E_NO_SPACE; }
+  int remove(uint64_t, const uint64_t *, size_t n) { return n == 0 ? TS_OK : TS_E_NO_SPACE; }
   void retain() { refs_.fetch_add(1, std::memory_order_relaxed); }
   void release() {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -129,4 +133,4 @@ class FileStore {
       io_errors_{0}, rereads_{0}, segment_opens_{0}, segment_evictions_{0};
 };
 
-}  // namespace tierstack_core
+}  // namespace tscore

@@ -86,23 +86,40 @@ export function asUnavailable(err: unknown, what: string): TierStackError {
 }
 
 /**
- * Numeric status codes of the C ABI (include/tierstack/page_store.h) and their string codes.
+ * The C ABI's status numbers (include/tierstack/page_store.h), by name: what native calls return
+ * (`Ok` or a negative TS_E_* status, named like the ErrorCode it maps to) and what a get writes
+ * per page (`PageMiss`, `PageFound`, or a negative status). Compare native results with these,
+ * never with bare numbers.
+ */
+export const TsStatus = {
+  Ok: 0,
+  PageMiss: 0,
+  PageFound: 1,
+  Closed: -1,
+  PageSize: -2,
+  BadArgument: -3,
+  NotFound: -4,
+  Checksum: -5,
+  Unavailable: -6,
+  Corrupt: -7,
+  NoSpace: -8,
+  Io: -9,
+  Unsupported: -10,
+  Deadlock: -11,
+  Timeout: -12,
+} as const;
+
+export type TsStatus = (typeof TsStatus)[keyof typeof TsStatus];
+
+/**
+ * The string code of each negative TS_E_* status (ts_status_code() in page_store.h).
  * Native code returns the negative number; JS turns it into a TierStackError with the string code.
  */
-export const NativeStatus: Readonly<Record<number, ErrorCode>> = {
-  [-1]: ErrorCode.Closed,
-  [-2]: ErrorCode.PageSize,
-  [-3]: ErrorCode.BadArgument,
-  [-4]: ErrorCode.NotFound,
-  [-5]: ErrorCode.Checksum,
-  [-6]: ErrorCode.Unavailable,
-  [-7]: ErrorCode.Corrupt,
-  [-8]: ErrorCode.NoSpace,
-  [-9]: ErrorCode.Io,
-  [-10]: ErrorCode.Unsupported,
-  [-11]: ErrorCode.Deadlock,
-  [-12]: ErrorCode.Timeout,
-};
+export const NativeStatus: Readonly<Record<number, ErrorCode>> = Object.fromEntries(
+  Object.entries(TsStatus)
+    .filter(([, status]) => status < 0)
+    .map(([name, status]) => [status, ErrorCode[name as keyof typeof ErrorCode]]),
+);
 
 export function errorFromNativeStatus(status: number, context: string): TierStackError {
   const code = NativeStatus[status] ?? ErrorCode.Io;

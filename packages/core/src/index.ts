@@ -20,4 +20,4 @@ export {
   type WritePolicy,
   type NativeChainDescriptor,
 } from './tier-stack.js';
-export { createJsPath, nativeStatusOf, JsPathOp, type JsPath, type JsPathBatch, type JsPathStats } from './js-path.js';
+export { createJsPath, nativeStatusOf, isLayeredStore, JsPathOp, type LayeredStore, type JsPath, type JsPathBatch, type JsPathStats } from './js-path.js';

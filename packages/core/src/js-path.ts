@@ -8,13 +8,13 @@
  * Requests of many native threads arrive together in one `handler` call; gets of the same
  * namespace in one batch become one `stack.get`, so a burst of faults costs one stack round trip.
  */
-import { ErrorCode, NativeStatus, isTierStackError } from './errors.js';
+import { ErrorCode, NativeStatus, TsStatus, isTierStackError } from './errors.js';
 import { namespaceId } from './keys.js';
 import type { NativePageStoreHandle } from './native.js';
 import type { PageStore } from './page-store.js';
 import type { Logger } from './logger.js';
 import { silentLogger } from './logger.js';
-import { TierStack } from './tier-stack.js';
+import type { NativeChainDescriptor, WritePolicy } from './tier-stack.js';
 
 /** One hand-off from native threads: request i is ops[i] on ns[i], with counts[i] pages. */
 export interface JsPathBatch {
@@ -25,9 +25,9 @@ export interface JsPathBatch {
   pages: Float64Array;
   /** The pages' bytes in the same order: filled for puts, to be filled for gets. */
   data: Buffer;
-  /** Per page of a get: 1 found, 0 missing, or a negative TS_E_* status. */
+  /** Per page of a get: TsStatus.PageFound, TsStatus.PageMiss, or a negative TS_E_* status. */
   status: Int32Array;
-  /** Per request: 0 or a negative TS_E_* status. */
+  /** Per request: TsStatus.Ok or a negative TS_E_* status. */
   rc: Int32Array;
 }
 
@@ -62,11 +62,24 @@ const statusOf = new Map<string, number>(Object.entries(NativeStatus).map(([stat
 /** The TS_E_* status for an error thrown by a store (TS_E_IO when it has no known code). */
 export function nativeStatusOf(err: unknown): number {
   const code = isTierStackError(err) ? err.code : undefined;
-  return (code !== undefined && statusOf.get(code)) || -9;
+  return (code !== undefined && statusOf.get(code)) || TsStatus.Io;
+}
+
+/** A store made of tiers (TierStack, or anything that stacks tiers the same way): by capability. */
+export interface LayeredStore extends PageStore {
+  readonly tiers: readonly PageStore[];
+  readonly writePolicy: WritePolicy;
+  nativeChain(): NativeChainDescriptor;
+}
+
+/** True if `store` stacks tiers and can describe its native prefix (duck-typed, like isWriteBackCache). */
+export function isLayeredStore(store: PageStore): store is LayeredStore {
+  const s = store as Partial<LayeredStore>;
+  return Array.isArray(s.tiers) && typeof s.nativeChain === 'function' && typeof s.writePolicy === 'string';
 }
 
 function tiersOf(store: PageStore): readonly PageStore[] {
-  return store instanceof TierStack ? store.tiers.flatMap((t) => tiersOf(t)) : [store];
+  return isLayeredStore(store) ? store.tiers.flatMap((t) => tiersOf(t)) : [store];
 }
 
 export function createJsPath(store: PageStore, options: { logger?: Logger } = {}): JsPath {
@@ -81,7 +94,7 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
   let writeNative: boolean;
   // A tier whose handle only reads (FileTier) needs its writes to go through JavaScript.
   const readOnly = (t: PageStore): boolean => t.nativeHandle !== undefined && t.nativeReadOnly === true;
-  if (store instanceof TierStack) {
+  if (isLayeredStore(store)) {
     const desc = store.nativeChain();
     chain = desc.handles;
     // Pages the chain misses may be in JS tiers below it, or in the stack's write-back queues.
@@ -149,7 +162,7 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
           others.push(store.flush().catch((err) => fail(i, err)));
           break;
         default:
-          rc[i] = -3;
+          rc[i] = TsStatus.BadArgument;
       }
     }
     for (const [id, reqs] of gets) {
@@ -176,8 +189,8 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
             for (let k = 0; k < counts[i]!; k++, at++) {
               if (res.found[at]) {
                 res.data.copy(data, (start + k) * pageSize, at * pageSize, (at + 1) * pageSize);
-                status[start + k] = 1;
-              } else status[start + k] = 0;
+                status[start + k] = TsStatus.PageFound;
+              } else status[start + k] = TsStatus.PageMiss;
             }
           }
         })().catch((err) => {
@@ -201,7 +214,7 @@ export function createJsPath(store: PageStore, options: { logger?: Logger } = {}
       run(batch).then(done, (err: unknown) => {
         // run() settles every request itself; this is a bug guard so native threads never hang.
         log.error({ err }, 'js path batch failed');
-        batch.rc.fill(-9);
+        batch.rc.fill(TsStatus.Io);
         done();
       });
     },

@@ -1,4 +1,4 @@
-// FileTier's native read path: its C ABI handle driven from native threads (core's test addon),
+// FileTier's native read path: its C ABI handle driven from native threads (the testing kit's drivers),
 // checked byte for byte against pages written by FileTier.put.
 import { mkdtempSync, rmSync, openSync, writeSync, closeSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,6 +10,7 @@ import {
   createJsPath,
   createTierStack,
   namespaceId,
+  TsStatus,
   type NativePageStoreHandle,
   type PutOptions,
 } from '../src/index.js';
@@ -17,12 +18,12 @@ import { makePages, pageMatches } from '../src/testing/index.js';
 import { loadTestAddon, type TestAddon } from './helpers/test-addon.js';
 
 const PS = 4096;
-const FOUND = 1;
-const MISS = 0;
-const E_CLOSED = -1;
-const E_CHECKSUM = -5;
-const E_CORRUPT = -7;
-const E_NO_SPACE = -8;
+const FOUND = TsStatus.PageFound;
+const MISS = TsStatus.PageMiss;
+const E_CLOSED = TsStatus.Closed;
+const E_CHECKSUM = TsStatus.Checksum;
+const E_CORRUPT = TsStatus.Corrupt;
+const E_NO_SPACE = TsStatus.NoSpace;
 const SEG = 2 ** 18;
 
 let addon: TestAddon;

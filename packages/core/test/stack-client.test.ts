@@ -1,54 +1,14 @@
 // StackClient (include/tierstack/stack_client.hpp) driven from real native threads, over stacks
-// mixing a native C ABI tier (the test addon's MapStore) and JS tiers.
+// mixing a native C ABI tier (the testing kit's reference store) and JS tiers.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  BasePageStore,
-  FileTier,
-  MemoryTier,
-  createJsPath,
-  createTierStack,
-  errorFromNativeStatus,
-  namespaceId,
-  type NativePageStoreHandle,
-  type PageStore,
-  type PutOptions,
-} from '../src/index.js';
-import { makePages, pageMatches } from '../src/testing/index.js';
+import { FileTier, MemoryTier, TsStatus, createJsPath, createTierStack, type PageStore } from '../src/index.js';
+import { NativeReferenceTier, makePages, pageMatches } from '../src/testing/index.js';
 import { loadTestAddon, type TestAddon } from './helpers/test-addon.js';
 
 let addon: TestAddon;
-
-/** A JS PageStore over the addon's native MapStore, with its C ABI handle exposed. */
-class NativeMapTier extends BasePageStore {
-  readonly #handle: NativePageStoreHandle;
-  constructor(name: string, pageSize = 4096) {
-    super(name, pageSize);
-    this.#handle = addon.createMapStore(pageSize, name);
-  }
-  override get nativeHandle(): NativePageStoreHandle {
-    return this.#handle;
-  }
-  #op(op: number, ns: string, pages: number[], buf?: Buffer, found?: Uint8Array): void {
-    const rc = addon.mapStoreOp(this.#handle, op, namespaceId(ns), Float64Array.from(pages), buf, found);
-    if (rc !== 0) throw errorFromNativeStatus(rc, `${this.name} op ${op}`);
-  }
-  protected async doGet(ns: string, pages: number[], out: Buffer, found: Uint8Array): Promise<number> {
-    this.#op(0, ns, pages, out, found);
-    return found.reduce((a, b) => a + b, 0);
-  }
-  protected async doPut(ns: string, pages: number[], data: Buffer, _o: PutOptions): Promise<void> {
-    this.#op(1, ns, pages, data);
-  }
-  protected async doRemove(ns: string, pages: number[]): Promise<void> {
-    this.#op(2, ns, pages);
-  }
-  protected async doClose(): Promise<void> {
-    this.#op(3, 'x', []);
-  }
-}
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -100,7 +60,7 @@ describe('StackClient', () => {
   });
 
   it('serves native hits on native threads and misses through JS, with promotion and write-back', async () => {
-    const top = new NativeMapTier('map');
+    const top = new NativeReferenceTier({ name: 'map' });
     const bottom = new FileTier({ dir: tempDir(), native: false }); // a JS tier below the native one
     const stack = createTierStack({ tiers: [top, bottom] });
     const path = createJsPath(stack);
@@ -141,7 +101,7 @@ describe('StackClient', () => {
   });
 
   it('serves a stack whose tiers are all native with no JavaScript: [native map tier, FileTier]', async () => {
-    const top = new NativeMapTier('map');
+    const top = new NativeReferenceTier({ name: 'map' });
     const bottom = await FileTier.open({ dir: tempDir() });
     const stack = createTierStack({ tiers: [top, bottom] });
     const path = createJsPath(stack);
@@ -175,7 +135,7 @@ describe('StackClient', () => {
     const id = path.register('dl');
     await stack.put('dl', [7], makePages('dl', [7], 4096));
     const client = addon.createClient(path);
-    expect(addon.getOnJsThread(client, id, 7).rc).toBe(-11);
+    expect(addon.getOnJsThread(client, id, 7).rc).toBe(TsStatus.Deadlock);
     addon.closeClient(client);
     await stack.close();
   });
@@ -187,12 +147,12 @@ describe('StackClient', () => {
     // An unregistered namespace id: the request fails with TS_E_BAD_ARGUMENT, nothing hangs.
     const unknown = await addon.runWorkers(client, 'get', 12345n, 1, 4, 4, 0);
     expect(unknown.errors).toBe(1);
-    expect(unknown.lastError).toBe(-3);
+    expect(unknown.lastError).toBe(TsStatus.BadArgument);
     const id = path.register('closing');
     addon.closeClient(client);
     const after = await addon.runWorkers(client, 'get', id, 2, 8, 4, 0);
     expect(after.errors).toBe(4);
-    expect(after.lastError).toBe(-1);
+    expect(after.lastError).toBe(TsStatus.Closed);
     await stack.close();
   });
 });

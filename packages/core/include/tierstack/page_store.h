@@ -29,6 +29,7 @@
 #ifndef TIERSTACK_PAGE_STORE_H
 #define TIERSTACK_PAGE_STORE_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,7 +39,8 @@ extern "C" {
 
 #define TS_PAGE_STORE_ABI_VERSION 1u
 
-/* Status codes. JavaScript maps them to TS_ERR_* strings (core/src/errors.ts NativeStatus). */
+/* Status codes. JavaScript names them in core/src/errors.ts (TsStatus) and maps them to TS_ERR_*
+ * strings (NativeStatus); native code maps them with ts_status_code() below. */
 #define TS_OK 0
 #define TS_E_CLOSED (-1)
 #define TS_E_PAGE_SIZE (-2)
@@ -113,6 +115,51 @@ static inline const char *ts_status_code(int status) {
     case TS_E_UNSUPPORTED: return "TS_ERR_UNSUPPORTED";
     case TS_E_DEADLOCK: return "TS_ERR_DEADLOCK";
     case TS_E_TIMEOUT: return "TS_ERR_TIMEOUT";
+    default: return "TS_ERR_IO";
+  }
+}
+
+/* The stable JavaScript error code of an errno value (either sign), for a failed system call
+ * that the caller has no more specific meaning for. One policy for every addon:
+ *   EPERM, EACCES                                  TS_ERR_PERMISSION  the system refused: a privilege,
+ *                                                                     a sysctl or a file mode is missing
+ *   ENOSYS, EOPNOTSUPP (= ENOTSUP), ENODEV, ENXIO  TS_ERR_UNSUPPORTED this kernel, driver or filesystem
+ *                                                                     does not offer it
+ *   ENOENT                                         TS_ERR_NOT_FOUND   a path or device node is absent
+ *   EINVAL                                         TS_ERR_BAD_ARGUMENT
+ *   EEXIST                                         TS_ERR_EXISTS
+ *   ENOSPC, EDQUOT                                 TS_ERR_NO_SPACE
+ *   ETIMEDOUT                                      TS_ERR_TIMEOUT
+ *   EDEADLK                                        TS_ERR_DEADLOCK
+ *   EBADMSG, EPROTO                                TS_ERR_PROTOCOL
+ *   ECONNREFUSED, ECONNRESET, EHOSTUNREACH, ENETUNREACH  TS_ERR_UNAVAILABLE
+ *   anything else                                  TS_ERR_IO
+ * A call site that knows better (a timeout it asked for, a socket it shut down itself) passes its
+ * own code; the errno still goes on the error (tierstack/napi_error.hpp). */
+static inline const char *ts_errno_code(int err) {
+  switch (err < 0 ? -err : err) {
+    case EPERM:
+    case EACCES: return "TS_ERR_PERMISSION";
+    case ENOSYS:
+    case EOPNOTSUPP:
+#if defined(ENOTSUP) && ENOTSUP != EOPNOTSUPP
+    case ENOTSUP:
+#endif
+    case ENODEV:
+    case ENXIO: return "TS_ERR_UNSUPPORTED";
+    case ENOENT: return "TS_ERR_NOT_FOUND";
+    case EINVAL: return "TS_ERR_BAD_ARGUMENT";
+    case EEXIST: return "TS_ERR_EXISTS";
+    case ENOSPC:
+    case EDQUOT: return "TS_ERR_NO_SPACE";
+    case ETIMEDOUT: return "TS_ERR_TIMEOUT";
+    case EDEADLK: return "TS_ERR_DEADLOCK";
+    case EBADMSG:
+    case EPROTO: return "TS_ERR_PROTOCOL";
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case EHOSTUNREACH:
+    case ENETUNREACH: return "TS_ERR_UNAVAILABLE";
     default: return "TS_ERR_IO";
   }
 }
