@@ -6,24 +6,16 @@
 #include <string>
 #include <vector>
 
+#include <tierstack/napi_error.hpp>
 #include <tierstack/page_store_napi.hpp>
 
-#include "bench.hpp"
 #include "store.hpp"
 
-namespace cxl {
+namespace tscxl {
 namespace {
 
-const char *code_of(int status) { return ts_status_code(status); }
-
-Napi::Value fail(Napi::Env env, int status, const std::string &message, int sys_errno = 0) {
-  Napi::Error err = Napi::Error::New(env, message);
-  err.Set("code", Napi::String::New(env, code_of(status)));
-  err.Set("status", Napi::Number::New(env, status));
-  if (sys_errno) err.Set("errno", Napi::Number::New(env, sys_errno));
-  err.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
+// Errors carry `code` (TS_ERR_*), `status` (TS_E_*) and `errno` when a system call failed.
+using tierstack::throw_status;
 
 // The JS-held reference to a store; the external's finalizer drops it if close() was not called.
 struct JsHandle {
@@ -33,12 +25,12 @@ struct JsHandle {
 CxlStore *store_arg(const Napi::CallbackInfo &info, bool allow_closed = false) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsExternal()) {
-    fail(env, TS_E_BAD_ARGUMENT, "expected a CXL store handle");
+    throw_status(env, TS_E_BAD_ARGUMENT, "expected a CXL store handle");
     return nullptr;
   }
   JsHandle *h = info[0].As<Napi::External<JsHandle>>().Data();
   if (!h->store && !allow_closed) {
-    fail(env, TS_E_CLOSED, "the CXL store is closed");
+    throw_status(env, TS_E_CLOSED, "the CXL store is closed");
     return nullptr;
   }
   return h->store;
@@ -46,7 +38,7 @@ CxlStore *store_arg(const Napi::CallbackInfo &info, bool allow_closed = false) {
 
 bool u64_arg(const Napi::CallbackInfo &info, size_t i, uint64_t *out) {
   if (info.Length() <= i || !info[i].IsBigInt()) {
-    fail(info.Env(), TS_E_BAD_ARGUMENT, "expected a bigint namespace id");
+    throw_status(info.Env(), TS_E_BAD_ARGUMENT, "expected a bigint namespace id");
     return false;
   }
   bool lossless = true;
@@ -57,7 +49,7 @@ bool u64_arg(const Napi::CallbackInfo &info, size_t i, uint64_t *out) {
 template <typename T, napi_typedarray_type Type>
 bool typed_arg(const Napi::CallbackInfo &info, size_t i, T **data, size_t *len, const char *what) {
   if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != Type) {
-    fail(info.Env(), TS_E_BAD_ARGUMENT, std::string("expected ") + what);
+    throw_status(info.Env(), TS_E_BAD_ARGUMENT, std::string("expected ") + what);
     return false;
   }
   auto arr = info[i].As<Napi::TypedArrayOf<T>>();
@@ -87,7 +79,7 @@ double num_opt(Napi::Object o, const char *key, double dflt) {
 // open({ kind, path, size, create, format, pageSize, ways, nsEntries, numaNode, deviceSize, deviceAlign, name })
 Napi::Value Open(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject()) return fail(env, TS_E_BAD_ARGUMENT, "expected open options");
+  if (info.Length() < 1 || !info[0].IsObject()) return throw_status(env, TS_E_BAD_ARGUMENT, "expected open options");
   Napi::Object o = info[0].As<Napi::Object>();
   OpenOptions opt;
   std::string kind = o.Get("kind").IsString() ? o.Get("kind").As<Napi::String>().Utf8Value() : "memfd";
@@ -98,7 +90,7 @@ Napi::Value Open(const Napi::CallbackInfo &info) {
   else if (kind == "devdax")
     opt.kind = BackingKind::Devdax;
   else
-    return fail(env, TS_E_BAD_ARGUMENT, "unknown backing kind " + kind);
+    return throw_status(env, TS_E_BAD_ARGUMENT, "unknown backing kind " + kind);
   if (o.Get("path").IsString()) opt.path = o.Get("path").As<Napi::String>().Utf8Value();
   opt.size = uint64_t(num_opt(o, "size", 0));
   opt.create = o.Get("create").ToBoolean().Value();
@@ -112,7 +104,7 @@ Napi::Value Open(const Napi::CallbackInfo &info) {
   std::string name = o.Get("name").IsString() ? o.Get("name").As<Napi::String>().Utf8Value() : "cxl";
   Status st;
   CxlStore *store = CxlStore::open(opt, name, &st);
-  if (!store) return fail(env, st.code, st.message, st.sys_errno);
+  if (!store) return throw_status(env, st.code, st.message, st.sys_errno);
   auto *h = new JsHandle{store};
   return Napi::External<JsHandle>::New(env, h, [](Napi::Env, JsHandle *jh) {
     if (jh->store) jh->store->release();
@@ -195,12 +187,12 @@ Napi::Value Get(const Napi::CallbackInfo &info) {
       !bytes_arg(info, 4, &found, &found_len))
     return env.Undefined();
   const size_t n = pages.size(), ps = s->cache().page_size();
-  if (out_len != n * ps || found_len != n) return fail(env, TS_E_BAD_ARGUMENT, "buffer sizes do not match the batch");
+  if (out_len != n * ps || found_len != n) return throw_status(env, TS_E_BAD_ARGUMENT, "buffer sizes do not match the batch");
   std::vector<void *> bufs(n);
   std::vector<int32_t> status(n);
   for (size_t i = 0; i < n; i++) bufs[i] = out + i * ps;
   int rc = s->cache().get(ns, pages.data(), n, bufs.data(), status.data());
-  if (rc != TS_OK) return fail(env, rc, "CXL get failed");
+  if (rc != TS_OK) return throw_status(env, rc, "CXL get failed");
   double hits = 0, bad = 0;
   for (size_t i = 0; i < n; i++) {
     if (status[i] == TS_PAGE_FOUND) {
@@ -227,7 +219,7 @@ Napi::Value Put(const Napi::CallbackInfo &info) {
   size_t len;
   if (!s || !u64_arg(info, 1, &ns) || !pages_arg(info, 2, &pages) || !bytes_arg(info, 3, &data, &len)) return env.Undefined();
   const size_t n = pages.size(), ps = s->cache().page_size();
-  if (len != n * ps) return fail(env, TS_E_BAD_ARGUMENT, "data length does not match the batch");
+  if (len != n * ps) return throw_status(env, TS_E_BAD_ARGUMENT, "data length does not match the batch");
   const bool dirty = info.Length() > 4 && info[4].ToBoolean().Value();
   std::vector<const void *> bufs(n);
   for (size_t i = 0; i < n; i++) bufs[i] = data + i * ps;
@@ -265,7 +257,7 @@ Napi::Value Remove(const Napi::CallbackInfo &info) {
   std::vector<uint64_t> pages;
   if (!s || !u64_arg(info, 1, &ns) || !pages_arg(info, 2, &pages)) return env.Undefined();
   int rc = s->cache().remove(ns, pages.data(), pages.size());
-  if (rc != TS_OK) return fail(env, rc, "CXL remove failed");
+  if (rc != TS_OK) return throw_status(env, rc, "CXL remove failed");
   return env.Undefined();
 }
 
@@ -274,7 +266,7 @@ Napi::Value RegisterNamespace(const Napi::CallbackInfo &info) {
   CxlStore *s = store_arg(info);
   uint64_t ns;
   if (!s || !u64_arg(info, 1, &ns)) return env.Undefined();
-  if (info.Length() < 3 || !info[2].IsString()) return fail(env, TS_E_BAD_ARGUMENT, "expected a namespace name");
+  if (info.Length() < 3 || !info[2].IsString()) return throw_status(env, TS_E_BAD_ARGUMENT, "expected a namespace name");
   std::string name = info[2].As<Napi::String>().Utf8Value();
   return Napi::Number::New(env, s->cache().register_namespace(ns, name.data(), name.size()));
 }
@@ -350,7 +342,7 @@ Napi::Value MarkClean(const Napi::CallbackInfo &info) {
   if (!s || !typed_arg<double, napi_float64_array>(info, 1, &slots, &n1, "a Float64Array of slots") ||
       !typed_arg<uint32_t, napi_uint32_array>(info, 2, &seqs, &n2, "a Uint32Array of seqs"))
     return env.Undefined();
-  if (n1 != n2) return fail(env, TS_E_BAD_ARGUMENT, "slots and seqs differ in length");
+  if (n1 != n2) return throw_status(env, TS_E_BAD_ARGUMENT, "slots and seqs differ in length");
   std::vector<DirtyRef> refs(n1);
   for (size_t i = 0; i < n1; i++) refs[i] = {uint64_t(slots[i]), seqs[i]};
   return Napi::Number::New(env, double(s->cache().mark_clean(refs.data(), n1)));
@@ -360,18 +352,6 @@ Napi::Value NativeHandle(const Napi::CallbackInfo &info) {
   CxlStore *s = store_arg(info);
   if (!s) return info.Env().Undefined();
   return tierstack::wrap_page_store(info.Env(), s->handle());
-}
-
-Napi::Value AbandonPutForTest(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  CxlStore *s = store_arg(info);
-  uint64_t ns;
-  uint8_t *data;
-  size_t len;
-  if (!s || !u64_arg(info, 1, &ns) || !bytes_arg(info, 3, &data, &len)) return env.Undefined();
-  if (len != s->cache().page_size()) return fail(env, TS_E_BAD_ARGUMENT, "one page expected");
-  uint64_t page = uint64_t(info[2].As<Napi::Number>().DoubleValue());
-  return Napi::Number::New(env, s->cache().abandon_put_for_test(ns, page, data));
 }
 
 Napi::Value LayoutInfo(const Napi::CallbackInfo &info) {
@@ -401,16 +381,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("collectDirty", Napi::Function::New(env, CollectDirty, "collectDirty"));
   exports.Set("markClean", Napi::Function::New(env, MarkClean, "markClean"));
   exports.Set("nativeHandle", Napi::Function::New(env, NativeHandle, "nativeHandle"));
-  exports.Set("abandonPutForTest", Napi::Function::New(env, AbandonPutForTest, "abandonPutForTest"));
   exports.Set("layoutInfo", Napi::Function::New(env, LayoutInfo, "layoutInfo"));
-  register_bench(env, exports);
-  register_selftest(env, exports);
   return exports;
 }
 
 }  // namespace
-}  // namespace cxl
+}  // namespace tscxl
 
-static Napi::Object InitCxlAddon(Napi::Env env, Napi::Object exports) { return cxl::Init(env, exports); }
+static Napi::Object InitCxlAddon(Napi::Env env, Napi::Object exports) { return tscxl::Init(env, exports); }
 
 NODE_API_MODULE(cxl, InitCxlAddon)

@@ -10,7 +10,7 @@
 
 #include <tierstack/page_store.hpp>
 
-namespace cxl {
+namespace tscxl {
 
 namespace {
 
@@ -353,6 +353,7 @@ int Cache::remove(uint64_t ns, const uint64_t *pages, size_t n) {
   return TS_OK;
 }
 
+#ifdef TIERSTACK_TESTING
 int Cache::abandon_put_for_test(uint64_t ns, uint64_t page, const void *buf) {
   const uint64_t s = set_of(ns, page, set_count_);
   lock_set(s, nullptr);
@@ -368,6 +369,7 @@ int Cache::abandon_put_for_test(uint64_t ns, uint64_t page, const void *buf) {
   std::memcpy(slot_data(s, uint32_t(w)), buf, page_size_ / 2);
   return TS_OK;  // no unlock, seq stays odd: the caller exits now
 }
+#endif
 
 // ---- dirty pages ----
 
@@ -532,4 +534,4 @@ std::vector<std::pair<uint64_t, std::string>> Cache::namespaces() const {
   return out;
 }
 
-}  // namespace cxl
+}  // namespace tscxl

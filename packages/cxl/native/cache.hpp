@@ -10,7 +10,7 @@
 #include "page_crc.hpp"
 #include "region.hpp"
 
-namespace cxl {
+namespace tscxl {
 
 // Where put() copies the dirty pages it evicts (JS path). Capacity = pages of the batch.
 struct EvictionOut {
@@ -73,7 +73,9 @@ class Cache {
 
   // Test hook: starts writing `page` like put() does and stops half-way, leaving the set
   // locked and the way mid-write, as a process killed at that moment would.
-  int abandon_put_for_test(uint64_t ns, uint64_t page, const void *buf);
+#ifdef TIERSTACK_TESTING
+  int abandon_put_for_test(uint64_t ns, uint64_t page, const void *buf);  // tierstack_cxl_testing only
+#endif
 
  private:
   uint8_t *set_base(uint64_t s) const { return sets_ + s * set_bytes_; }
@@ -116,4 +118,4 @@ class Cache {
 // with the pid it names a process uniquely even when pids are reused. 0 if unknown.
 uint32_t process_start_time(uint32_t pid, char *state = nullptr, bool *exists = nullptr);
 
-}  // namespace cxl
+}  // namespace tscxl

@@ -27,7 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace cxl {
+namespace tscxl {
 
 constexpr char kMagic[8] = {'T', 'S', 'C', 'X', 'L', 'R', 'G', '1'};
 constexpr uint32_t kVersion = 1;
@@ -140,4 +140,4 @@ inline uint64_t set_of_hash(uint64_t h, uint64_t sets) { return uint64_t((static
 inline uint8_t tag_of_hash(uint64_t h) { return uint8_t(h); }  // low bits: independent of the set (high bits)
 inline uint64_t set_of(uint64_t ns, uint64_t page, uint64_t sets) { return set_of_hash(key_hash(ns, page), sets); }
 
-}  // namespace cxl
+}  // namespace tscxl

@@ -19,7 +19,7 @@
 #include <immintrin.h>
 #endif
 
-namespace cxl {
+namespace tscxl {
 
 class PageCrc {
  public:
@@ -239,4 +239,4 @@ class PageCrc {
   uint32_t shift_[4][256];
 };
 
-}  // namespace cxl
+}  // namespace tscxl

@@ -15,7 +15,7 @@
 
 #include <tierstack/page_store.hpp>
 
-namespace cxl {
+namespace tscxl {
 
 namespace {
 
@@ -275,4 +275,4 @@ Status Region::open(const OpenOptions &o) {
   return Status::ok();
 }
 
-}  // namespace cxl
+}  // namespace tscxl

@@ -8,7 +8,7 @@
 
 #include "layout.hpp"
 
-namespace cxl {
+namespace tscxl {
 
 // The outcome of an operation that can fail: a TS_E_* code, a message and the errno if any.
 struct Status {
@@ -75,4 +75,4 @@ Status plan_geometry(uint64_t bytes, uint32_t page_size, uint32_t ways, uint32_t
 
 uint32_t header_checksum(const Header &h);
 
-}  // namespace cxl
+}  // namespace tscxl

@@ -16,6 +16,7 @@ import {
   ErrorCode,
   badArgument,
   errorFromNativeStatus,
+  TsStatus,
   namespaceId,
   type EvictedPages,
   type EvictionSink,
@@ -177,7 +178,7 @@ export class CxlTier extends BasePageStore implements WriteBackCache {
     if (r.evicted) this.#deliver(r.evicted);
     if (r.status < 0) {
       throw new TierStackError(
-        r.status === -8 ? ErrorCode.NoSpace : errorFromNativeStatus(r.status, 'put').code,
+        r.status === TsStatus.NoSpace ? ErrorCode.NoSpace : errorFromNativeStatus(r.status, 'put').code,
         `${this.name}: some pages of ${ns} found no reclaimable slot (their sets hold only dirty pages that cannot be written back)`,
         { details: { ns, status: r.status } },
       );

@@ -10,9 +10,6 @@ import { loadNativeAddon, type NativePageStoreHandle } from '@tierstack/core';
 export interface RegionHandle {
   readonly __cxlRegion: unique symbol;
 }
-export interface MemcpyBaselineHandle {
-  readonly __cxlMemcpyBaseline: unique symbol;
-}
 
 export interface NativeOpenOptions {
   kind: 'memfd' | 'file' | 'devdax';
@@ -106,7 +103,6 @@ export interface CxlAddon {
   collectDirty(h: RegionHandle, cursor: number, max: number): DirtyChunk;
   markClean(h: RegionHandle, slots: Float64Array, seqs: Uint32Array): number;
   nativeHandle(h: RegionHandle): NativePageStoreHandle;
-  abandonPutForTest(h: RegionHandle, ns: bigint, page: number, data: Buffer): number;
   layoutInfo(ways?: number): {
     defaultWays: number;
     setBytes: number;
@@ -115,26 +111,6 @@ export interface CxlAddon {
     nsEntryBytes: number;
     defaultNsEntries: number;
   };
-  /** Test helper: `threads` native threads put/get overlapping pages through the C ABI and check every read. */
-  threadStress(
-    handle: NativePageStoreHandle,
-    ns: bigint,
-    threads: number,
-    millis: number,
-    keySpan: number,
-  ): { puts: number; gets: number; hits: number; mismatches: number; errors: number; noSpace: number };
-  memcpyBaseline(spanPages: number, pageSize: number): MemcpyBaselineHandle;
-  /** Thread CPU ns of `iterations` batches of memcpy, walking `pages` from index `start`. */
-  benchMemcpy(b: MemcpyBaselineHandle, mode: 'get' | 'put', pages: Float64Array, batch: number, iterations: number, start?: number): number;
-  benchStore(
-    handle: NativePageStoreHandle,
-    ns: bigint,
-    mode: 'get' | 'put',
-    pages: Float64Array,
-    batch: number,
-    iterations: number,
-    start?: number,
-  ): { ns: number; misses: number; status: number };
 }
 
 export const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -143,6 +119,6 @@ let addon: CxlAddon | undefined;
 
 /** Loads the addon once (TS_ERR_NATIVE_MISSING with build instructions when it is not built). */
 export function cxlAddon(): CxlAddon {
-  addon ??= loadNativeAddon<CxlAddon>({ packageDir, name: 'cxl', packageName: '@tierstack/cxl' });
+  addon ??= loadNativeAddon<CxlAddon>({ packageDir, name: 'tierstack_cxl', packageName: '@tierstack/cxl' });
   return addon;
 }

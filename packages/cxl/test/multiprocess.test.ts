@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makePages, pageMatches } from '@tierstack/core/testing';
 import { CxlTier, formatCxlRegion } from '../src/index.js';
+import { cxlTestingAddonPath } from '../src/testing.js';
 import { addonPath, runMultiProcess } from './fixtures/mp-run.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cxl-mp-'));
@@ -60,7 +61,7 @@ describe('CxlTier shared by several processes', () => {
     const ns = 'abandon';
     const id = tier.registerNamespace(ns);
     await tier.put(ns, [7], makePages(ns, [7], tier.pageSize, 1));
-    const child = spawnSync(process.execPath, [fileURLToPath(new URL('./fixtures/abandon-child.mjs', import.meta.url)), addonPath, regionPath, String(id), '7']);
+    const child = spawnSync(process.execPath, [fileURLToPath(new URL('./fixtures/abandon-child.mjs', import.meta.url)), cxlTestingAddonPath, regionPath, String(id), '7']);
     expect(child.signal).toBe('SIGKILL');
     expect(tier.info().lockedSets).toBe(1);
 

@@ -1,12 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { namespaceId } from '@tierstack/core';
-import { CxlTier, cxlAddon } from '../src/index.js';
+import { stressStore } from '@tierstack/core/testing';
+import { CxlTier } from '../src/index.js';
 
 describe('CxlTier C ABI from many native threads', () => {
   it('serves only whole, right pages to concurrent native threads (puts, dirty puts, gets, evictions)', async () => {
     const tier = await CxlTier.open({ backing: { kind: 'memfd', size: 2 << 20 } }); // ~400 slots for 1024 keys
     const ns = tier.registerNamespace('threads');
-    const r = cxlAddon().threadStress(tier.nativeHandle!, ns, 4, 1500, 1024);
+    const r = await stressStore(tier.nativeHandle!, ns, { threads: 4, ops: 20_000, span: 1024, maxBatch: 8, dirtyEvery: 4 });
     expect(r.hits).toBeGreaterThan(1000);
     expect(r.mismatches).toBe(0);
     expect(r.errors).toBe(0);
@@ -24,7 +25,7 @@ describe('CxlTier C ABI from many native threads', () => {
   it('refuses to call a flush complete while dirty pages of an unnamed namespace stay behind', async () => {
     const tier = await CxlTier.open({ backing: { kind: 'memfd', size: 2 << 20 } });
     // A front-end writes dirty pages through the C ABI with only the namespace id.
-    cxlAddon().threadStress(tier.nativeHandle!, namespaceId('abi-only'), 1, 300, 64);
+    await stressStore(tier.nativeHandle!, namespaceId('abi-only'), { threads: 1, ops: 2_000, span: 64, maxBatch: 8, dirtyEvery: 4 });
     const dirty = tier.dirtyCount();
     expect(dirty).toBeGreaterThan(0);
     const written: number[] = [];

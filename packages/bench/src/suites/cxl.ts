@@ -1,16 +1,20 @@
 /**
  * CxlTier vs memcpy of the same pages: 4 KiB pages, random page numbers over a resident set,
  * batches of 1 and 64, through
- *   - the native path: a C++ loop calling the tier's C ABI function pointers (as a front-end
- *     thread does), N batches per measured call;
+ *   - the native path: the testing kit's driver (@tierstack/core/testing driveStoreSync), a C++
+ *     loop calling the tier's C ABI function pointers (as a front-end thread does), N batches per
+ *     measured call;
  *   - the JS path: CxlTier.get/put (one native call per batch).
- * The baseline is a native memcpy loop (one N-API call per batch for the JS cases, like the tier)
+ * The baseline is a native memcpy loop (@tierstack/cxl/testing; one N-API call per batch for the JS cases, like the tier)
  * over a memfd mapping of the same size (the same kind of
  * memory as the region), copying the same page numbers: the bare cost of moving the bytes,
  * measured in the same run.
  * Bars (issue 4): native get/put >= 0.5x memcpy; JS batch-64 >= 0.3x memcpy.
  */
-import { CxlTier, cxlAddon } from '@tierstack/cxl';
+import { TsStatus } from '@tierstack/core';
+import { driveStoreSync } from '@tierstack/core/testing';
+import { CxlTier } from '@tierstack/cxl';
+import { benchMemcpy, memcpyBaseline } from '@tierstack/cxl/testing';
 import { compare, result, rng, randomPages, type Suite } from '../harness.js';
 
 const PAGE = 4096;
@@ -25,7 +29,6 @@ export const cxlSuite: Suite = {
   name: 'cxl',
   description: 'CxlTier get/put (native C ABI driver and JS) vs memcpy of the same pages',
   async *run(ctx) {
-    const addon = cxlAddon();
     const tier = await CxlTier.open({ backing: { kind: 'memfd', size: REGION } });
     const ns = 'bench';
     const nsId = tier.registerNamespace(ns);
@@ -42,7 +45,7 @@ export const cxlSuite: Suite = {
     ctx.log(`cxl: ${resident.length}/${SPAN} pages (${SPAN_MIB} MiB) resident in ${tier.info().slots} slots`);
     const next = rng(0xc0ffee);
     const sequence = Float64Array.from(randomPages(next, resident.length, 1 << 16), (i) => resident[i]!);
-    const baseline = addon.memcpyBaseline(SPAN, PAGE);
+    const baseline = memcpyBaseline(SPAN, PAGE);
     const handle = tier.nativeHandle!;
 
     // Each side walks the same random sequence from where its last call stopped.
@@ -62,12 +65,12 @@ export const cxlSuite: Suite = {
         const baseAt = walker();
         const caseAt = walker();
         const memcpyOp = (): number => {
-          addon.benchMemcpy(baseline, mode, sequence, batch, iterations, baseAt(per));
+          benchMemcpy(baseline, mode, sequence, batch, iterations, baseAt(per));
           return per;
         };
         const nativeOp = (): number => {
-          const r = addon.benchStore(handle, nsId, mode, sequence, batch, iterations, caseAt(per));
-          if (r.status !== 0 || r.misses !== 0) throw new Error(`cxl bench: status ${r.status}, ${r.misses} misses`);
+          const r = driveStoreSync(handle, nsId, mode, sequence, batch, iterations, { start: caseAt(per) });
+          if (r.status !== TsStatus.Ok || r.misses !== 0) throw new Error(`cxl bench: status ${r.status}, ${r.misses} misses`);
           return per;
         };
         ctx.log(`cxl native ${mode} batch ${batch}`);
@@ -76,8 +79,8 @@ export const cxlSuite: Suite = {
         // time a busy shared machine did not run us (median of alternating pairs of calls).
         const ratios: number[] = [];
         for (let i = 0; i < 41; i++) {
-          const base = addon.benchMemcpy(baseline, mode, sequence, batch, iterations, baseAt(per));
-          const own = addon.benchStore(handle, nsId, mode, sequence, batch, iterations, caseAt(per)).ns;
+          const base = benchMemcpy(baseline, mode, sequence, batch, iterations, baseAt(per));
+          const own = driveStoreSync(handle, nsId, mode, sequence, batch, iterations, { start: caseAt(per) }).cpuNs;
           ratios.push(base / own);
         }
         const cpuRatio = ratios.sort((a, b) => a - b)[20]!;
@@ -90,7 +93,7 @@ export const cxlSuite: Suite = {
         const baseAt = walker();
         const caseAt = walker();
         const memcpyOp = (): number => {
-          addon.benchMemcpy(baseline, mode, sequence, batch, 1, baseAt(batch));
+          benchMemcpy(baseline, mode, sequence, batch, 1, baseAt(batch));
           return batch;
         };
         const jsOp = async (): Promise<number> => {
