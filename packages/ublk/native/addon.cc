@@ -10,6 +10,8 @@
 #include <mutex>
 #include <string>
 
+#include <tierstack/napi_error.hpp>
+#include <tierstack/run_on_thread.hpp>
 #include <tierstack/stack_client.hpp>
 
 #include "block_handler.hpp"
@@ -65,32 +67,9 @@ class StackBackend : public PageBackend {
   int flush_rc_ = TS_OK;
 };
 
-const char *code_of_errno(int e) {
-  switch (e) {
-    case ENOENT:
-    case ENODEV:
-    case ENXIO:
-    case EOPNOTSUPP:
-      return "TS_ERR_UNSUPPORTED";
-    case EACCES:
-    case EPERM:
-      return "TS_ERR_PERMISSION";
-    case EINVAL:
-      return "TS_ERR_BAD_ARGUMENT";
-    default:
-      return "TS_ERR_IO";
-  }
-}
+using tierstack::make_error;
 
-Napi::Error make_error(Napi::Env env, int neg_errno, const std::string &msg, const char *code = nullptr) {
-  int e = -neg_errno;
-  Napi::Error err = Napi::Error::New(env, msg);
-  err.Set("code", Napi::String::New(env, code ? code : code_of_errno(e)));
-  err.Set("errno", Napi::Number::New(env, e));
-  return err;
-}
-
-// Everything a device owns, shared with the async workers that start and stop it.
+// Everything a device owns, shared with the threads that start and stop it.
 struct DeviceCore {
   std::shared_ptr<tierstack::StackClient> client;
   std::unique_ptr<StackBackend> backend;
@@ -100,49 +79,6 @@ struct DeviceCore {
   TransportInfo info;
   std::mutex mu;
   bool stopped = false;
-};
-
-class StartWorker : public Napi::AsyncWorker {
- public:
-  StartWorker(Napi::Env env, std::shared_ptr<DeviceCore> core)
-      : Napi::AsyncWorker(env), core_(std::move(core)), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override { rc_ = core_->transport->start(core_->info, error_); }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (rc_ != 0) {
-      deferred_.Reject(make_error(env, rc_, error_).Value());
-      return;
-    }
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("path", core_->info.path);
-    o.Set("id", core_->info.id);
-    o.Set("directIo", core_->info.direct_io);
-    deferred_.Resolve(o);
-  }
-
- private:
-  std::shared_ptr<DeviceCore> core_;
-  Napi::Promise::Deferred deferred_;
-  int rc_ = 0;
-  std::string error_;
-};
-
-class StopWorker : public Napi::AsyncWorker {
- public:
-  StopWorker(Napi::Env env, std::shared_ptr<DeviceCore> core)
-      : Napi::AsyncWorker(env), core_(std::move(core)), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-  // Off the JS thread: stopping drains in-flight I/O, which may need the JS path.
-  void Execute() override { core_->transport->stop(); }
-  void OnOK() override {
-    core_->client->close();
-    deferred_.Resolve(Env().Undefined());
-  }
-
- private:
-  std::shared_ptr<DeviceCore> core_;
-  Napi::Promise::Deferred deferred_;
 };
 
 class Device : public Napi::ObjectWrap<Device> {
@@ -157,7 +93,7 @@ class Device : public Napi::ObjectWrap<Device> {
   explicit Device(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Device>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject()) {
-      make_error(env, -EINVAL, "new Device(options, jsPath) expected", "TS_ERR_BAD_ARGUMENT").ThrowAsJavaScriptException();
+      make_error(env, "TS_ERR_BAD_ARGUMENT", "new Device(options, jsPath) expected", EINVAL).ThrowAsJavaScriptException();
       return;
     }
     Napi::Object o = info[0].As<Napi::Object>();
@@ -171,7 +107,7 @@ class Device : public Napi::ObjectWrap<Device> {
     Napi::Value nsv = o.Get("ns");
     uint64_t ns = nsv.IsBigInt() ? nsv.As<Napi::BigInt>().Uint64Value(&lossless) : 0;
     if (size <= 0 || size > 9007199254740991.0 || static_cast<uint64_t>(size) % 4096 != 0 || !nsv.IsBigInt()) {
-      make_error(env, -EINVAL, "sizeBytes must be a positive multiple of 4096 and ns a bigint namespace id", "TS_ERR_BAD_ARGUMENT")
+      make_error(env, "TS_ERR_BAD_ARGUMENT", "sizeBytes must be a positive multiple of 4096 and ns a bigint namespace id", EINVAL)
           .ThrowAsJavaScriptException();
       return;
     }
@@ -182,7 +118,7 @@ class Device : public Napi::ObjectWrap<Device> {
     if (!client) return;  // exception pending
     if (client->page_size() != BlockHandler::kPageSize) {
       client->close();
-      make_error(env, -EINVAL, "the stack's page size must be 4096", "TS_ERR_PAGE_SIZE").ThrowAsJavaScriptException();
+      make_error(env, "TS_ERR_PAGE_SIZE", "the stack's page size must be 4096", EINVAL).ThrowAsJavaScriptException();
       return;
     }
     core_ = std::make_shared<DeviceCore>();
@@ -206,7 +142,7 @@ class Device : public Napi::ObjectWrap<Device> {
     } else {
       client->close();
       core_.reset();
-      make_error(env, -EINVAL, "transport must be 'ublk' or 'fuse-loop'", "TS_ERR_BAD_ARGUMENT").ThrowAsJavaScriptException();
+      make_error(env, "TS_ERR_BAD_ARGUMENT", "transport must be 'ublk' or 'fuse-loop'", EINVAL).ThrowAsJavaScriptException();
     }
   }
 
@@ -220,17 +156,36 @@ class Device : public Napi::ObjectWrap<Device> {
   }
 
  private:
+  // Starting and stopping block (a stop drains in-flight I/O, which may need the JS path): on
+  // threads of their own, never the libuv pool (tierstack/run_on_thread.hpp).
   Napi::Value Start(const Napi::CallbackInfo &info) {
-    auto *w = new StartWorker(info.Env(), core_);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    auto core = core_;
+    auto rc = std::make_shared<int>(0);
+    auto error = std::make_shared<std::string>();
+    return tierstack::run_on_thread(
+        info.Env(), [core, rc, error] { *rc = core->transport->start(core->info, *error); },
+        [core, rc, error](Napi::Env env, Napi::Promise::Deferred &d) {
+          if (*rc != 0) {
+            // The transports' messages name the call and its strerror; the code comes from the
+            // kit's errno table (page_store.h ts_errno_code).
+            d.Reject(make_error(env, ts_errno_code(*rc), *error, *rc).Value());
+            return;
+          }
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("path", core->info.path);
+          o.Set("id", core->info.id);
+          o.Set("directIo", core->info.direct_io);
+          d.Resolve(o);
+        });
   }
   Napi::Value Stop(const Napi::CallbackInfo &info) {
-    auto *w = new StopWorker(info.Env(), core_);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    auto core = core_;
+    return tierstack::run_on_thread(
+        info.Env(), [core] { core->transport->stop(); },
+        [core](Napi::Env env, Napi::Promise::Deferred &d) {
+          core->client->close();
+          d.Resolve(env.Undefined());
+        });
   }
   // For process exit: fail JS-path waiters first (JS can no longer answer), then tear down.
   Napi::Value StopSync(const Napi::CallbackInfo &info) {
@@ -273,7 +228,7 @@ class UblkAddon : public Napi::Addon<UblkAddon> {
   Napi::Value UblkDelete(const Napi::CallbackInfo &info) {
     std::string error;
     int rc = ublk_delete(info[0].ToNumber().Int32Value(), error);
-    if (rc != 0) make_error(info.Env(), rc, error).ThrowAsJavaScriptException();
+    if (rc != 0) make_error(info.Env(), ts_errno_code(rc), error, rc).ThrowAsJavaScriptException();
     return info.Env().Undefined();
   }
 };

@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <tierstack/clock.hpp>
+
 namespace tsublk {
 namespace {
 
@@ -20,11 +22,7 @@ constexpr const char *kDiskName = "disk";
 
 FuseTransport *self_of(fuse_req_t req) { return static_cast<FuseTransport *>(fuse_req_userdata(req)); }
 
-uint64_t now_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count());
-}
+using tierstack::now_ns;
 
 void fill_attr(FuseTransport *t, fuse_ino_t ino, struct stat &st) {
   std::memset(&st, 0, sizeof st);

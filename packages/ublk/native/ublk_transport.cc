@@ -5,10 +5,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+
+#include <tierstack/clock.hpp>
 
 #include "ublk_uapi.hpp"
 
@@ -17,11 +18,7 @@ namespace {
 
 constexpr const char *kControl = "/dev/ublk-control";
 
-uint64_t now_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count());
-}
+using tierstack::now_ns;
 
 // A command to /dev/ublk-control: one URING_CMD on a small SQE128 ring, waited for.
 class CtrlRing {
