@@ -3,7 +3,6 @@
 #include <napi.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,7 +15,6 @@
 #include "napi_util.hpp"
 #include "shared_region.hpp"
 #include "shared_region_napi.hpp"
-#include "test_store.hpp"
 #include "unix_socket.hpp"
 
 namespace tsuffd {
@@ -185,7 +183,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     int rc = engine_->start();
     if (rc < 0) {
       engine_->stop();
-      throw_error(env, "TS_ERR_UNSUPPORTED", "userfaultfd is not available", -rc);
+      throw_errno(env, rc, "userfaultfd is not available", "TS_ERR_UNSUPPORTED");
       return;
     }
   }
@@ -486,7 +484,7 @@ Napi::Value EngineWrap::CreateRegion(const Napi::CallbackInfo &info) {
   std::string err;
   int e = 0;
   auto s = engine_->create_region(c, &err, &e);
-  if (!s) return throw_error(env, e == ENOTSUP || e == ENOSYS || e == EPERM ? "TS_ERR_UNSUPPORTED" : "TS_ERR_IO", err, e);
+  if (!s) return throw_errno(env, e, err);  // the kit's errno policy (page_store.h ts_errno_code)
   Napi::Object obj = env.GetInstanceData<AddonData>()->source_ctor.New({});
   SourceWrap::Unwrap(obj)->Init(engine_, s);
   return obj;
@@ -511,7 +509,7 @@ Napi::Value EngineWrap::Adopt(const Napi::CallbackInfo &info) {
   std::string err;
   int e = 0;
   auto s = engine_->adopt(fd, pid, features, api_done, cfgs, &err, &e);
-  if (!s) return throw_error(env, "TS_ERR_IO", err, e);
+  if (!s) return throw_errno(env, e, err, "TS_ERR_IO");
   Napi::Object obj = env.GetInstanceData<AddonData>()->source_ctor.New({});
   SourceWrap::Unwrap(obj)->Init(engine_, s);
   return obj;
@@ -535,7 +533,7 @@ Napi::Value EngineWrap::AdoptShared(const Napi::CallbackInfo &info) {
   std::string err;
   int e = 0;
   auto s = adopt_shared(*engine_, uffd, memfd, file_offset, pid, c, &err, &e);
-  if (!s) return throw_error(env, e == ENOTSUP || e == ENOSYS || e == EPERM ? "TS_ERR_UNSUPPORTED" : "TS_ERR_IO", err, e);
+  if (!s) return throw_errno(env, e, err);  // the kit's errno policy (page_store.h ts_errno_code)
   Napi::Object src = env.GetInstanceData<AddonData>()->source_ctor.New({});
   SourceWrap::Unwrap(src)->Init(engine_, s);
   Napi::Object out = Napi::Object::New(env);
@@ -560,7 +558,7 @@ Napi::Value ReceivedToJs(Napi::Env env, const Received &r) {
 Napi::Value ListenUnix(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = listen_unix(info[0].ToString().Utf8Value(), info.Length() > 1 ? info[1].ToNumber().Int32Value() : 16);
-  if (fd < 0) return throw_error(env, "TS_ERR_IO", "cannot listen on " + info[0].ToString().Utf8Value(), -fd);
+  if (fd < 0) return throw_errno(env, fd, "cannot listen on " + info[0].ToString().Utf8Value(), "TS_ERR_IO");
   return Napi::Number::New(env, fd);
 }
 
@@ -577,7 +575,7 @@ Napi::Value ReceiveCommon(const Napi::CallbackInfo &info, bool accept) {
         } else {
           if (res->fd >= 0) ::close(res->fd);
           const char *code = res->err == ETIMEDOUT ? "TS_ERR_TIMEOUT" : res->err == EBADMSG ? "TS_ERR_PROTOCOL" : "TS_ERR_IO";
-          d.Reject(make_error(env, code, "receiving a userfaultfd failed (" + res->what + ")", res->err).Value());
+          d.Reject(errno_error(env, res->err, "receiving a userfaultfd failed (" + res->what + ")", code).Value());
         }
       });
 }
@@ -602,142 +600,14 @@ Napi::Value CloseFd(const Napi::CallbackInfo &info) {
 Napi::Value SendFd(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int conn = connect_unix(info[0].ToString().Utf8Value());
-  if (conn < 0) return throw_error(env, "TS_ERR_IO", "connect", -conn);
+  if (conn < 0) return throw_errno(env, conn, "connect", "TS_ERR_IO");
   auto msg = info[1].As<Napi::Buffer<uint8_t>>();
   int rc = send_fd(conn, msg.Data(), msg.Length(), info[2].ToNumber().Int32Value());
   if (rc < 0) {
     ::close(conn);
-    return throw_error(env, "TS_ERR_IO", "sendmsg", -rc);
+    return throw_errno(env, rc, "sendmsg", "TS_ERR_IO");
   }
   return Napi::Number::New(env, conn);
-}
-
-// ---- test support ----
-
-// touchPages(address: bigint, pages: Float64Array, pageSize, out?: Buffer, write?: Buffer, cpu?)
-// Reads (copies into `out`) or writes (from `write`) each page on a new native thread, so that
-// the JS thread never blocks in a fault. Resolves when done.
-Napi::Value TouchPages(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  uint64_t base = bigint_u64(info[0]);
-  Napi::Float64Array arr = info[1].As<Napi::Float64Array>();
-  uint64_t ps = info[2].ToNumber().Int64Value();
-  auto pages = std::make_shared<std::vector<uint64_t>>(arr.ElementLength());
-  for (size_t i = 0; i < pages->size(); i++) (*pages)[i] = static_cast<uint64_t>(arr[i]);
-  uint8_t *out = nullptr;
-  const uint8_t *in = nullptr;
-  auto refs = std::make_shared<std::vector<Napi::Reference<Napi::Value>>>();
-  if (info.Length() > 3 && info[3].IsBuffer()) {
-    auto b = info[3].As<Napi::Buffer<uint8_t>>();
-    if (b.Length() < pages->size() * ps) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "out is too small");
-    out = b.Data();
-    refs->push_back(Napi::Persistent(info[3]));
-  }
-  if (info.Length() > 4 && info[4].IsBuffer()) {
-    auto b = info[4].As<Napi::Buffer<uint8_t>>();
-    if (b.Length() < pages->size() * ps) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "write data is too small");
-    in = b.Data();
-    refs->push_back(Napi::Persistent(info[4]));
-  }
-  int cpu = info.Length() > 5 && info[5].IsNumber() ? info[5].ToNumber().Int32Value() : -1;
-  return run_on_thread(
-      env,
-      [base, pages, ps, out, in, cpu] {
-        if (cpu >= 0) {
-          cpu_set_t set;
-          CPU_ZERO(&set);
-          CPU_SET(cpu, &set);
-          sched_setaffinity(0, sizeof set, &set);
-        }
-        volatile uint64_t sink = 0;
-        for (size_t i = 0; i < pages->size(); i++) {
-          auto *p = reinterpret_cast<uint8_t *>(base + (*pages)[i] * ps);
-          if (in)
-            std::memcpy(p, in + i * ps, ps);
-          else if (out)
-            std::memcpy(out + i * ps, p, ps);
-          else
-            sink = sink + *reinterpret_cast<volatile uint64_t *>(p);
-        }
-      },
-      [refs](Napi::Env env, Napi::Promise::Deferred &d) {
-        refs->clear();
-        d.Resolve(env.Undefined());
-      });
-}
-
-TestStore *test_store_of(Napi::Env env, Napi::Value v) {
-  tierstack::StoreRef ref = tierstack::unwrap_page_store(env, v);
-  if (!ref) return nullptr;
-  if (std::strcmp(ref->name, "native-test") != 0) {
-    throw_error(env, "TS_ERR_BAD_ARGUMENT", "not a native test store");
-    return nullptr;
-  }
-  return static_cast<TestStore *>(ref->self);
-}
-
-Napi::Value CreateTestStore(const Napi::CallbackInfo &info) {
-  auto *t = new TestStore(info[0].ToNumber().Uint32Value());
-  return tierstack::wrap_page_store(info.Env(), t->store());
-}
-
-// testStoreOp(handle, op, ns: bigint, pages: Float64Array, data?: Buffer, status?)
-//  op 'put': copies pages in; 'get': fills data, returns Uint8Array found flags;
-//  'fail': makes pages return `status` (0 clears); 'remove'; 'count'.
-Napi::Value TestStoreOp(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  TestStore *t = test_store_of(env, info[0]);
-  if (!t) return env.Undefined();
-  std::string op = info[1].ToString().Utf8Value();
-  if (op == "count") return Napi::Number::New(env, static_cast<double>(t->count()));
-  uint64_t ns = bigint_u64(info[2]);
-  Napi::Float64Array pages = info[3].As<Napi::Float64Array>();
-  size_t n = pages.ElementLength();
-  uint32_t ps = t->store()->page_size;
-  std::vector<uint64_t> list(n);
-  for (size_t i = 0; i < n; i++) list[i] = static_cast<uint64_t>(pages[i]);
-  if (op == "put" || op == "get") {
-    auto data = info[4].As<Napi::Buffer<uint8_t>>();
-    if (data.Length() < n * ps) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "data is too small");
-    std::vector<void *> bufs(n);
-    for (size_t i = 0; i < n; i++) bufs[i] = data.Data() + i * ps;
-    if (op == "put") {
-      t->store()->ops->put(t, ns, list.data(), n, const_cast<const void *const *>(bufs.data()), 0);
-      return env.Undefined();
-    }
-    std::vector<int32_t> st(n);
-    t->store()->ops->get(t, ns, list.data(), n, bufs.data(), st.data());
-    auto found = Napi::Int32Array::New(env, n);
-    for (size_t i = 0; i < n; i++) found[i] = st[i];
-    return found;
-  }
-  if (op == "remove") {
-    t->store()->ops->remove(t, ns, list.data(), n);
-    return env.Undefined();
-  }
-  if (op == "fail") {
-    int32_t status = info[5].ToNumber().Int32Value();
-    for (auto p : list) t->fail(ns, p, status);
-    return env.Undefined();
-  }
-  return throw_error(env, "TS_ERR_BAD_ARGUMENT", "unknown test store op " + op);
-}
-
-Napi::Value GetTid(const Napi::CallbackInfo &info) { return Napi::Number::New(info.Env(), current_tid()); }
-
-// pinCurrentThread(cpus: number[]): sets the calling (JS) thread's CPU affinity; [] = all CPUs.
-// For benchmarks that place the whole fault-service path on chosen CPUs.
-Napi::Value PinCurrentThread(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  Napi::Array a = info[0].As<Napi::Array>();
-  if (a.Length() == 0) {
-    for (int c = 0; c < CPU_SETSIZE; c++) CPU_SET(c, &set);
-  }
-  for (uint32_t i = 0; i < a.Length(); i++) CPU_SET(a.Get(i).ToNumber().Int32Value(), &set);
-  if (sched_setaffinity(0, sizeof set, &set) != 0) return throw_error(env, "TS_ERR_IO", "sched_setaffinity", errno);
-  return env.Undefined();
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -754,11 +624,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendFd", Napi::Function::New(env, SendFd));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
   exports.Set("shutdownFd", Napi::Function::New(env, ShutdownFd));
-  exports.Set("touchPages", Napi::Function::New(env, TouchPages));
-  exports.Set("createTestStore", Napi::Function::New(env, CreateTestStore));
-  exports.Set("testStoreOp", Napi::Function::New(env, TestStoreOp));
-  exports.Set("gettid", Napi::Function::New(env, GetTid));
-  exports.Set("pinCurrentThread", Napi::Function::New(env, PinCurrentThread));
   exports.Set("sharedRegionsSupported", Napi::Function::New(env, SharedRegionsSupported));
   return exports;
 }

@@ -19,12 +19,6 @@
 
 namespace tsuffd {
 
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 namespace {
 constexpr uint64_t kStopTag = 0;
 inline uint64_t tag_of(uint64_t id, bool pidfd) { return (id << 1) | (pidfd ? 1 : 0); }

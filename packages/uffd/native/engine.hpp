@@ -10,6 +10,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <tierstack/clock.hpp>
 #include <tierstack/stack_client.hpp>
 
 #include <atomic>
@@ -231,6 +232,6 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::vector<uint8_t> zeros_;
 };
 
-uint64_t now_ns();
+using tierstack::now_ns;  // the kit's monotonic clock (tierstack/clock.hpp)
 
 }  // namespace tsuffd

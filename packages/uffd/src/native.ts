@@ -4,7 +4,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import { loadNativeAddon, type NativePageStoreHandle, type JsPath } from '@tierstack/core';
+import { loadNativeAddon, type JsPath } from '@tierstack/core';
 
 export interface NativeRegionConfig {
   base?: bigint;
@@ -139,11 +139,6 @@ export interface UffdAddon {
   sendFd(path: string, message: Buffer, fd: number): number;
   closeFd(fd: number): void;
   shutdownFd(fd: number): void;
-  touchPages(address: bigint, pages: Float64Array, pageSize: number, out?: Buffer, write?: Buffer, cpu?: number): Promise<void>;
-  createTestStore(pageSize: number): NativePageStoreHandle;
-  testStoreOp(handle: NativePageStoreHandle, op: string, ns?: bigint, pages?: Float64Array, data?: Buffer, status?: number): unknown;
-  gettid(): number;
-  pinCurrentThread(cpus: number[]): void;
   sharedRegionsSupported(): { supported: boolean; reason?: string };
 }
 

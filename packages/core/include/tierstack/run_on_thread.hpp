@@ -13,7 +13,7 @@
 //         if (*rc < 0) d.Reject(tierstack::errno_error(env, *rc, "start failed").Value());
 //         else d.Resolve(env.Undefined());
 //       },
-//       {info[1]});  // values the work reads (Buffers...): held until `done` has run
+//       {info[1]});  // objects the work reads (Buffers...): held until `done` has run
 //
 // The job holds the event loop open while it runs, like an AsyncWorker. If the environment is
 // torn down first, `done` does not run.
@@ -43,7 +43,8 @@ inline Napi::Promise run_on_thread(Napi::Env env, std::function<void()> work,
   auto *job = new Job(env);
   job->work = std::move(work);
   job->done = std::move(done);
-  for (const Napi::Value &v : keep) job->keep.push_back(Napi::Persistent(v));
+  for (const Napi::Value &v : keep)
+    if (v.IsObject()) job->keep.push_back(Napi::Persistent(v));  // primitives need no keeping
   Napi::Promise promise = job->deferred.Promise();
   job->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo &) {}),
                                             "tierstack-job", 0, 1);
