@@ -18,6 +18,10 @@
  *   --handshake-only           after sending, only wait for the handler to hang up
  *   --json <text>              send this instead of the mappings (garbage tests)
  *   --hold-ms <n>              keep the mapping alive n ms before exiting
+ *   --threads <n>              touch with n threads (thread t takes every n-th page of the list)
+ *   --touch-delay-us <n>       pause n us after each touch (a slow guest: a restore that lasts)
+ *   --trace <path>             write each touch's completion time (u64 CLOCK_MONOTONIC ns, list order)
+ *   --close-uffd               close our own copy of the uffd after sending it (unlike Firecracker)
  * Prints one JSON line: timings (CLOCK_MONOTONIC ns, comparable with Node's hrtime) and checks.
  */
 #define _GNU_SOURCE
@@ -25,6 +29,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/userfaultfd.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
@@ -67,6 +72,26 @@ static uint8_t *page_addr(uint64_t page) {
   return NULL;
 }
 
+struct toucher {
+  const uint64_t *list;
+  uint64_t n, first, step, *done_ns;
+  long delay_us;
+  uint64_t sink;
+};
+
+static void *touch_main(void *arg) {
+  struct toucher *t = arg;
+  volatile uint64_t sink = 0;
+  for (uint64_t i = t->first; i < t->n; i += t->step) {
+    uint8_t *a = page_addr(t->list[i]);
+    if (a) sink += a[(t->list[i] * 64) % PS];
+    if (t->done_ns) t->done_ns[i] = now_ns();
+    if (t->delay_us > 0) usleep((useconds_t)t->delay_us);
+  }
+  t->sink = sink;
+  return NULL;
+}
+
 static void on_bus(int sig) {
   (void)sig;
   got_bus = 1;
@@ -85,7 +110,9 @@ int main(int argc, char **argv) {
   int64_t dn_first = -1, dn_count = 0, sigbus_page = -1;
   int wait_signal = 0, send_fd = 1, handshake_only = 0;
   const char *json_override = NULL;
-  long hold_ms = 0;
+  long hold_ms = 0, delay_us = 0;
+  int nthreads = 1, close_uffd = 0;
+  const char *trace_path = NULL;
   for (int i = 3; i < argc; i++) {
     if (!strcmp(argv[i], "--region") && i + 1 < argc) {
       sscanf(argv[++i], "%" SCNu64 ":%" SCNu64, &regions[nregions].size, &regions[nregions].offset);
@@ -109,6 +136,16 @@ int main(int argc, char **argv) {
       json_override = argv[++i];
     } else if (!strcmp(argv[i], "--hold-ms") && i + 1 < argc) {
       hold_ms = atol(argv[++i]);
+    } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+      nthreads = atoi(argv[++i]);
+      if (nthreads < 1) nthreads = 1;
+      if (nthreads > 64) nthreads = 64;
+    } else if (!strcmp(argv[i], "--touch-delay-us") && i + 1 < argc) {
+      delay_us = atol(argv[++i]);
+    } else if (!strcmp(argv[i], "--trace") && i + 1 < argc) {
+      trace_path = argv[++i];
+    } else if (!strcmp(argv[i], "--close-uffd")) {
+      close_uffd = 1;
     }
   }
   int memfd = open(mem_path, O_RDONLY);
@@ -165,6 +202,7 @@ int main(int argc, char **argv) {
   }
   if (sendmsg(sk, &msg, 0) != (ssize_t)jl) die("sendmsg");
   uint64_t t_sent = now_ns();
+  if (close_uffd) close(uffd); /* the handler's copies are now the only ones */
   if (!send_fd || handshake_only) {
     /* A broken client: wait for the handler to hang up on us. */
     char b;
@@ -204,15 +242,28 @@ int main(int argc, char **argv) {
 
   /* The "request": read one byte of every page (each first read is a missing fault). */
   volatile uint64_t sink = 0;
-  for (uint64_t i = 0; i < n; i++) {
-    uint8_t *a = page_addr(list[i]);
-    if (a) sink += a[(list[i] * 64) % PS];
+  uint64_t *done_ns = trace_path ? calloc(n ? n : 1, sizeof *done_ns) : NULL;
+  {
+    struct toucher ts[64];
+    pthread_t th[64];
+    for (int t = 0; t < nthreads; t++) {
+      ts[t] = (struct toucher){.list = list, .n = n, .first = (uint64_t)t, .step = (uint64_t)nthreads, .done_ns = done_ns, .delay_us = delay_us};
+      if (t > 0 && pthread_create(&th[t], NULL, touch_main, &ts[t])) die("pthread_create");
+    }
+    touch_main(&ts[0]);
+    for (int t = 1; t < nthreads; t++) pthread_join(th[t], NULL);
+    for (int t = 0; t < nthreads; t++) sink += ts[t].sink;
   }
   uint64_t t_done = now_ns();
+  if (trace_path) {
+    FILE *f = fopen(trace_path, "wb");
+    if (!f || fwrite(done_ns, sizeof *done_ns, n, f) != n || fclose(f)) die("trace");
+  }
 
   /* Verify every touched page against the memory file. */
   uint8_t expect[PS];
-  uint64_t mismatches = 0, first_bad = UINT64_MAX;
+  static const uint8_t zero[PS];
+  uint64_t mismatches = 0, zero_mismatches = 0, first_bad = UINT64_MAX;
   for (uint64_t i = 0; i < n; i++) {
     uint8_t *a = page_addr(list[i]);
     if (!a) continue;
@@ -221,6 +272,7 @@ int main(int argc, char **argv) {
     if (memcmp(a, expect, PS)) {
       if (first_bad == UINT64_MAX) first_bad = list[i];
       mismatches++;
+      if (!memcmp(a, zero, PS)) zero_mismatches++; /* a zero page where data was expected */
     }
   }
 
@@ -253,9 +305,9 @@ int main(int argc, char **argv) {
     sigbus = got_bus;
   }
   if (hold_ms > 0) usleep(hold_ms * 1000);
-  printf("{\"pages\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"first_bad\":%" PRId64 ",\"dontneed_nonzero\":%" PRIu64
+  printf("{\"pages\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"zero_mismatches\":%" PRIu64 ",\"first_bad\":%" PRId64 ",\"dontneed_nonzero\":%" PRIu64
          ",\"sigbus\":%s,\"t_connect\":%" PRIu64 ",\"t_sent\":%" PRIu64 ",\"t_start\":%" PRIu64 ",\"t_done\":%" PRIu64 "}\n",
-         n, mismatches, first_bad == UINT64_MAX ? (int64_t)-1 : (int64_t)first_bad, dn_nonzero, sigbus ? "true" : "false",
+         n, mismatches, zero_mismatches, first_bad == UINT64_MAX ? (int64_t)-1 : (int64_t)first_bad, dn_nonzero, sigbus ? "true" : "false",
          t_connect, t_sent, t_start, t_done);
   fflush(stdout);
   (void)sink;

@@ -56,8 +56,11 @@ const MAX_RETRY_MS = 30_000;
 
 export interface CriuPageServerOptions {
   snapshotId: string;
-  /** TCP port (0: any free port; read it from `.port`). */
+  /** TCP port (0: any free port; read it from `.port`). Ignored with `listen: false`. */
   port: number;
+  /** Listen on `host:port` (default true). `false`: serve only connections handed to
+   *  `adoptConnection()` (the keeper's worker: the keeper owns the TCP endpoint). */
+  listen?: boolean;
   /** Address to bind (default loopback: the protocol has no authentication). */
   host?: string;
   headerLayout?: CriuHeaderLayout;
@@ -112,10 +115,25 @@ export interface CriuPageServerStats {
   lastErrorCode: string | undefined;
 }
 
+/** A connection handed to the server (see `adoptConnection`). */
+export interface AdoptedConnectionOptions {
+  /** The header layout already decided for this connection (a resumed one); default: the server's. */
+  layout?: 'v42' | 'legacy';
+  /**
+   * Called after each GET whose whole answer the kernel took: every request in the first `inBytes`
+   * bytes received on this connection is answered by the first `outBytes` bytes written. A relay
+   * that keeps the requests from there on can give them to another server and drop the first
+   * (bytes it has - outBytes) of its answers: answers are a pure function of the requests.
+   */
+  onCheckpoint?: (inBytes: number, outBytes: number, layout: 'v42' | 'legacy') => void;
+}
+
 export interface CriuPageServer {
   readonly port: number;
   readonly host: string;
   stats(): CriuPageServerStats;
+  /** Serves an already connected stream (a Unix socket pair end, a TCP socket) like an accepted one. */
+  adoptConnection(sock: Socket, options?: AdoptedConnectionOptions): void;
   close(): Promise<void>;
 }
 
@@ -186,6 +204,8 @@ class ByteBudget {
 /** One GET, resolved against the manifest when parsed. */
 interface Plan {
   h: Header;
+  /** Bytes of the connection's input up to the end of this request. */
+  inEnd: number;
   /** Set when the GET cannot be answered (unknown address): the connection ends when it is reached. */
   error: TierStackError | undefined;
   /** Snapshot page of vaddr, and the pages answered (clamped to the end of the mapping). */
@@ -231,11 +251,15 @@ class Connection {
   /** Waiting for a good copy of this snapshot page (its GET is not answered meanwhile). */
   private stuck: { page: number; tries: number } | undefined;
   private cancelSleep: (() => void) | undefined;
+  /** Input bytes parsed into requests, and answer bytes written, so far. */
+  private inConsumed = 0;
+  private outWritten = 0;
 
   constructor(
     private readonly sock: Socket,
     private readonly server: PageServer,
     configured: CriuHeaderLayout,
+    private readonly onCheckpoint?: (inBytes: number, outBytes: number, layout: 'v42' | 'legacy') => void,
   ) {
     this.layout = configured === 'auto' ? undefined : configured;
     this.local = new ByteBudget(server.limits.maxConnectionBytes);
@@ -320,9 +344,10 @@ class Connection {
       if (this.buf.length < size) return;
       const h = decodePsHeader(this.layout, this.buf.subarray(0, size));
       this.buf = this.buf.subarray(size);
+      this.inConsumed += size;
       if (h.nrPages <= 0 || h.nrPages > maxPages) throw protocolError(`malformed header: GET of ${h.nrPages} pages`);
       if (!Number.isSafeInteger(h.vaddr) || h.vaddr % this.server.pageSize !== 0) throw protocolError(`malformed header: GET at unaligned vaddr ${h.vaddr}`);
-      this.queue.push(this.server.plan(h));
+      this.queue.push({ ...this.server.plan(h), inEnd: this.inConsumed });
     }
   }
 
@@ -508,6 +533,7 @@ class Connection {
     const layout = this.layout!;
     const out: Buffer[] = [];
     let at = 0;
+    let checkpoint: [number, number] | undefined;
     for (const s of batch) {
       const h = s.plan.h;
       if (s.from === 0) out.push(encodePsHeader(layout, { cmd: ADD_F_PRESENT, nrPages: s.plan.n, vaddr: h.vaddr, dstId: h.dstId }));
@@ -519,11 +545,18 @@ class Connection {
         this.queue.shift();
         this.sent = 0;
         this.server.counters.gets++;
+        checkpoint = [s.plan.inEnd, this.outWritten + out.reduce((n, b) => n + b.length, 0)];
       }
     }
+    this.outWritten += out.reduce((n, b) => n + b.length, 0);
+    const onCheckpoint = this.onCheckpoint;
+    const done = (err?: Error | null): void => {
+      release();
+      if (!err && checkpoint && onCheckpoint) onCheckpoint(checkpoint[0], checkpoint[1], layout);
+    };
     this.sock.cork();
     // The last write's callback: everything before it went out too (or the socket is gone).
-    out.forEach((b, i) => this.sock.write(b, i === out.length - 1 ? () => release() : undefined));
+    out.forEach((b, i) => this.sock.write(b, i === out.length - 1 ? done : undefined));
     this.sock.uncork();
     if (this.sock.isPaused() && !this.closing && this.queue.length <= this.server.limits.maxQueuedGets / 2) this.resumeReading();
   }
@@ -572,6 +605,7 @@ class PageServer implements CriuPageServer {
     chunkPages: number,
     readonly badPageRetryMs: number,
     readonly log: Logger,
+    private readonly listening = true,
   ) {
     this.pids = new Set(manifest.regions.map((r) => r.pid));
     this.budget = new ByteBudget(limits.maxTotalBytes);
@@ -594,7 +628,7 @@ class PageServer implements CriuPageServer {
   }
 
   /** Resolves a GET to snapshot pages (clamped to the end of its mapping). */
-  plan(h: Header): Plan {
+  plan(h: Header): Omit<Plan, 'inEnd'> {
     const region = this.regionFor(h.vaddr, h.dstId);
     if (!region) {
       return { h, error: new TierStackError(ErrorCode.NotFound, `no mapping holds vaddr 0x${h.vaddr.toString(16)} (dst_id ${h.dstId})`), first: 0, n: 0 };
@@ -700,8 +734,21 @@ class PageServer implements CriuPageServer {
     };
   }
 
+  /** @internal set by serveCriuPages */
+  accept: ((sock: Socket, adopted?: AdoptedConnectionOptions) => void) | undefined;
+
+  adoptConnection(sock: Socket, options: AdoptedConnectionOptions = {}): void {
+    if (options.layout !== undefined && options.layout !== 'v42' && options.layout !== 'legacy') {
+      throw new TierStackError(ErrorCode.BadArgument, `unknown header layout ${String(options.layout)}`);
+    }
+    if (!this.accept) throw new TierStackError(ErrorCode.Closed, 'the page server is not running');
+    this.accept(sock, options);
+  }
+
   close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
+    this.accept = undefined;
+    if (!this.listening) return Promise.resolve();
     return new Promise((resolve) => this.net.close(() => resolve()));
   }
 }
@@ -735,14 +782,17 @@ export async function serveCriuPages(catalog: SnapshotCatalog, opts: CriuPageSer
   if (!['v42', 'legacy', 'auto'].includes(layout)) throw new TierStackError(ErrorCode.BadArgument, `unknown header layout ${String(layout)}`);
   const log = opts.logger ?? silentLogger;
   const net = createServer();
-  await new Promise<void>((resolve, reject) => {
-    net.once('error', (err) => reject(new TierStackError(ErrorCode.Io, `cannot listen on ${host}:${opts.port}: ${err.message}`, { cause: err })));
-    net.listen(opts.port, host, () => resolve());
-  });
-  const addr = net.address();
+  const listen = opts.listen !== false;
+  if (listen) {
+    await new Promise<void>((resolve, reject) => {
+      net.once('error', (err) => reject(new TierStackError(ErrorCode.Io, `cannot listen on ${host}:${opts.port}: ${err.message}`, { cause: err })));
+      net.listen(opts.port, host, () => resolve());
+    });
+  }
+  const addr = listen ? net.address() : null;
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-  const server = new PageServer(catalog, manifest, net, host, port, opts.maxPagesPerGet ?? 65536, opts.dstId, limits, chunkPages, badPageRetryMs, log);
-  net.on('connection', (sock) => {
+  const server = new PageServer(catalog, manifest, net, host, port, opts.maxPagesPerGet ?? 65536, opts.dstId, limits, chunkPages, badPageRetryMs, log, listen);
+  const accept = (sock: Socket, adopted?: AdoptedConnectionOptions): void => {
     server.counters.connections++;
     sock.on('error', () => undefined);
     // A socket we destroyed counts no more, even before its 'close' event.
@@ -756,8 +806,10 @@ export async function serveCriuPages(catalog: SnapshotCatalog, opts: CriuPageSer
     server.sockets.add(sock);
     sock.on('close', () => server.sockets.delete(sock));
     sock.setNoDelay(true);
-    new Connection(sock, server, layout);
-  });
+    new Connection(sock, server, adopted?.layout ?? layout, adopted?.onCheckpoint);
+  };
+  net.on('connection', (sock) => accept(sock));
+  server.accept = accept;
   net.on('error', (err) => log.error({ err }, 'criu page server error'));
   return server;
 }

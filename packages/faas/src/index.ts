@@ -40,6 +40,7 @@ export {
   type CriuPageServerOptions,
   type CriuPageServerStats,
   type CriuHeaderLayout,
+  type AdoptedConnectionOptions,
 } from './criu-page-server.js';
 export { parseFirecrackerHandshake, type GuestMapping } from './firecracker-handshake.js';
 export {
@@ -72,3 +73,15 @@ export {
   type HandshakeListener,
   type HandshakeListenerOptions,
 } from './handshake.js';
+export { runRestoreWorker, type RestoreWorkerOptions, type RestoreWorkerStats, type KeeperMemfd } from './keeper/worker.js';
+export { KeeperChannel, keeperChannelFd, type KeeperMessage } from './keeper/channel.js';
+export {
+  keeperBinary,
+  keeperBinaryPath,
+  keeperArgs,
+  spawnKeeper,
+  queryKeeperStatus,
+  type KeeperOptions,
+  type KeeperStatus,
+  type KeeperWorkerLine,
+} from './keeper/keeper.js';
