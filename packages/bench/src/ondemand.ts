@@ -1,7 +1,7 @@
 /**
  * The restore anchor and the tools to measure against it fairly, shared by the `restore` suite
  * and `tierstack demo`:
- *   - the C on-demand UFFD handler (native/uffd_ondemand.c: Firecracker's example "on_demand"
+ *   - the C on-demand UFFD handler (packages/uffd/bench/uffd_ondemand.c: Firecracker's example "on_demand"
  *     handler's way: one UFFDIO_COPY of one page per fault from a MAP_PRIVATE mmap of the memory
  *     file, REMOVE → zero pages), compiled with the system C compiler and driven over stdio;
  *   - the Firecracker-faithful client (@tierstack/faas's native-test/fc_client.c, built from its
@@ -13,10 +13,14 @@
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { cpus as osCpus } from 'node:os';
-import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 
-export const ONDEMAND_SOURCE = join(import.meta.dirname, '..', 'native', 'uffd_ondemand.c');
+/** The C baselines of the uffd suites live with the package they measure: packages/uffd/bench/. */
+export const uffdBenchDir = join(dirname(createRequire(import.meta.url).resolve('@tierstack/uffd/package.json')), 'bench');
+
+export const ONDEMAND_SOURCE = join(uffdBenchDir, 'uffd_ondemand.c');
 
 /** Compiles the C on-demand handler into `dir` (again when the source is newer). */
 export function buildOnDemandHandler(dir: string): string {

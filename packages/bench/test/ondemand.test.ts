@@ -1,5 +1,5 @@
 /**
- * The restore suite's anchor, the C on-demand UFFD handler (native/uffd_ondemand.c), against the
+ * The restore suite's anchor, the C on-demand UFFD handler (packages/uffd/bench/uffd_ondemand.c), against the
  * Firecracker-faithful client of @tierstack/faas: real kernel userfaultfd, every touched byte
  * checked against the memory file. No timing is asserted.
  */

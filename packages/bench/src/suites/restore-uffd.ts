@@ -7,7 +7,7 @@
  *    fixed order); one op = restore + request + close, its figure is pages touched per second.
  *
  * 2. Against the handler Firecracker users run today (restoreFirecrackerCases below): a C
- *    on-demand UFFD handler (native/uffd_ondemand.c: one UFFDIO_COPY of one page per fault from a
+ *    on-demand UFFD handler (packages/uffd/bench/uffd_ondemand.c: one UFFDIO_COPY of one page per fault from a
  *    MAP_PRIVATE mmap of the memory file) vs tierstack's Firecracker handler
  *    (`createRestoreHook(stack).serveFirecracker`) on the default native stack
  *    [CxlTier(memfd), FileTier]. Both serve the same Firecracker-faithful client process

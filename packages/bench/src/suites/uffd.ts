@@ -1,6 +1,6 @@
 /**
  * userfaultfd fault service: @tierstack/uffd regions vs a C handler doing single-page
- * UFFDIO_COPY from plain memory (packages/bench/native/uffd_baseline.c, built here with gcc),
+ * UFFDIO_COPY from plain memory (packages/uffd/bench/uffd_baseline.c, built here with gcc),
  * measured in the same run with the same thread placement: the fault-serving thread (engine
  * fault thread / C handler thread) and the touching threads pinned with sched_setaffinity, by
  * default all to CPU 1 (see HANDLER_CPU below; the JS thread is not pinned).
@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import { createTierStack, MemoryTier, type PageStore } from '@tierstack/core';
 import { compare, result, type Suite } from '../harness.js';
+import { uffdBenchDir } from '../ondemand.js';
 
 const PAGE = 4096;
 const REGION_PAGES = 65536; // 256 MiB
@@ -83,7 +84,7 @@ export const uffdSuite: Suite = {
     const { createUffdEngine } = await import('@tierstack/uffd');
     const { touchPages, pinCurrentThread } = await import('@tierstack/uffd/testing');
     const exe = join(ctx.tmpDir, 'uffd_baseline');
-    execFileSync('gcc', ['-O2', '-pthread', '-o', exe, join(import.meta.dirname, '..', '..', 'native', 'uffd_baseline.c')]);
+    execFileSync('gcc', ['-O2', '-pthread', '-o', exe, join(uffdBenchDir, 'uffd_baseline.c')]);
     const c = await CBaseline.start(exe);
 
     // The native tier: CxlTier on a memfd when @tierstack/cxl is built (4x the pages, so the
