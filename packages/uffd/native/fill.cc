@@ -76,9 +76,10 @@ int64_t Engine::install_run(Source &s, Region &r, uint64_t first_idx, const uint
   size_t done = 0;
   int64_t installed = 0;
   int eagain = 0;
+  bool single = false;  // one page per ioctl: the run crosses a VMA boundary (the owner split its mapping)
   while (done < pages) {
     uint64_t dst = r.addr_of(first_idx + done);
-    uint64_t len = (pages - done) * ps;
+    uint64_t len = (single ? 1 : pages - done) * ps;
     int64_t rc;
     if (zero && !wp) {
       rc = zeropage_once(s.fd, dst, len, dontwake);
@@ -107,6 +108,10 @@ int64_t Engine::install_run(Source &s, Region &r, uint64_t first_idx, const uint
       drain_events(s, sc);
       if (r.gone.load()) break;
       sched_yield();
+      continue;
+    }
+    if ((rc == -ENOENT || rc == -EINVAL) && !single && pages - done > 1) {
+      single = true;  // UFFDIO_COPY/ZEROPAGE refuse a range spanning two VMAs (ENOENT; e.g. after an madvise)
       continue;
     }
     // ENOENT/ESRCH (range or process gone) or a persistent failure: the rest is not installed.
