@@ -6,6 +6,7 @@ import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerRestoreCommand } from './commands/restore.js';
 import { registerCxlCommands } from './commands/cxl.js';
 import { registerUblkCommands } from './commands/ublk.js';
+import { registerRunCommand } from './commands/run.js';
 
 export const positiveInt = (v: string): number => {
   const n = Number(v);
@@ -16,7 +17,8 @@ export const positiveInt = (v: string): number => {
 export function buildProgram(): Command {
   const program = new Command('tierstack')
     .description('Tiered memory pages (CXL, RDMA pool, Redis, DRAM, files) behind one page-store interface')
-    .showHelpAfterError();
+    .showHelpAfterError()
+    .enablePositionalOptions(); // `tierstack run -- cmd --its-flags`: options after the command belong to it
 
   program
     .command('demo')
@@ -57,6 +59,7 @@ export function buildProgram(): Command {
     });
 
   registerUblkCommands(program);
+  registerRunCommand(program);
 
   return program;
 }

@@ -5,7 +5,7 @@
  * using the server (children that outlive it), then closes the server. The command's exit status
  * is passed through.
  */
-import { spawn, type StdioOptions } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { type Logger, type MetricsRegistry, type PageStore, badArgument } from '@tierstack/core';
 import { preloadLibraryPath } from './native.js';
 import { RunServer, DEFAULT_MIN_SIZE, type SessionEnd } from './server.js';
@@ -31,8 +31,8 @@ export interface RunOptions {
   debug?: boolean;
   logger?: Logger;
   registry?: MetricsRegistry;
-  /** Called once the server is up and the command started. */
-  onStart?: (info: { pid: number; server: RunServer }) => void;
+  /** Called once the server is up and the command started (with `stdio: 'pipe'`, read its output here). */
+  onStart?: (info: { pid: number; server: RunServer; child: ChildProcess }) => void;
 }
 
 export interface RunResult {
@@ -71,8 +71,7 @@ export async function runWithTierStack(o: RunOptions): Promise<RunResult> {
     if (v !== undefined && (!Number.isSafeInteger(v) || v <= 0)) throw badArgument(`${k} must be a positive number of bytes`);
   }
   if (o.budget !== undefined && o.budget < 64 * 4096) throw badArgument('budget must be at least 256 KiB');
-  const lib = preloadLibraryPath(); // fails clearly before anything starts
-  void lib;
+  preloadLibraryPath(); // fails clearly before anything starts
   const server = await RunServer.start({
     stack: o.stack,
     ...(o.faultAround !== undefined ? { faultAround: o.faultAround } : {}),
@@ -93,7 +92,7 @@ export async function runWithTierStack(o: RunOptions): Promise<RunResult> {
       forwarders.set(sig, fwd);
       process.on(sig, fwd);
     }
-    if (child.pid !== undefined) o.onStart?.({ pid: child.pid, server });
+    if (child.pid !== undefined) o.onStart?.({ pid: child.pid, server, child });
     const { code, signal } = await exited;
     // Processes the command left behind that still use big allocations keep the server busy.
     await server.idle();
