@@ -18,7 +18,9 @@
 #include <thread>
 #include <vector>
 
+#include <tierstack/napi_error.hpp>
 #include <tierstack/page_store_napi.hpp>
+#include <tierstack/run_on_thread.hpp>
 #include <tierstack/stack_client.hpp>
 
 #include "cow_store.hpp"
@@ -26,19 +28,12 @@
 namespace tsrun {
 namespace {
 
-Napi::Error make_error(Napi::Env env, const char *code, const std::string &msg, int err_no = 0) {
-  std::string full = msg;
-  if (err_no) full += std::string(": ") + std::strerror(err_no);
-  Napi::Error e = Napi::Error::New(env, full);
-  e.Set("code", Napi::String::New(env, code));
-  if (err_no) e.Set("errno", Napi::Number::New(env, err_no));
-  return e;
-}
-
-Napi::Value throw_error(Napi::Env env, const char *code, const std::string &msg, int err_no = 0) {
-  make_error(env, code, msg, err_no).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
+using tierstack::errno_error;
+using tierstack::make_error;
+using tierstack::run_on_thread;
+using tierstack::status_error;
+using tierstack::throw_errno;
+using tierstack::throw_error;
 
 uint64_t u64(Napi::Value v) {
   if (v.IsBigInt()) {
@@ -46,36 +41,6 @@ uint64_t u64(Napi::Value v) {
     return v.As<Napi::BigInt>().Uint64Value(&lossless);
   }
   return static_cast<uint64_t>(v.ToNumber().Int64Value());
-}
-
-// Runs `work()` on a new thread (never the libuv pool: it may wait for the JS path, whose tiers
-// may need the pool); `done(env, deferred)` then runs on the JS thread.
-Napi::Value run_on_thread(Napi::Env env, std::function<void()> work, std::function<void(Napi::Env, Napi::Promise::Deferred &)> done) {
-  struct Job {
-    explicit Job(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
-    Napi::Promise::Deferred deferred;
-    std::function<void()> work;
-    std::function<void(Napi::Env, Napi::Promise::Deferred &)> done;
-    Napi::ThreadSafeFunction tsfn;
-  };
-  auto *job = new Job(env);
-  job->work = std::move(work);
-  job->done = std::move(done);
-  Napi::Promise promise = job->deferred.Promise();
-  job->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo &) {}), "tierstack-run-job", 0, 1);
-  std::thread([job] {
-    job->work();
-    napi_status st = job->tsfn.BlockingCall(job, [](Napi::Env env, Napi::Function, Job *j) {
-      if (env != nullptr) {
-        Napi::HandleScope scope(env);
-        j->done(env, j->deferred);
-      }
-      j->tsfn.Release();
-      delete j;
-    });
-    if (st != napi_ok) job->tsfn.Release();
-  }).detach();
-  return promise;
 }
 
 // ---- CowStore ----
@@ -145,12 +110,10 @@ Napi::Value Op(const Napi::CallbackInfo &info, const CowRef &h) {
   for (size_t i = 0; i < pages->size(); i++) (*pages)[i] = static_cast<uint64_t>(arr[i]);
   const size_t ps = h->store->store()->page_size;
   uint8_t *data = nullptr;
-  auto ref = std::make_shared<Napi::Reference<Napi::Value>>();
   if (op == "get" || op == "put") {
     if (info.Length() < 4 || !info[3].IsBuffer() || info[3].As<Napi::Buffer<uint8_t>>().Length() < pages->size() * ps)
       return throw_error(env, "TS_ERR_BAD_ARGUMENT", "op needs a buffer of pages");
     data = info[3].As<Napi::Buffer<uint8_t>>().Data();
-    *ref = Napi::Persistent(info[3]);
   } else if (op != "remove") {
     return throw_error(env, "TS_ERR_BAD_ARGUMENT", "op is get, put or remove");
   }
@@ -169,16 +132,16 @@ Napi::Value Op(const Napi::CallbackInfo &info, const CowRef &h) {
         else
           *rc = s->ops->remove(s->self, ns, pages->data(), pages->size());
       },
-      [ref, status, rc](Napi::Env env, Napi::Promise::Deferred &d) {
-        ref->Reset();
+      [status, rc](Napi::Env env, Napi::Promise::Deferred &d) {
         if (*rc != TS_OK) {
-          d.Reject(make_error(env, ts_status_code(*rc), "tierstack-run store call failed").Value());
+          d.Reject(status_error(env, *rc, "tierstack-run store call failed").Value());
           return;
         }
         auto out = Napi::Int32Array::New(env, status->size());
         for (size_t i = 0; i < status->size(); i++) out[i] = (*status)[i];
         d.Resolve(out);
-      });
+      },
+      {info.Length() > 3 ? info[3] : env.Undefined()});  // the buffer stays alive while the thread uses it
 }
 
 Napi::Value Stats(const Napi::CallbackInfo &info, const CowRef &h) {
@@ -253,13 +216,13 @@ Napi::Value ListenUnix(const Napi::CallbackInfo &info) {
   if (path.empty() || path.size() >= sizeof a.sun_path) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "socket path too long: " + path);
   std::memcpy(a.sun_path, path.data(), path.size());
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return throw_error(env, "TS_ERR_IO", "socket", errno);
+  if (fd < 0) return throw_errno(env, errno, "socket");
   struct stat st;
   if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
   if (bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || listen(fd, 64) != 0) {
     int e = errno;
     close(fd);
-    return throw_error(env, "TS_ERR_IO", "cannot listen on " + path, e);
+    return throw_errno(env, e, "cannot listen on " + path);
   }
   chmod(path.c_str(), 0600);
   return Napi::Number::New(env, fd);
@@ -364,8 +327,7 @@ Napi::Value AcceptHello(const Napi::CallbackInfo &info) {
           d.Resolve(o);
           return;
         }
-        const char *code = res->err == ETIMEDOUT ? "TS_ERR_TIMEOUT" : "TS_ERR_IO";
-        Napi::Error e = make_error(env, code, "accepting a tierstack-run client failed (" + res->what + ")", res->err);
+        Napi::Error e = errno_error(env, res->err, "accepting a tierstack-run client failed (" + res->what + ")");
         e.Set("conn", Napi::Number::New(env, res->conn));
         d.Reject(e.Value());
       });
@@ -385,12 +347,12 @@ Napi::Value CloseFd(const Napi::CallbackInfo &info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("createCowStore", Napi::Function::New(env, CreateCowStore));
-  exports.Set("listenUnix", Napi::Function::New(env, ListenUnix));
-  exports.Set("acceptHello", Napi::Function::New(env, AcceptHello));
-  exports.Set("shutdownFd", Napi::Function::New(env, ShutdownFd));
-  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
-  return exports;
+  return tierstack::export_functions(env, exports,
+                                     {{"createCowStore", CreateCowStore},
+                                      {"listenUnix", ListenUnix},
+                                      {"acceptHello", AcceptHello},
+                                      {"shutdownFd", ShutdownFd},
+                                      {"closeFd", CloseFd}});
 }
 
 }  // namespace
