@@ -368,21 +368,22 @@ Napi::Value LayoutInfo(const Napi::CallbackInfo &info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("open", Napi::Function::New(env, Open, "open"));
-  exports.Set("close", Napi::Function::New(env, Close, "close"));
-  exports.Set("info", Napi::Function::New(env, Info, "info"));
-  exports.Set("counters", Napi::Function::New(env, Counters, "counters"));
-  exports.Set("get", Napi::Function::New(env, Get, "get"));
-  exports.Set("put", Napi::Function::New(env, Put, "put"));
-  exports.Set("remove", Napi::Function::New(env, Remove, "remove"));
-  exports.Set("registerNamespace", Napi::Function::New(env, RegisterNamespace, "registerNamespace"));
-  exports.Set("namespaceName", Napi::Function::New(env, NamespaceName, "namespaceName"));
-  exports.Set("namespaces", Napi::Function::New(env, Namespaces, "namespaces"));
-  exports.Set("collectDirty", Napi::Function::New(env, CollectDirty, "collectDirty"));
-  exports.Set("markClean", Napi::Function::New(env, MarkClean, "markClean"));
-  exports.Set("nativeHandle", Napi::Function::New(env, NativeHandle, "nativeHandle"));
-  exports.Set("layoutInfo", Napi::Function::New(env, LayoutInfo, "layoutInfo"));
-  return exports;
+  return tierstack::export_functions(env, exports, {
+      {"open", Open},
+      {"close", Close},
+      {"info", Info},
+      {"counters", Counters},
+      {"get", Get},
+      {"put", Put},
+      {"remove", Remove},
+      {"registerNamespace", RegisterNamespace},
+      {"namespaceName", NamespaceName},
+      {"namespaces", Namespaces},
+      {"collectDirty", CollectDirty},
+      {"markClean", MarkClean},
+      {"nativeHandle", NativeHandle},
+      {"layoutInfo", LayoutInfo},
+  });
 }
 
 }  // namespace

@@ -10,13 +10,15 @@
 //   throw_errno(env, errno, "cannot open /dev/ublk-control"); // message + ": " + strerror, code from the table
 //   throw_error(env, "TS_ERR_CLOSED", "the engine is closed"); // a code the caller chose
 // Each throw_* returns env.Undefined() (return it from the binding); the make_* / *_error
-// variants return the Napi::Error, to reject a promise with.
+// variants return the Napi::Error, to reject a promise with. export_functions() is an addon's Init.
 #pragma once
 
 #include <napi.h>
 
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "page_store.h"
 
@@ -60,6 +62,15 @@ inline Napi::Value throw_errno(Napi::Env env, int err_no, const std::string &wha
                                const char *syscall = nullptr) {
   errno_error(env, err_no, what, code, syscall).ThrowAsJavaScriptException();
   return env.Undefined();
+}
+
+// An addon's Init: sets each function on `exports` under its name.
+//   return tierstack::export_functions(env, exports, {{"open", Open}, {"close", Close}});
+using NapiFunction = Napi::Value (*)(const Napi::CallbackInfo &);
+inline Napi::Object export_functions(Napi::Env env, Napi::Object exports,
+                                     std::initializer_list<std::pair<const char *, NapiFunction>> functions) {
+  for (const auto &f : functions) exports.Set(f.first, Napi::Function::New(env, f.second, f.first));
+  return exports;
 }
 
 }  // namespace tierstack

@@ -407,17 +407,16 @@ Napi::Value GetOnJsThread(const Napi::CallbackInfo &info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  const std::pair<const char *, Napi::Value (*)(const Napi::CallbackInfo &)> fns[] = {
-      {"createReferenceStore", CreateReferenceStore}, {"referenceStore", ReferenceStoreOp},
-      {"driveStore", DriveStore},                     {"driveStoreSync", DriveStoreSync},
-      {"runOps", RunOps},                             {"stressStore", StressStore},
-      {"readPages", ReadPages},                       {"conformanceCases", ConformanceCases},
-      {"conformancePages", ConformancePages},         {"conformanceCase", ConformanceCase},
-      {"createClient", CreateClient},                 {"closeClient", CloseClient},
-      {"getOnJsThread", GetOnJsThread},
-  };
-  for (const auto &f : fns) exports.Set(f.first, Napi::Function::New(env, f.second, f.first));
-  return exports;
+  return tierstack::export_functions(env, exports,
+                                     {
+                                         {"createReferenceStore", CreateReferenceStore}, {"referenceStore", ReferenceStoreOp},
+                                         {"driveStore", DriveStore},                     {"driveStoreSync", DriveStoreSync},
+                                         {"runOps", RunOps},                             {"stressStore", StressStore},
+                                         {"readPages", ReadPages},                       {"conformanceCases", ConformanceCases},
+                                         {"conformancePages", ConformancePages},         {"conformanceCase", ConformanceCase},
+                                         {"createClient", CreateClient},                 {"closeClient", CloseClient},
+                                         {"getOnJsThread", GetOnJsThread},
+                                     });
 }
 
 }  // namespace

@@ -118,10 +118,11 @@ Napi::Value AbandonPut(const Napi::CallbackInfo &info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("memcpyBaseline", Napi::Function::New(env, MemcpyBaseline, "memcpyBaseline"));
-  exports.Set("benchMemcpy", Napi::Function::New(env, BenchMemcpy, "benchMemcpy"));
-  exports.Set("abandonPut", Napi::Function::New(env, AbandonPut, "abandonPut"));
-  return exports;
+  return tierstack::export_functions(env, exports, {
+      {"memcpyBaseline", MemcpyBaseline},
+      {"benchMemcpy", BenchMemcpy},
+      {"abandonPut", AbandonPut},
+  });
 }
 
 }  // namespace

@@ -97,10 +97,11 @@ Napi::Value PinCurrentThread(const Napi::CallbackInfo &info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("touchPages", Napi::Function::New(env, TouchPages, "touchPages"));
-  exports.Set("gettid", Napi::Function::New(env, GetTid, "gettid"));
-  exports.Set("pinCurrentThread", Napi::Function::New(env, PinCurrentThread, "pinCurrentThread"));
-  return exports;
+  return tierstack::export_functions(env, exports, {
+      {"touchPages", TouchPages},
+      {"gettid", GetTid},
+      {"pinCurrentThread", PinCurrentThread},
+  });
 }
 
 }  // namespace
