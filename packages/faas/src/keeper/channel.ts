@@ -35,6 +35,8 @@ export function keeperChannelFd(): number | undefined {
 
 export class KeeperChannel {
   #open = true;
+  /** Why the channel closed (the keeper hung up, or the receive failed). */
+  closedBecause: string | undefined;
 
   constructor(readonly fd: number) {}
 
@@ -50,8 +52,9 @@ export class KeeperChannel {
     try {
       writeSync(this.fd, Buffer.from(text));
       return true;
-    } catch {
+    } catch (err) {
       this.#open = false;
+      this.closedBecause ??= `send: ${(err as Error).message}`;
       return false;
     }
   }
@@ -62,8 +65,10 @@ export class KeeperChannel {
     let got: Awaited<ReturnType<typeof receiveUffd>>;
     try {
       got = await receiveUffd(this.fd);
-    } catch {
-      this.#open = false; // EOF (the keeper died) or a broken channel
+    } catch (err) {
+      // EOF (the keeper died: "no descriptor" with nothing received) or a broken channel.
+      this.#open = false;
+      this.closedBecause = `${(err as { code?: string }).code ?? 'error'}: ${(err as Error).message}`;
       return undefined;
     }
     const text = got.message.toString('utf8');

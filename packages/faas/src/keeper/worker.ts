@@ -243,8 +243,17 @@ export async function runRestoreWorker(o: RestoreWorkerOptions): Promise<number>
     }
     const layout = body['layout'] === 'v42' || body['layout'] === 'legacy' ? (body['layout'] as 'v42' | 'legacy') : undefined;
     const sock = new Socket({ fd: sockFd, readable: true, writable: true });
-    sock.once('close', () => {
+    // Ended on purpose: its write side finished (CLOSE answered) or it was destroyed (bad input,
+    // idle). The keeper then closes the client after the last bytes (and its end of the pair).
+    let ended = false;
+    const end = (): void => {
+      if (ended) return;
+      ended = true;
       ch.send('CLOSED', id);
+    };
+    sock.once('finish', end);
+    sock.once('close', () => {
+      end();
       if (criu && criu.stats().openConnections === 0) idle?.();
     });
     criu.adoptConnection(sock, {
@@ -300,6 +309,7 @@ export async function runRestoreWorker(o: RestoreWorkerOptions): Promise<number>
   // The keeper is gone. What this worker serves goes on (the VMs lose nothing), but nobody
   // restarts it any more, and no new VM can arrive (the listening socket died with the keeper).
   if (stopping) return 0;
+  log.warn({ reason: ch.closedBecause }, 'restore worker: the keeper channel closed');
   const busy = (): boolean => live.size > 0 || (criu?.stats().openConnections ?? 0) > 0;
   if (stack && busy()) {
     log.error({ vms: live.size }, 'restore worker: the keeper is gone; serving what I have until it ends (no restarts from now on)');
