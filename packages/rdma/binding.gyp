@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "tierstack_rdma",
-      "sources": ["native/addon.cpp", "native/fabric.cpp", "native/donor.cpp", "native/pool.cpp"],
+      "sources": ["native/addon.cc", "native/fabric.cc", "native/donor.cc", "native/pool.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "<!(node -p \"require('path').join(require('path').dirname(require.resolve('@tierstack/core/package.json')),'include')\")"

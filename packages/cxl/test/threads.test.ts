@@ -11,6 +11,7 @@ describe('CxlTier C ABI from many native threads', () => {
     expect(r.hits).toBeGreaterThan(1000);
     expect(r.mismatches).toBe(0);
     expect(r.errors).toBe(0);
+    expect(r.checksum).toBe(0);
     const info = tier.info();
     expect(info.counters.evictions).toBeGreaterThan(0);
     expect(info.lockedSets).toBe(0);

@@ -276,7 +276,6 @@ class Pool {
   std::atomic<uint64_t> local_key_seq_{1ULL << 48};
   std::atomic<int> backup_mode_{0};
   tierstack::StoreRef backup_;
-  ts_page_store_ops ops_{};
   ts_page_store store_{};
 };
 

@@ -57,8 +57,6 @@ export interface NativePool {
 export interface RdmaAddon {
   Donor: new (provider: string, node: string, service: string) => NativeDonor;
   Pool: new (opts: { provider: string; pageSize: number; slabPages: number; opTimeoutMs: number; name: string }) => NativePool;
-  /** Calls a page-store handle from a native thread: per-call latencies in ns. */
-  driveHandle(handle: NativePageStoreHandle, ns: bigint, pages: Float64Array, qd: number, op: 'get' | 'put', calls: number): Promise<Float64Array>;
   kReplicaActive: number;
   kReplicaSyncing: number;
   kReplicaDead: number;

@@ -23,6 +23,7 @@ import {
   DEFAULT_PAGE_SIZE,
   ErrorCode,
   TierStackError,
+  TsStatus,
   hasCode,
   namespaceId,
   silentLogger,
@@ -245,7 +246,7 @@ export class RdmaPoolTier extends BasePageStore {
     let hits = 0;
     const failed: number[] = [];
     for (let i = 0; i < status.length; i++) {
-      if (status[i] === 1) {
+      if (status[i] === TsStatus.PageFound) {
         found[i] = 1;
         hits++;
       } else if (status[i]! < 0) failed.push(i);
@@ -265,7 +266,7 @@ export class RdmaPoolTier extends BasePageStore {
       if (still.length === 0) return hits;
       failed.splice(0, failed.length, ...still);
     }
-    const checksum = failed.some((i) => status[i] === -5);
+    const checksum = failed.some((i) => status[i] === TsStatus.Checksum);
     throw new TierStackError(
       checksum ? ErrorCode.Checksum : ErrorCode.Unavailable,
       `${failed.length} page(s) of namespace ${ns} could not be read from any replica${checksum ? ' (checksum mismatch)' : ' (donor lost)'}`,

@@ -3,7 +3,7 @@
  *
  * For 4 KiB and 64 KiB pages, get and put at queue depth 1 and 32 (QD = pages in flight per
  * call: post all, reap all), each round measures, alternating:
- *   - raw libfabric: packages/rdma/tools/rdma_raw.c (compiled here with gcc + pkg-config), doing
+ *   - raw libfabric: packages/rdma/bench/rdma_raw.c (compiled here with gcc + pkg-config), doing
  *     fi_read/fi_write of the same block size against a slab of the same donor — the baseline;
  *   - tier-js:     `tier.get/put` from JavaScript, one batch of QD pages per call;
  *   - tier-native: the tier's page-store C ABI handle called from a native thread (what the uffd
@@ -16,7 +16,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
-import { namespaceId } from '@tierstack/core';
+import { namespaceId, TsStatus } from '@tierstack/core';
 import { combine, result, rng, randomPages, type Measurement, type Suite } from '../harness.js';
 
 const SIZES = [4096, 65536];
@@ -171,11 +171,11 @@ export const rdmaSuite: Suite = {
   name: 'rdma',
   description: 'RdmaPoolTier get/put (JS batches, native C ABI) vs raw libfabric fi_read/fi_write and a TCP request/response server, one memd on loopback',
   async *run(ctx) {
-    const { RdmaPoolTier, DonorClient, rdmaAddon, packageDir } = await import('@tierstack/rdma');
-    const A = rdmaAddon();
+    const { RdmaPoolTier, DonorClient, packageDir } = await import('@tierstack/rdma');
+    const { driveStore } = await import('@tierstack/core/testing');
     const rawBin = join(ctx.tmpDir, 'rdma_raw');
     const pc = execFileSync('pkg-config', ['--cflags', '--libs', 'libfabric'], { encoding: 'utf8' }).trim().split(/\s+/).filter(Boolean);
-    execFileSync('gcc', ['-O2', '-o', rawBin, join(packageDir, 'tools', 'rdma_raw.c'), ...pc]);
+    execFileSync('gcc', ['-O2', '-o', rawBin, join(packageDir, 'bench', 'rdma_raw.c'), ...pc]);
     const memd = spawn(process.execPath, [join(packageDir, 'dist', 'memd-main.js'), '--port', '0', '--capacity', '512M', '--slab-size', String(SLAB), '--log-level', 'warn', '--die-with-parent'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -222,7 +222,10 @@ export const rdmaSuite: Suite = {
               let sum = 0;
               while (Number(process.hrtime.bigint() - start) / 1e6 < ms) {
                 const off = next() % (pool.length - 256);
-                const l = await A.driveHandle(handle, nsId, pool.subarray(off, off + 256), qd, op, Math.max(8, Math.round(256 / qd)));
+                // The testing kit's driver: calls of qd pages through the C ABI from a native thread.
+                const r = await driveStore(handle, nsId, op, pool.subarray(off, off + 256), qd, Math.max(8, Math.round(256 / qd)), { latencies: true });
+                if (r.status !== TsStatus.Ok || r.misses !== 0) throw new Error(`rdma bench: status ${r.status}, ${r.misses} misses`);
+                const l = r.latencies!;
                 for (const x of l) {
                   lat.push(x / 1e3);
                   sum += x;

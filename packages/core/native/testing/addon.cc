@@ -286,6 +286,7 @@ Napi::Value StressStore(const Napi::CallbackInfo &info) {
         o.Set("mismatches", static_cast<double>(r->mismatches));
         o.Set("errors", static_cast<double>(r->errors));
         o.Set("noSpace", static_cast<double>(r->no_space));
+        o.Set("checksum", static_cast<double>(r->checksum));
         o.Set("lastError", r->last_error.load());
         d.Resolve(o);
       });
@@ -321,6 +322,7 @@ tierstack::testing::ConformanceSpec conformance_spec(const Napi::Object &o) {
   s.promotion = o.Get("promotion").ToBoolean().Value();
   s.threads = static_cast<uint32_t>(num(o, "threads", s.threads));
   s.put_flags = static_cast<uint32_t>(num(o, "putFlags", 0));
+  s.checksum_on_race = o.Get("checksumOnRace").ToBoolean().Value();
   return s;
 }
 

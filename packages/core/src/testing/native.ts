@@ -99,6 +99,8 @@ export interface StressResult {
   mismatches: number;
   errors: number;
   noSpace: number;
+  /** Pages answered TS_E_CHECKSUM (a torn copy detected and withheld); not counted in `errors`. */
+  checksum: number;
   lastError: number;
 }
 
@@ -110,6 +112,11 @@ export interface NativeConformanceSpec {
   threads?: number;
   /** TS_PUT_* flags of the cases' puts. */
   putFlags?: number;
+  /**
+   * A read racing a write of the same page may answer TS_E_CHECKSUM (bytes withheld) instead of
+   * one whole version: for tiers whose writes are not atomic to readers (RDMA one-sided writes).
+   */
+  checksumOnRace?: boolean;
 }
 
 export interface ConformanceCaseReport {

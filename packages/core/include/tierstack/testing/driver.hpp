@@ -228,6 +228,7 @@ struct StressSpec {
 
 struct StressResult {
   std::atomic<uint64_t> puts{0}, gets{0}, hits{0}, removes{0}, mismatches{0}, errors{0}, no_space{0};
+  std::atomic<uint64_t> checksum{0};  // pages answered TS_E_CHECKSUM (bytes withheld), not in `errors`
   std::atomic<int> last_error{0};
 };
 
@@ -250,7 +251,7 @@ void stress(const Target &t, uint64_t ns, const StressSpec &s, StressResult &r) 
       return x;
     };
     uint64_t version = uint64_t(id + 1) << 32;  // unique per writer
-    uint64_t puts = 0, gets = 0, hits = 0, removes = 0, bad = 0, errors = 0, no_space = 0;
+    uint64_t puts = 0, gets = 0, hits = 0, removes = 0, bad = 0, errors = 0, no_space = 0, checksum = 0;
     int last = 0;
     for (uint64_t op = 0; op < s.ops; op++) {
       size_t n = 1 + rnd() % max_batch;
@@ -278,6 +279,8 @@ void stress(const Target &t, uint64_t ns, const StressSpec &s, StressResult &r) 
           if (st[k] == TS_PAGE_FOUND) {
             hits++;
             if (page_version(data.data() + k * ps, ps, ns, pages[k], scratch) < 0) bad++;
+          } else if (st[k] == TS_E_CHECKSUM) {
+            checksum++;
           } else if (st[k] < 0) {
             errors++, last = st[k];
           }
@@ -291,6 +294,7 @@ void stress(const Target &t, uint64_t ns, const StressSpec &s, StressResult &r) 
     r.mismatches += bad;
     r.errors += errors;
     r.no_space += no_space;
+    r.checksum += checksum;
     if (last) r.last_error = last;
   };
   std::vector<std::thread> ts;

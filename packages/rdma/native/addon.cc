@@ -1,14 +1,17 @@
 // N-API surface of @tierstack/rdma: Donor (the memd daemon's data plane) and Pool (the
-// RdmaPoolTier's native core, also exported as a page-store C ABI handle), plus a driver that
-// calls any page-store handle from a native thread (for the benchmark of the native path).
+// RdmaPoolTier's native core, also exported as a page-store C ABI handle). Drivers of the handle
+// from native threads are the testing kit's (@tierstack/core/testing driveStore).
 #include <napi.h>
 
-#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <tierstack/clock.hpp>
+#include <tierstack/napi_error.hpp>
 #include <tierstack/page_store_napi.hpp>
+#include <tierstack/run_on_thread.hpp>
 
 #include "donor.hpp"
 #include "pool.hpp"
@@ -17,19 +20,7 @@ using namespace tsrdma;
 
 namespace {
 
-uint64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-const char *code_of(int status) { return ts_status_code(status); }
-
-Napi::Error make_error(Napi::Env env, const std::string &msg, const char *code) {
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, code));
-  return e;
-}
-
-void throw_error(Napi::Env env, const std::string &msg, const char *code) { make_error(env, msg, code).ThrowAsJavaScriptException(); }
+using tierstack::throw_error;
 
 uint64_t to_u64(const Napi::Value &v) {
   if (v.IsBigInt()) {
@@ -71,21 +62,21 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
   DonorWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<DonorWrap>(info) {
     auto env = info.Env();
     if (info.Length() < 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsString()) {
-      throw_error(env, "Donor(provider, node, service): strings expected", "TS_ERR_BAD_ARGUMENT");
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "Donor(provider, node, service): strings expected");
       return;
     }
     donor_ = std::make_unique<Donor>();
     if (!donor_->open(info[0].As<Napi::String>(), info[1].As<Napi::String>(), info[2].As<Napi::String>())) {
       std::string msg = "cannot open the libfabric donor endpoint: " + donor_->error();
       donor_.reset();
-      throw_error(env, msg, "TS_ERR_UNAVAILABLE");
+      throw_error(env, "TS_ERR_UNAVAILABLE", msg);
     }
   }
 
  private:
   bool check(Napi::Env env) {
     if (donor_) return true;
-    throw_error(env, "donor is closed", "TS_ERR_CLOSED");
+    throw_error(env, "TS_ERR_CLOSED", "donor is closed");
     return false;
   }
   Napi::Value Address(const Napi::CallbackInfo &info) {
@@ -110,7 +101,7 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
     DonorSlab s;
     uint64_t key = info.Length() > 2 ? to_u64(info[2]) : to_u64(info[0]);
     if (!donor_->alloc_slab(to_u64(info[0]), static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()), key, s)) {
-      throw_error(env, "slab allocation failed: " + donor_->error(), "TS_ERR_NO_SPACE");
+      throw_error(env, "TS_ERR_NO_SPACE", "slab allocation failed: " + donor_->error());
       return env.Undefined();
     }
     auto o = Napi::Object::New(env);
@@ -139,37 +130,25 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
 
 // ---------------------------------------------------------------- Pool
 
-// Runs `fn` on a libuv worker with a reference on the pool; resolves with what `done` builds.
-class PoolWorker : public Napi::AsyncWorker {
- public:
-  using Fn = std::function<int(std::string &)>;
-  using Done = std::function<Napi::Value(Napi::Env)>;
-  PoolWorker(Napi::Env env, Pool *pool, Fn fn, Done done, std::vector<Napi::Value> keep)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), pool_(pool), fn_(std::move(fn)), done_(std::move(done)) {
-    pool_->retain();
-    for (auto &v : keep) keep_.push_back(Napi::Persistent(v));
-  }
-  ~PoolWorker() override { pool_->release(); }
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { rc_ = fn_(err_); }
-  void OnOK() override {
-    auto env = Env();
-    if (rc_ < 0) {
-      deferred_.Reject(make_error(env, err_.empty() ? std::string("rdma pool operation failed (") + code_of(rc_) + ")" : err_, code_of(rc_)).Value());
-      return;
-    }
-    deferred_.Resolve(done_ ? done_(env) : env.Undefined());
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Pool *pool_;
-  Fn fn_;
-  Done done_;
-  std::vector<Napi::Reference<Napi::Value>> keep_;
-  int rc_ = 0;
-  std::string err_;
-};
+// Runs `fn` on a thread of its own (tierstack/run_on_thread.hpp: never the libuv pool) with a
+// reference on the pool; resolves with what `done` builds, or rejects with the status `fn`
+// returned (and its message, if it wrote one).
+Napi::Value pool_job(Napi::Env env, Pool *pool, std::function<int(std::string &)> fn, std::function<Napi::Value(Napi::Env)> done,
+                     std::initializer_list<Napi::Value> keep = {}) {
+  pool->retain();
+  auto rc = std::make_shared<int>(TS_OK);
+  auto err = std::make_shared<std::string>();
+  return tierstack::run_on_thread(
+      env, [fn = std::move(fn), rc, err] { *rc = fn(*err); },
+      [pool, done = std::move(done), rc, err](Napi::Env env, Napi::Promise::Deferred &d) {
+        pool->release();
+        if (*rc < 0)
+          d.Reject(tierstack::status_error(env, *rc, err->empty() ? std::string("rdma pool operation failed (") + ts_status_code(*rc) + ")" : *err).Value());
+        else
+          d.Resolve(done ? done(env) : env.Undefined());
+      },
+      keep);
+}
 
 class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
  public:
@@ -194,7 +173,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     uint32_t timeout = o.Get("opTimeoutMs").As<Napi::Number>().Uint32Value();
     std::string name = o.Get("name").As<Napi::String>();
     if (page_size == 0 || slab_pages == 0) {
-      throw_error(env, "pageSize and slabPages must be positive", "TS_ERR_BAD_ARGUMENT");
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "pageSize and slabPages must be positive");
       return;
     }
     pool_ = new Pool(page_size, slab_pages, timeout, name);
@@ -215,10 +194,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
       raw.assign(b.Data(), b.Length());
     }
     Pool *p = pool_;
-    auto *w = new PoolWorker(info.Env(), p, [p, idx, node, service, raw](std::string &err) { return p->connect(idx, node, service, raw, err); }, nullptr, {});
-    auto promise = w->Promise();
-    w->Queue();
-    return promise;
+    return pool_job(info.Env(), p, [p, idx, node, service, raw](std::string &err) { return p->connect(idx, node, service, raw, err); }, nullptr);
   }
   Napi::Value KillConn(const Napi::CallbackInfo &info) {
     pool_->kill_conn(info[0].As<Napi::Number>().Int32Value());
@@ -244,10 +220,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     uint64_t ns = to_u64(info[0]), index = to_u64(info[1]);
     int slot = info[2].As<Napi::Number>().Int32Value();
     Pool *p = pool_;
-    auto *w = new PoolWorker(info.Env(), p, [p, ns, index, slot](std::string &err) { return p->copy_replica(ns, index, slot, err); }, nullptr, {});
-    auto promise = w->Promise();
-    w->Queue();
-    return promise;
+    return pool_job(info.Env(), p, [p, ns, index, slot](std::string &err) { return p->copy_replica(ns, index, slot, err); }, nullptr);
   }
   Napi::Value SetReplicaState(const Napi::CallbackInfo &info) {
     return Napi::Boolean::New(info.Env(), pool_->set_replica_state(to_u64(info[0]), to_u64(info[1]), info[2].As<Napi::Number>().Int32Value(),
@@ -317,7 +290,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   }
   // get(ns, pages: Float64Array, out: Buffer, syncUs) -> Int32Array | Promise<Int32Array> (per-page
   // status). A small batch is posted and polled on the calling (JS) thread for up to syncUs
-  // microseconds: a quick donor answers with no thread hop. Otherwise a libuv worker finishes it.
+  // microseconds: a quick donor answers with no thread hop. Otherwise a thread of its own finishes it.
   Napi::Value Get(const Napi::CallbackInfo &info) {
     auto env = info.Env();
     uint64_t ns = to_u64(info[0]);
@@ -326,7 +299,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     double sync_us = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
     const size_t ps = pool_->page_size();
     if (out.Length() != pages.size() * ps) {
-      throw_error(env, "output buffer size does not match the batch", "TS_ERR_BAD_ARGUMENT");
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "output buffer size does not match the batch");
       return env.Undefined();
     }
     std::vector<void *> bufs(pages.size());
@@ -344,7 +317,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     double sync_us = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
     const size_t ps = pool_->page_size();
     if (data.Length() != pages.size() * ps) {
-      throw_error(env, "data size does not match the batch", "TS_ERR_BAD_ARGUMENT");
+      throw_error(env, "TS_ERR_BAD_ARGUMENT", "data size does not match the batch");
       return env.Undefined();
     }
     std::vector<const void *> bufs(pages.size());
@@ -354,10 +327,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   // Batches above this many bytes are never polled on the JS thread.
   static constexpr size_t kSyncMaxBytes = 256 * 1024;
   Napi::Value job_result(Napi::Env env, Job &job) {
-    if (job.rc < 0) {
-      make_error(env, std::string("rdma pool ") + (job.write ? "put" : "get") + " failed (" + code_of(job.rc) + ")", code_of(job.rc)).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
+    if (job.rc < 0) return tierstack::throw_status(env, job.rc, std::string("rdma pool ") + (job.write ? "put" : "get") + " failed (" + ts_status_code(job.rc) + ")");
     if (job.write) return env.Undefined();
     auto arr = Napi::Int32Array::New(env, job.status.size());
     for (size_t i = 0; i < job.status.size(); i++) arr[i] = job.status[i];
@@ -365,10 +335,11 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   }
   Napi::Value run_job(Napi::Env env, std::unique_ptr<Job> job, double sync_us, size_t bytes, Napi::Value keep) {
     if (job->done) return job_result(env, *job);
-    if (sync_us > 0 && bytes <= kSyncMaxBytes && pool_->advance(*job, now_ns() + static_cast<uint64_t>(sync_us * 1000))) return job_result(env, *job);
+    if (sync_us > 0 && bytes <= kSyncMaxBytes && pool_->advance(*job, tierstack::now_ns() + static_cast<uint64_t>(sync_us * 1000)))
+      return job_result(env, *job);
     auto shared = std::shared_ptr<Job>(std::move(job));
     Pool *p = pool_;
-    auto *w = new PoolWorker(
+    return pool_job(
         env, p,
         [p, shared](std::string &) {
           p->advance(*shared, 0);
@@ -381,9 +352,6 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
           return arr;
         },
         {keep});
-    auto promise = w->Promise();
-    w->Queue();
-    return promise;
   }
   Napi::Value Remove(const Napi::CallbackInfo &info) {
     auto pages = to_pages(info[1]);
@@ -404,93 +372,13 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   Napi::Value Handle(const Napi::CallbackInfo &info) { return tierstack::wrap_page_store(info.Env(), pool_->store()); }
   Napi::Value Close(const Napi::CallbackInfo &info) {
     Pool *p = pool_;
-    auto *w = new PoolWorker(info.Env(), p, [p](std::string &) {
+    return pool_job(info.Env(), p, [p](std::string &) {
       p->close();
       return TS_OK;
-    }, nullptr, {});
-    auto promise = w->Promise();
-    w->Queue();
-    return promise;
+    }, nullptr);
   }
   Pool *pool_ = nullptr;
 };
-
-// ---------------------------------------------------------------- handle driver (bench)
-
-// driveHandle(handle, ns: bigint, pages: Float64Array, qd, op: 'get'|'put', calls) ->
-// Promise<Float64Array of per-call latencies in ns>. Calls the C ABI from a worker thread, `qd`
-// pages per call, walking `pages` round-robin; a failed call rejects.
-class DriveWorker : public Napi::AsyncWorker {
- public:
-  DriveWorker(Napi::Env env, tierstack::StoreRef store, uint64_t ns, std::vector<uint64_t> pages, size_t qd, bool put, size_t calls)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), store_(std::move(store)), ns_(ns), pages_(std::move(pages)), qd_(qd), put_(put), calls_(calls) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    const size_t ps = store_->page_size;
-    std::vector<char> mem(qd_ * ps, 0x5a);
-    std::vector<void *> bufs(qd_);
-    for (size_t i = 0; i < qd_; i++) bufs[i] = mem.data() + i * ps;
-    std::vector<uint64_t> batch(qd_);
-    std::vector<int32_t> status(qd_);
-    size_t cursor = 0;
-    lat_.resize(calls_);
-    for (size_t c = 0; c < calls_; c++) {
-      for (size_t i = 0; i < qd_; i++) batch[i] = pages_[cursor++ % pages_.size()];
-      auto t0 = std::chrono::steady_clock::now();
-      int rc = put_ ? store_.put_pages(ns_, batch.data(), qd_, bufs.data(), 0) : store_.get_pages(ns_, batch.data(), qd_, bufs.data(), status.data());
-      lat_[c] = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
-      if (rc != TS_OK) {
-        rc_ = rc;
-        return;
-      }
-      if (!put_)
-        for (size_t i = 0; i < qd_; i++)
-          if (status[i] != TS_PAGE_FOUND) {
-            rc_ = status[i] < 0 ? status[i] : TS_E_NOT_FOUND;
-            return;
-          }
-    }
-  }
-  void OnOK() override {
-    auto env = Env();
-    if (rc_ != TS_OK) {
-      deferred_.Reject(make_error(env, std::string("driveHandle failed: ") + code_of(rc_), code_of(rc_)).Value());
-      return;
-    }
-    auto arr = Napi::Float64Array::New(env, lat_.size());
-    for (size_t i = 0; i < lat_.size(); i++) arr[i] = lat_[i];
-    deferred_.Resolve(arr);
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  tierstack::StoreRef store_;
-  uint64_t ns_;
-  std::vector<uint64_t> pages_;
-  size_t qd_;
-  bool put_;
-  size_t calls_;
-  std::vector<double> lat_;
-  int rc_ = TS_OK;
-};
-
-Napi::Value DriveHandle(const Napi::CallbackInfo &info) {
-  auto env = info.Env();
-  auto store = tierstack::unwrap_page_store(env, info[0]);
-  if (!store) return env.Undefined();
-  auto pages = to_pages(info[2]);
-  size_t qd = info[3].As<Napi::Number>().Uint32Value();
-  bool put = info[4].As<Napi::String>().Utf8Value() == "put";
-  size_t calls = info[5].As<Napi::Number>().Uint32Value();
-  if (pages.empty() || qd == 0) {
-    throw_error(env, "driveHandle: pages and qd must be non-empty", "TS_ERR_BAD_ARGUMENT");
-    return env.Undefined();
-  }
-  auto *w = new DriveWorker(env, std::move(store), to_u64(info[1]), std::move(pages), qd, put, calls);
-  auto promise = w->Promise();
-  w->Queue();
-  return promise;
-}
 
 class RdmaAddon : public Napi::Addon<RdmaAddon> {
  public:
@@ -498,14 +386,10 @@ class RdmaAddon : public Napi::Addon<RdmaAddon> {
     // Before any fi_getinfo in this process (see fabric.hpp).
     set_mr_cache_monitor_default();
     DefineAddon(exports, {InstanceValue("Donor", DonorWrap::Init(env)), InstanceValue("Pool", PoolWrap::Init(env)),
-                          InstanceMethod<&RdmaAddon::Drive>("driveHandle"),
                           InstanceValue("kReplicaActive", Napi::Number::New(env, kActive)),
                           InstanceValue("kReplicaSyncing", Napi::Number::New(env, kSyncing)),
                           InstanceValue("kReplicaDead", Napi::Number::New(env, kDead))});
   }
-
- private:
-  Napi::Value Drive(const Napi::CallbackInfo &info) { return DriveHandle(info); }
 };
 
 }  // namespace

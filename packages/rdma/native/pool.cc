@@ -8,6 +8,9 @@
 #include <cstring>
 #include <thread>
 
+#include <tierstack/clock.hpp>
+#include <tierstack/store_adapter.hpp>
+
 namespace tsrdma {
 
 namespace {
@@ -25,25 +28,8 @@ void astore(T &v, T x) {
   __atomic_store_n(&v, x, __ATOMIC_RELEASE);
 }
 
-uint64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-uint64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-int c_get(void *self, uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
-  return static_cast<Pool *>(self)->abi_get(ns, pages, n, bufs, status);
-}
-int c_put(void *self, uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
-  return static_cast<Pool *>(self)->abi_put(ns, pages, n, bufs, flags);
-}
-int c_remove(void *self, uint64_t ns, const uint64_t *pages, size_t n) {
-  return static_cast<Pool *>(self)->abi_remove(ns, pages, n);
-}
-void c_retain(void *self) { static_cast<Pool *>(self)->retain(); }
-void c_release(void *self) { static_cast<Pool *>(self)->release(); }
+using tierstack::now_ms;
+using tierstack::now_ns;
 
 // Registers caller buffers for providers that need local descriptors (FI_MR_LOCAL, e.g.
 // verbs); a no-op for tcp, whose mr_mode has no FI_MR_LOCAL.
@@ -82,18 +68,8 @@ Pool::Pool(uint32_t page_size, uint64_t slab_pages, uint32_t op_timeout_ms, std:
   if (const char *v = getenv("TIERSTACK_RDMA_SPIN_US")) spin_ns_ = strtoull(v, nullptr, 10) * 1000;
   conns_.resize(kMaxConns);
   for (auto &c : conns_) c = std::make_unique<Conn>();
-  ops_.abi_version = TS_PAGE_STORE_ABI_VERSION;
-  ops_.struct_size = sizeof(ts_page_store_ops);
-  ops_.get = c_get;
-  ops_.put = c_put;
-  ops_.remove = c_remove;
-  ops_.retain = c_retain;
-  ops_.release = c_release;
-  store_.abi_version = TS_PAGE_STORE_ABI_VERSION;
-  store_.page_size = page_size_;
-  store_.name = name_.c_str();
-  store_.ops = &ops_;
-  store_.self = this;
+  // The C ABI: abi_get/abi_put/abi_remove (they honour the backup), retain/release.
+  store_ = tierstack::make_page_store<Pool, &Pool::abi_get, &Pool::abi_put, &Pool::abi_remove>(this, page_size_, name_.c_str());
 }
 
 Pool::~Pool() { close(); }
