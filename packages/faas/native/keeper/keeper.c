@@ -13,6 +13,7 @@
  *   --stable-ms <n>            a worker that served this long before dying restarts at once (default 5000)
  *   --backoff-base-ms <n>      first delay after repeated deaths (default 100), doubling ...
  *   --backoff-max-ms <n>       ... up to this (default 10000)
+ *   --give-up-after <n>        exit 1 when n workers in a row died before any served and nothing is held
  *   --label <text>             for log lines
  * stdout: one JSON line each time a worker starts serving ({"keeperPid","workerPid",...}), the
  * worker's first human-readable line after the first, and the worker's final stats on shutdown.
@@ -647,12 +648,19 @@ static void print_worker_line(struct keeper *k, struct worker *w, const char *hu
   }
   buf_printf(&b, ",\"vms\":%zu,\"connections\":%zu}\n", k->ninst, k->nrelays);
   if (!k->printed_first && human && *human) {
-    buf_printf(&b, "%s\n", human);
+    /* "%PORT%" stands for the port bound (a worker asked for port 0 cannot know it). */
+    const char *p = strstr(human, "%PORT%");
+    if (p && k->o.criu_port >= 0)
+      buf_printf(&b, "%.*s%d%s\n", (int)(p - human), human, k->bound_port, p + 6);
+    else
+      buf_printf(&b, "%s\n", human);
   }
   k->printed_first = true;
   if (b.p) out_line(b.p, b.len);
   buf_free(&b);
 }
+
+static void begin_stop(struct keeper *k, const char *why);
 
 /* A worker (active or standby) was reaped. */
 static void worker_died(struct keeper *k, struct worker *w, int st) {
@@ -708,6 +716,11 @@ static void worker_died(struct keeper *k, struct worker *w, int st) {
            exit_desc, served_ms, vms, k->failures, delay);
   klog(k, k->failures >= 3 ? 50 : 40, extra, "worker %d died; %s", (int)pid,
        delay > 0 ? "it keeps dying: backing off before the next one" : "replacing it now");
+  if (k->o.give_up_after > 0 && !k->printed_first && k->failures >= k->o.give_up_after && k->ninst == 0 && k->nrelays == 0) {
+    klog(k, 60, NULL, "no worker could start (%u died in a row before serving); giving up", k->failures);
+    k->exit_code = 1;
+    begin_stop(k, "no worker could start");
+  }
 }
 
 static void reap(struct keeper *k) {
@@ -991,7 +1004,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: tierstack-keeper [--firecracker <socket> | --criu-port <port> [--criu-host <addr>]] [--status <socket>]\n"
           "                        [--memfd <name>:<bytes>]... [--standby] [--handshake-timeout-ms n] [--max-pending n]\n"
-          "                        [--stable-ms n] [--backoff-base-ms n] [--backoff-max-ms n] [--label text]\n"
+          "                        [--stable-ms n] [--backoff-base-ms n] [--backoff-max-ms n] [--give-up-after n] [--label text]\n"
           "                        -- <worker command> [args...]\n");
 }
 
@@ -1049,6 +1062,8 @@ static int parse_args(struct keeper *k, int argc, char **argv) {
       o->backoff_base_ms = (int64_t)parse_size(v, &ok);
     else if (!strcmp(a, "--backoff-max-ms"))
       o->backoff_max_ms = (int64_t)parse_size(v, &ok);
+    else if (!strcmp(a, "--give-up-after"))
+      o->give_up_after = (uint32_t)parse_size(v, &ok);
     else if (!strcmp(a, "--memfd")) {
       const char *colon = strrchr(v, ':');
       if (!colon || colon == v || (size_t)(colon - v) >= sizeof k->memfds[0].name || k->nmemfds >= KEEPER_MAX_MEMFDS) {
@@ -1354,6 +1369,7 @@ int main(int argc, char **argv) {
   free(k->inst);
   free(k->pend);
   free(k->relays);
+  int code = k->exit_code;
   free(k);
-  return 0;
+  return code;
 }

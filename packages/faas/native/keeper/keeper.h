@@ -121,6 +121,7 @@ struct options {
   int handshake_timeout_ms;
   int max_pending;
   int64_t stable_ms, backoff_base_ms, backoff_max_ms;
+  uint32_t give_up_after; /* 0: never */
   int stop_grace_ms;
   char **worker_argv;
 };

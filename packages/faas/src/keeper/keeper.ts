@@ -46,6 +46,9 @@ export interface KeeperOptions {
   /** Delay after the second quick death in a row, doubling (default 100) up to backoffMaxMs (10000). */
   backoffBaseMs?: number;
   backoffMaxMs?: number;
+  /** Give up (exit 1) when this many workers in a row died before any served and nothing is held
+   *  (a worker that cannot start at all); default: never. */
+  giveUpAfter?: number;
   label?: string;
   /** The worker's argv (it finds the channel in $TIERSTACK_KEEPER_CTL_FD). */
   worker: string[];
@@ -78,6 +81,7 @@ export function keeperArgs(o: KeeperOptions): string[] {
   num('--stable-ms', o.stableMs);
   num('--backoff-base-ms', o.backoffBaseMs);
   num('--backoff-max-ms', o.backoffMaxMs);
+  num('--give-up-after', o.giveUpAfter);
   if (o.label !== undefined) a.push('--label', o.label);
   return [...a, '--', ...o.worker];
 }

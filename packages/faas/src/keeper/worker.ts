@@ -320,6 +320,9 @@ export async function runRestoreWorker(o: RestoreWorkerOptions): Promise<number>
     });
   }
   process.off('SIGTERM', onSigterm);
-  await shutdown(0);
-  return 0;
+  // The channel failing for another reason than the keeper hanging up (an addon that does not
+  // load, say) is this worker's failure: say so in the exit code.
+  const code = ch.closedBecause?.startsWith('TS_ERR_PROTOCOL') ? 0 : 1;
+  await shutdown(code);
+  return code;
 }
