@@ -12,6 +12,7 @@
 
 #include "engine.hpp"
 #include "engine_internal.hpp"
+#include "shared_region.hpp"
 
 namespace tsuffd {
 
@@ -250,6 +251,8 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
     }
   }
   const bool dontwake = mode == Mode::kPrefetch;
+  if (managed && install_writable(r))  // writes are likely: no write-protect fault per page (shared_region.hpp)
+    for (auto &w : wants) w.write = true;
   int64_t installed = 0;
   for (size_t k = 0; k < n;) {
     uint8_t a = sc.action[k];

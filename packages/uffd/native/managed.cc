@@ -17,6 +17,7 @@ void Engine::wp_fault(Source &s, Region &r, const Fault &f) {
   RegionStats::add(r.stats.wp_faults);
   uint64_t idx = r.index_of(f.addr);
   std::lock_guard<std::mutex> lk(r.mu);
+  if (r.cfg.managed && r.installed.test(idx) && !r.dirty.test(idx)) note_clean_written(r);
   int rc;
   int tries = 0;
   do {
@@ -98,6 +99,8 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
         wb_pages.push_back(page);
         wb_data.push_back(copy);
         r.dirty.clear(idx);
+      } else {
+        note_clean_dropped(r, 1);
       }
     }
     // Drop the pages, coalescing neighbours into one madvise.

@@ -71,6 +71,35 @@ void drop_pages(const Region &r, uint64_t first, uint64_t count) {
   madvise(reinterpret_cast<void *>(r.addr_of(first)), count * ps, MADV_DONTNEED);
 }
 
+namespace {
+void age(SharedMirror &m) {
+  // Halve both counts once they are big enough to mean something: recent behaviour wins.
+  if (m.clean_then_written.load(std::memory_order_relaxed) + m.clean_dropped.load(std::memory_order_relaxed) > 8192) {
+    m.clean_then_written.store(m.clean_then_written.load(std::memory_order_relaxed) / 2, std::memory_order_relaxed);
+    m.clean_dropped.store(m.clean_dropped.load(std::memory_order_relaxed) / 2, std::memory_order_relaxed);
+  }
+}
+}  // namespace
+
+void note_clean_written(const Region &r) {
+  if (!r.cfg.mirror) return;
+  r.cfg.mirror->clean_then_written.fetch_add(1, std::memory_order_relaxed);
+  age(*r.cfg.mirror);
+}
+
+void note_clean_dropped(const Region &r, uint64_t pages) {
+  if (!r.cfg.mirror) return;
+  r.cfg.mirror->clean_dropped.fetch_add(static_cast<uint32_t>(pages), std::memory_order_relaxed);
+  age(*r.cfg.mirror);
+}
+
+bool install_writable(const Region &r) {
+  if (!r.cfg.mirror) return false;
+  SharedMirror &m = *r.cfg.mirror;
+  if ((m.fills.fetch_add(1, std::memory_order_relaxed) & 7) == 0) return false;  // a probe: install clean
+  return m.clean_then_written.load(std::memory_order_relaxed) > m.clean_dropped.load(std::memory_order_relaxed);
+}
+
 int shared_regions_supported(std::string *why) {
   uint64_t f = 0;
   int rc = probe_features(&f);

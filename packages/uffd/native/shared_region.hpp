@@ -18,6 +18,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -36,6 +37,11 @@ struct SharedMirror {
   uint8_t *local = nullptr;  // MAP_SHARED mapping of [file_offset, file_offset + size) of memfd
   uint64_t size = 0;
   uint64_t file_offset = 0;
+  // Dirty tracking policy (install_writable): recent pages installed clean (write-protected) that
+  // were then written, and that left clean; halved as they grow, so they follow the workload.
+  std::atomic<uint32_t> clean_then_written{0};
+  std::atomic<uint32_t> clean_dropped{0};
+  std::atomic<uint32_t> fills{0};
   SharedMirror() = default;
   SharedMirror(const SharedMirror &) = delete;
   SharedMirror &operator=(const SharedMirror &) = delete;
@@ -50,6 +56,16 @@ const void *page_bytes(const Region &r, uint64_t idx);
 // Drops resident pages [first, first + count) of a region: MADV_DONTNEED for in-process memory,
 // a hole punched in the memfd for shared regions (which unmaps them in the owner too).
 void drop_pages(const Region &r, uint64_t first, uint64_t count);
+
+// Dirty tracking of shared regions. Pages are normally installed write-protected (clean) and a
+// write costs a write-protect fault (a round trip to the fault thread) that marks them dirty. When
+// most pages installed clean get written soon after (a read-modify-write pass), that round trip per
+// page dominates: install_writable() then says to install pages writable and dirty right away
+// (they are written back when evicted, written or not). One fill in 8 still installs clean, to see
+// whether the workload changed. In-process regions: always false (unchanged behaviour).
+void note_clean_written(const Region &r);
+void note_clean_dropped(const Region &r, uint64_t pages);
+bool install_writable(const Region &r);
 
 // The kernel's support for shared regions, probed once: 0, or -ENOTSUP / -errno with *why set.
 int shared_regions_supported(std::string *why);
