@@ -15,6 +15,7 @@ const loaders = new Map<string, SuiteLoader>([
   ['restore', async () => (await import('./suites/restore.js')).restoreSuite],
   ['uffd', async () => (await import('./suites/uffd.js')).uffdSuite],
   ['ublk', async () => (await import('./suites/ublk.js')).ublkSuite],
+  ['run', async () => (await import('./suites/run.js')).runSuite],
 ]);
 
 export function registerSuite(name: string, loader: SuiteLoader): void {
