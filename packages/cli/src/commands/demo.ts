@@ -103,6 +103,8 @@ export interface RestoreDemoRow {
   prefetched: number;
   tiers: Array<{ tier: string; hits: number; requested: number }>;
   topHitRatio: number | undefined;
+  /** Pages served per stack level by the native fault path ("cxl 9000, rdma 2000, JS path 0"). */
+  levels?: string;
   touched: number;
   wrong: number;
 }
@@ -275,6 +277,12 @@ export async function runRestoreDemo(
         if (r.error) throw new Error(`the function process failed: ${r.error}`);
         const s = await ended;
         const top = s.tiers[0];
+        // Pages the engine fetched natively, per stack level (the tiers with a C ABI handle, top
+        // down, then the JS path): the JS-side tier counters above do not see those.
+        const byLevel = (s as { pagesByLevel?: number[] }).pagesByLevel ?? [];
+        const jsLevel = ds.stack.nativeChain().jsLevel;
+        const nativeServed = byLevel.reduce((n, x) => n + x, 0);
+        const levels = byLevel.map((n, i) => `${i < jsLevel ? ds.stack.tiers[i]!.name : 'JS path'} ${n}`).join(', ');
         rows.push({
           mode: m.mode,
           ttfrMs: (r.t_done! - r.t_connect!) / 1e6,
@@ -282,7 +290,8 @@ export async function runRestoreDemo(
           installed: s.pagesInstalled,
           prefetched: s.prefetched,
           tiers: s.tiers,
-          topHitRatio: top && top.requested > 0 ? top.hits / top.requested : undefined,
+          topHitRatio: top && top.requested > 0 ? top.hits / top.requested : jsLevel > 0 && nativeServed > 0 ? (byLevel[0] ?? 0) / nativeServed : undefined,
+          ...(nativeServed > 0 ? { levels } : {}),
           touched: r.pages ?? 0,
           wrong: r.mismatches ?? 0,
         });
@@ -350,7 +359,7 @@ export async function runRestoreDemo(
 }
 
 export function restoreTable(rows: RestoreDemoRow[], hitLabel: string, onDemand?: OnDemandDemoRow): string {
-  const head = ['restore', 'time to first response', 'faults', 'pages installed', 'prefetched', 'pages per tier (served/asked)', hitLabel, 'touched ok'];
+  const head = ['restore', 'time to first response', 'faults', 'pages installed', 'prefetched', 'pages per tier (JS path: served/asked; native: served)', hitLabel, 'touched ok'];
   const table = [head];
   if (onDemand) {
     table.push([
@@ -371,7 +380,12 @@ export function restoreTable(rows: RestoreDemoRow[], hitLabel: string, onDemand?
       String(r.faults),
       String(r.installed),
       String(r.prefetched),
-      r.tiers.map((t) => `${t.tier} ${t.hits}/${t.requested}`).join(', '),
+      [
+        r.tiers.some((t) => t.requested > 0) || !r.levels ? r.tiers.map((t) => `${t.tier} ${t.hits}/${t.requested}`).join(', ') : '',
+        r.levels ? `native: ${r.levels}` : '',
+      ]
+        .filter(Boolean)
+        .join('; '),
       r.topHitRatio === undefined ? '-' : `${(100 * r.topHitRatio).toFixed(1)}`,
       `${r.touched - r.wrong}/${r.touched}`,
     ]);
