@@ -6,7 +6,9 @@ import { runPageStoreConformance } from '../src/testing/index.js';
 import { MemoryTier, FileTier, createTierStack } from '../src/index.js';
 
 const root = mkdtempSync(join(tmpdir(), 'tierstack-conf-'));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
+// Deleting the suites' sparse files (a 1 GiB apparent-size segment per large-page test) waits on
+// the disk: seconds on a busy machine, so the hook gets more than the default 10 s.
+afterAll(() => rmSync(root, { recursive: true, force: true }), 120_000);
 let n = 0;
 const dir = (): string => join(root, `d${n++}`);
 

@@ -33,6 +33,13 @@ inline Napi::Error make_error(Napi::Env env, const char *code, const std::string
   return e;
 }
 
+// A TypeError (a value of the wrong kind was passed), with its code.
+inline Napi::Error make_type_error(Napi::Env env, const char *code, const std::string &message) {
+  Napi::Error e = Napi::TypeError::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
 // From a TS_E_* status.
 inline Napi::Error status_error(Napi::Env env, int status, const std::string &message, int err_no = 0) {
   Napi::Error e = make_error(env, ts_status_code(status), message, err_no);

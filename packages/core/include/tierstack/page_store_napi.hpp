@@ -4,6 +4,7 @@
 
 #include <napi.h>
 
+#include "napi_error.hpp"
 #include "page_store.hpp"
 
 namespace tierstack {
@@ -27,9 +28,7 @@ inline Napi::Value wrap_page_store(Napi::Env env, ts_page_store *store) {
 // TypeError thrown (code TS_ERR_BAD_ARGUMENT) if it is not a compatible page-store handle.
 inline StoreRef unwrap_page_store(Napi::Env env, Napi::Value value) {
   auto fail = [&](const char *msg) {
-    Napi::Error err = Napi::TypeError::New(env, msg);
-    err.Set("code", Napi::String::New(env, "TS_ERR_BAD_ARGUMENT"));
-    err.ThrowAsJavaScriptException();
+    make_type_error(env, "TS_ERR_BAD_ARGUMENT", msg).ThrowAsJavaScriptException();
     return StoreRef();
   };
   if (!value.IsExternal()) return fail("expected a native page-store handle (an external)");

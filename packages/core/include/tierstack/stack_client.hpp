@@ -235,9 +235,7 @@ class StackClient {
       : chain_(std::move(chain)), page_size_(page_size), opts_(opts) {}
 
   static std::shared_ptr<StackClient> fail(Napi::Env env, const char *msg) {
-    Napi::Error err = Napi::TypeError::New(env, msg);
-    err.Set("code", Napi::String::New(env, "TS_ERR_BAD_ARGUMENT"));
-    err.ThrowAsJavaScriptException();
+    make_type_error(env, "TS_ERR_BAD_ARGUMENT", msg).ThrowAsJavaScriptException();
     return nullptr;
   }
 
