@@ -96,7 +96,7 @@ void note_clean_dropped(const Region &r, uint64_t pages) {
 bool install_writable(const Region &r) {
   if (!r.cfg.mirror) return false;
   SharedMirror &m = *r.cfg.mirror;
-  if ((m.fills.fetch_add(1, std::memory_order_relaxed) & 7) == 0) return false;  // a probe: install clean
+  if ((m.fills.fetch_add(1, std::memory_order_relaxed) & 31) == 0) return false;  // a probe: install clean
   return m.clean_then_written.load(std::memory_order_relaxed) > m.clean_dropped.load(std::memory_order_relaxed);
 }
 

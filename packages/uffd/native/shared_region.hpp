@@ -61,7 +61,7 @@ void drop_pages(const Region &r, uint64_t first, uint64_t count);
 // write costs a write-protect fault (a round trip to the fault thread) that marks them dirty. When
 // most pages installed clean get written soon after (a read-modify-write pass), that round trip per
 // page dominates: install_writable() then says to install pages writable and dirty right away
-// (they are written back when evicted, written or not). One fill in 8 still installs clean, to see
+// (they are written back when evicted, written or not). One fill in 32 still installs clean, to see
 // whether the workload changed. In-process regions: always false (unchanged behaviour).
 void note_clean_written(const Region &r);
 void note_clean_dropped(const Region &r, uint64_t pages);
