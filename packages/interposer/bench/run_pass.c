@@ -5,6 +5,10 @@
  *   run_pass malloc <mib> <rand pages> [seed]       the array from malloc (plain, or under tierstack run)
  *   run_pass file <mib> <rand pages> <dir> [seed]   BigMaac's approach: an unlinked file in <dir>,
  *                                       mmap'ed MAP_SHARED (the kernel pages it to disk under a limit)
+ *   run_pass small <count>              the pass-through cost: one big allocation (so that a preloaded
+ *                                       library is connected), then <count> malloc+write+free of small
+ *                                       sizes (16..4096 bytes) and <count>/16 calloc/realloc pairs;
+ *                                       prints {"small_ops", "small_ns"}
  *
  * Phases: init (writes every page), seq (every page in order: read its 512 words, write one),
  * rand (<rand pages> pages chosen by xorshift, same work per page). Prints one JSON
@@ -37,7 +41,37 @@ static inline uint64_t touch(uint64_t *p, uint64_t acc) {
   return acc * 31 + s;
 }
 
+static int small(size_t count) {
+  char *big = malloc(32u << 20);
+  if (!big) return perror("malloc"), 1;
+  big[0] = 1;
+  static void *ring[64];
+  uint64_t t0 = now_ns();
+  uint64_t sink = 0;
+  for (size_t i = 0; i < count; i++) {
+    size_t sz = 16u << (i % 9); /* 16 .. 4096 */
+    size_t slot = i % 64;
+    free(ring[slot]);
+    char *p = malloc(sz);
+    p[0] = (char)i;
+    sink += (uintptr_t)p & 0xff;
+    ring[slot] = p;
+    if (i % 16 == 0) {
+      char *q = calloc(1, 100);
+      q = realloc(q, 200);
+      sink += (unsigned char)q[0];
+      free(q);
+    }
+  }
+  uint64_t t1 = now_ns();
+  for (int i = 0; i < 64; i++) free(ring[i]);
+  free(big);
+  printf("{\"small_ops\":%zu,\"small_ns\":%llu,\"sink\":%llu}\n", count, (unsigned long long)(t1 - t0), (unsigned long long)sink);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 2 && strcmp(argv[1], "small") == 0) return small((size_t)atol(argv[2]));
   int file = argc > 1 && strcmp(argv[1], "file") == 0;
   if (argc < (file ? 5 : 4)) {
     fprintf(stderr, "usage: run_pass malloc <mib> <rand pages> [seed] | run_pass file <mib> <rand pages> <dir> [seed]\n");

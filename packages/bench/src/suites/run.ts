@@ -15,6 +15,8 @@
  * teardown stay out. Rounds alternate the sides; the medians are reported. Every side must compute
  * the same checksum of what it read, or the suite fails.
  * Bar (issue 17): sequential >= 0.7x the file mapping under the same limit; the random pass is reported.
+ * A last case measures what the library costs allocations it passes through: small malloc/free/
+ * calloc/realloc in a program connected to the server (one big allocation made) vs without it.
  */
 import { spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
@@ -31,6 +33,7 @@ const ARRAY_MIB = 256; // 4x the budget
 const LIMIT = BUDGET + 8 * MiB; // the program's own memory beyond its big array
 const RAND_PAGES = 2048; // the kernel's file mapping needs ~5-7 ms per random page under the limit
 const CG_ROOT = '/sys/fs/cgroup/memory';
+const SMALL_OPS = 5_000_000;
 
 interface Pass {
   pages: number;
@@ -92,6 +95,11 @@ export const runSuite: Suite = {
     const rounds = Math.max(5, ctx.measure.rounds); // whole-program rounds on a shared VM: at least 5 a side
     const sides: Record<'bigmaac' | 'tierstack' | 'plain', Pass[]> = { bigmaac: [], tierstack: [], plain: [] };
     const peak: Record<'bigmaac' | 'tierstack', number[]> = { bigmaac: [], tierstack: [] };
+    const small: Record<'preloaded' | 'plain', number[]> = { preloaded: [], plain: [] };
+    const smallRate = (out: string): number => {
+      const j = JSON.parse(out.split('\n').find((l) => l.startsWith('{'))!) as { small_ops: number; small_ns: number };
+      return j.small_ops / (j.small_ns / 1e9);
+    };
     const peakOf = (): number => {
       const v = Number(readFileSync(join(cg, 'memory.max_usage_in_bytes'), 'utf8'));
       writeFileSync(join(cg, 'memory.max_usage_in_bytes'), '0');
@@ -123,6 +131,20 @@ export const runSuite: Suite = {
         peak.tierstack.push(peakOf());
         ctx.log(`run: round ${r + 1}/${rounds}: plain malloc, no limit`);
         sides.plain.push(parsePass(await spawnOut(exe, ['malloc', String(ARRAY_MIB), String(RAND_PAGES), seed]), 'plain malloc'));
+        let smallOut = '';
+        await runWithTierStack({
+          stack,
+          command: exe,
+          args: ['small', String(SMALL_OPS)],
+          stdio: ['ignore', 'pipe', 'inherit'],
+          onStart: ({ child }) => {
+            child.stdout!.on('data', (d) => (smallOut += d));
+            closed = new Promise((res) => child.once('close', () => res()));
+          },
+        });
+        await closed;
+        small.preloaded.push(smallRate(smallOut));
+        small.plain.push(smallRate(await spawnOut(exe, ['small', String(SMALL_OPS)])));
         const checks = new Set([sides.bigmaac[r]!.check, sides.tierstack[r]!.check, sides.plain[r]!.check]);
         if (checks.size !== 1) throw new Error(`run bench: the sides read different data in round ${r + 1}: ${[...checks].join(' ')}`);
       }
@@ -145,6 +167,13 @@ export const runSuite: Suite = {
     yield result('run', 'init: first write of every page, same limit', 'mmap of an unlinked file (BigMaac)', cmp('init', 'bigmaac'), common);
     yield result('run', 'sequential pass (pages/s)', 'plain malloc, no limit', cmp('seq', 'plain'), common);
     yield result('run', `random pass (${RAND_PAGES} pages)`, 'plain malloc, no limit', cmp('rand', 'plain'), common);
+    yield result(
+      'run',
+      'small malloc/free/calloc/realloc passed through (library loaded and connected)',
+      'the same program without the library',
+      { case: measurement(small.preloaded), baseline: measurement(small.plain) },
+      `${SMALL_OPS} ops of 16..4096 bytes; the library adds one size comparison on allocation and one range comparison on free`,
+    );
   },
 };
 
