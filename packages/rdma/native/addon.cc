@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <tierstack/clock.hpp>
+#include <tierstack/napi_args.hpp>
 #include <tierstack/napi_error.hpp>
 #include <tierstack/page_store_napi.hpp>
 #include <tierstack/run_on_thread.hpp>
@@ -22,28 +23,16 @@ namespace {
 
 using tierstack::throw_error;
 
-uint64_t to_u64(const Napi::Value &v) {
-  if (v.IsBigInt()) {
-    bool lossless;
-    return v.As<Napi::BigInt>().Uint64Value(&lossless);
-  }
-  return static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue());
-}
-
-std::vector<uint64_t> to_pages(const Napi::Value &v) {
-  auto arr = v.As<Napi::Float64Array>();
-  std::vector<uint64_t> out(arr.ElementLength());
-  for (size_t i = 0; i < out.size(); i++) out[i] = static_cast<uint64_t>(arr[i]);
-  return out;
-}
+using tierstack::pages_of;
+using tierstack::u64_of;
 
 Replica to_replica(const Napi::Value &v) {
   auto o = v.As<Napi::Object>();
   Replica r;
   r.conn = o.Get("conn").As<Napi::Number>().Int32Value();
-  r.addr = to_u64(o.Get("addr"));
-  r.rkey = to_u64(o.Get("rkey"));
-  r.slab_id = to_u64(o.Get("slabId"));
+  r.addr = u64_of(o.Get("addr"));
+  r.rkey = u64_of(o.Get("rkey"));
+  r.slab_id = u64_of(o.Get("slabId"));
   r.state = kActive;
   return r;
 }
@@ -99,8 +88,8 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
     auto env = info.Env();
     if (!check(env)) return env.Undefined();
     DonorSlab s;
-    uint64_t key = info.Length() > 2 ? to_u64(info[2]) : to_u64(info[0]);
-    if (!donor_->alloc_slab(to_u64(info[0]), static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()), key, s)) {
+    uint64_t key = info.Length() > 2 ? u64_of(info[2]) : u64_of(info[0]);
+    if (!donor_->alloc_slab(u64_of(info[0]), static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()), key, s)) {
       throw_error(env, "TS_ERR_NO_SPACE", "slab allocation failed: " + donor_->error());
       return env.Undefined();
     }
@@ -111,7 +100,7 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
   }
   Napi::Value FreeSlab(const Napi::CallbackInfo &info) {
     if (!check(info.Env())) return info.Env().Undefined();
-    return Napi::Boolean::New(info.Env(), donor_->free_slab(to_u64(info[0])));
+    return Napi::Boolean::New(info.Env(), donor_->free_slab(u64_of(info[0])));
   }
   Napi::Value Stats(const Napi::CallbackInfo &info) {
     auto env = info.Env();
@@ -207,38 +196,38 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     auto arr = info[2].As<Napi::Array>();
     std::vector<Replica> reps;
     for (uint32_t i = 0; i < arr.Length(); i++) reps.push_back(to_replica(arr.Get(i)));
-    pool_->add_slab(to_u64(info[0]), to_u64(info[1]), reps);
+    pool_->add_slab(u64_of(info[0]), u64_of(info[1]), reps);
     return info.Env().Undefined();
   }
   Napi::Value HasSlab(const Napi::CallbackInfo &info) {
-    return Napi::Boolean::New(info.Env(), pool_->has_slab(to_u64(info[0]), to_u64(info[1])));
+    return Napi::Boolean::New(info.Env(), pool_->has_slab(u64_of(info[0]), u64_of(info[1])));
   }
   Napi::Value AddReplica(const Napi::CallbackInfo &info) {
-    return Napi::Number::New(info.Env(), pool_->add_replica(to_u64(info[0]), to_u64(info[1]), to_replica(info[2])));
+    return Napi::Number::New(info.Env(), pool_->add_replica(u64_of(info[0]), u64_of(info[1]), to_replica(info[2])));
   }
   Napi::Value CopyReplica(const Napi::CallbackInfo &info) {
-    uint64_t ns = to_u64(info[0]), index = to_u64(info[1]);
+    uint64_t ns = u64_of(info[0]), index = u64_of(info[1]);
     int slot = info[2].As<Napi::Number>().Int32Value();
     Pool *p = pool_;
     return pool_job(info.Env(), p, [p, ns, index, slot](std::string &err) { return p->copy_replica(ns, index, slot, err); }, nullptr);
   }
   Napi::Value SetReplicaState(const Napi::CallbackInfo &info) {
-    return Napi::Boolean::New(info.Env(), pool_->set_replica_state(to_u64(info[0]), to_u64(info[1]), info[2].As<Napi::Number>().Int32Value(),
+    return Napi::Boolean::New(info.Env(), pool_->set_replica_state(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value(),
                                                                    static_cast<uint8_t>(info[3].As<Napi::Number>().Uint32Value())));
   }
   Napi::Value DropReplica(const Napi::CallbackInfo &info) {
-    return Napi::Boolean::New(info.Env(), pool_->drop_replica(to_u64(info[0]), to_u64(info[1]), info[2].As<Napi::Number>().Int32Value()));
+    return Napi::Boolean::New(info.Env(), pool_->drop_replica(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value()));
   }
   Napi::Value ReplaceLost(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    auto lost = pool_->replace_lost(to_u64(info[0]), to_u64(info[1]), to_replica(info[2]));
+    auto lost = pool_->replace_lost(u64_of(info[0]), u64_of(info[1]), to_replica(info[2]));
     auto arr = Napi::Float64Array::New(env, lost.size());
     for (size_t i = 0; i < lost.size(); i++) arr[i] = static_cast<double>(lost[i]);
     return arr;
   }
   Napi::Value DropEmptySlab(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    auto reps = pool_->drop_empty_slab(to_u64(info[0]), to_u64(info[1]));
+    auto reps = pool_->drop_empty_slab(u64_of(info[0]), u64_of(info[1]));
     auto arr = Napi::Array::New(env, reps.size());
     for (size_t i = 0; i < reps.size(); i++) {
       auto x = Napi::Object::New(env);
@@ -293,8 +282,9 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   // microseconds: a quick donor answers with no thread hop. Otherwise a thread of its own finishes it.
   Napi::Value Get(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    uint64_t ns = to_u64(info[0]);
-    auto pages = to_pages(info[1]);
+    uint64_t ns = u64_of(info[0]);
+    std::vector<uint64_t> pages;
+    if (!pages_of(env, info[1], &pages)) return env.Undefined();
     auto out = info[2].As<Napi::Buffer<char>>();
     double sync_us = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
     const size_t ps = pool_->page_size();
@@ -311,8 +301,9 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   // page reached no replica.
   Napi::Value Put(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    uint64_t ns = to_u64(info[0]);
-    auto pages = to_pages(info[1]);
+    uint64_t ns = u64_of(info[0]);
+    std::vector<uint64_t> pages;
+    if (!pages_of(env, info[1], &pages)) return env.Undefined();
     auto data = info[2].As<Napi::Buffer<char>>();
     double sync_us = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
     const size_t ps = pool_->page_size();
@@ -354,8 +345,9 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
         {keep});
   }
   Napi::Value Remove(const Napi::CallbackInfo &info) {
-    auto pages = to_pages(info[1]);
-    return Napi::Number::New(info.Env(), pool_->remove(to_u64(info[0]), pages.data(), pages.size()));
+    std::vector<uint64_t> pages;
+    if (!pages_of(info.Env(), info[1], &pages)) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), pool_->remove(u64_of(info[0]), pages.data(), pages.size()));
   }
   // setBackup(handle | null): the tier has a backup; null = it has no native handle.
   Napi::Value SetBackup(const Napi::CallbackInfo &info) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <thread>
 
+#include <tierstack/napi_args.hpp>
 #include <tierstack/page_store_napi.hpp>
 #include <tierstack/stack_client.hpp>
 
@@ -20,13 +21,7 @@
 namespace tsuffd {
 namespace {
 
-uint64_t bigint_u64(Napi::Value v) {
-  if (v.IsBigInt()) {
-    bool lossless;
-    return v.As<Napi::BigInt>().Uint64Value(&lossless);
-  }
-  return static_cast<uint64_t>(v.ToNumber().Int64Value());
-}
+using tierstack::u64_of;
 
 struct AddonData {
   Napi::FunctionReference engine_ctor;
@@ -100,9 +95,9 @@ class SnapshotWrap : public Napi::ObjectWrap<SnapshotWrap> {
 };
 
 bool read_region_config(Napi::Env env, Napi::Object o, uint32_t ps, RegionConfig *c) {
-  c->base = o.Has("base") ? bigint_u64(o.Get("base")) : 0;
+  c->base = o.Has("base") ? u64_of(o.Get("base")) : 0;
   c->size = static_cast<uint64_t>(o.Get("size").ToNumber().Int64Value());
-  c->ns = bigint_u64(o.Get("ns"));
+  c->ns = u64_of(o.Get("ns"));
   c->page_offset = static_cast<uint64_t>(o.Get("pageOffset").ToNumber().Int64Value());
   c->missing = o.Get("missing").ToString().Utf8Value() == "zero" ? MissingPolicy::kZero : MissingPolicy::kStrict;
   c->fault_around = o.Get("faultAround").ToNumber().Uint32Value();
@@ -496,7 +491,7 @@ Napi::Value EngineWrap::Adopt(const Napi::CallbackInfo &info) {
   if (!engine_) return throw_error(env, "TS_ERR_CLOSED", "the uffd engine is closed");
   int fd = info[0].ToNumber().Int32Value();
   pid_t pid = info[1].ToNumber().Int32Value();
-  uint64_t features = bigint_u64(info[2]);
+  uint64_t features = u64_of(info[2]);
   bool api_done = info[3].ToBoolean().Value();
   Napi::Array regions = info[4].As<Napi::Array>();
   std::vector<RegionConfig> cfgs;
@@ -522,7 +517,7 @@ Napi::Value EngineWrap::AdoptShared(const Napi::CallbackInfo &info) {
   if (!engine_) return throw_error(env, "TS_ERR_CLOSED", "the uffd engine is closed");
   int uffd = info[0].ToNumber().Int32Value();
   int memfd = info[1].ToNumber().Int32Value();
-  uint64_t file_offset = bigint_u64(info[2]);
+  uint64_t file_offset = u64_of(info[2]);
   pid_t pid = info[3].ToNumber().Int32Value();
   RegionConfig c;
   if (!read_region_config(env, info[4].As<Napi::Object>(), engine_->page_size(), &c)) {

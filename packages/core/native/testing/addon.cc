@@ -13,6 +13,7 @@
 #include <variant>
 #include <vector>
 
+#include <tierstack/napi_args.hpp>
 #include <tierstack/napi_error.hpp>
 #include <tierstack/run_on_thread.hpp>
 #include <tierstack/stack_client.hpp>
@@ -57,24 +58,8 @@ bool target_of(Napi::Env env, const Napi::Value &v, Target *out) {
   return true;
 }
 
-uint64_t u64_of(const Napi::Value &v) {
-  if (v.IsBigInt()) {
-    bool lossless;
-    return v.As<Napi::BigInt>().Uint64Value(&lossless);
-  }
-  return static_cast<uint64_t>(v.ToNumber().DoubleValue());
-}
-
-bool pages_of(Napi::Env env, const Napi::Value &v, std::vector<uint64_t> *out) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    throw_error(env, "TS_ERR_BAD_ARGUMENT", "pages must be a Float64Array");
-    return false;
-  }
-  auto arr = v.As<Napi::Float64Array>();
-  out->resize(arr.ElementLength());
-  for (size_t i = 0; i < out->size(); i++) (*out)[i] = static_cast<uint64_t>(arr[i]);
-  return true;
-}
+using tierstack::pages_of;
+using tierstack::u64_of;
 
 double num(const Napi::Object &o, const char *key, double dflt) {
   Napi::Value v = o.Get(key);

@@ -13,6 +13,7 @@
 #include <memory>
 #include <vector>
 
+#include <tierstack/napi_args.hpp>
 #include <tierstack/napi_error.hpp>
 #include <tierstack/run_on_thread.hpp>
 
@@ -21,13 +22,7 @@ namespace {
 
 using tierstack::throw_error;
 
-uint64_t u64_of(const Napi::Value &v) {
-  if (v.IsBigInt()) {
-    bool lossless;
-    return v.As<Napi::BigInt>().Uint64Value(&lossless);
-  }
-  return static_cast<uint64_t>(v.ToNumber().Int64Value());
-}
+using tierstack::u64_of;
 
 // touchPages(address: bigint, pages: Float64Array, pageSize, out?: Buffer, write?: Buffer, cpu?)
 // Reads (copies into `out`) or writes (from `write`) each page on a new native thread. Resolves when done.
