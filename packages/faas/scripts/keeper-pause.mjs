@@ -85,10 +85,14 @@ try {
   await until((s) => s.healthy && (!STANDBY || s.standby?.state === 'standby'));
   let c = startClient();
   for (let k = 0; k < KILLS; k++) {
-    await until((s) => s.healthy && s.vms.length === 1 && s.vms[0].state === 'served' && (!STANDBY || s.standby?.state === 'standby') && (s.worker?.servingMs ?? 0) >= 600);
+    // A VM restoring (a new one once the last finished), the worker serving it for a while and,
+    // with --standby, a spare booted: then a kill at a random moment.
+    await until((s) => {
+      if (!c.running) c = startClient();
+      return s.healthy && s.vms.length === 1 && s.vms[0].state === 'served' && (!STANDBY || s.standby?.state === 'standby') && (s.worker?.servingMs ?? 0) >= 600;
+    });
     await sleep(100 + Math.random() * 300);
     if (!c.running) {
-      c = startClient();
       k--;
       continue;
     }
