@@ -124,20 +124,20 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe.skipIf(!canRun)('tierstack run (LD_PRELOAD interposer served from the tier stack)', () => {
   it('C program: identical checksums with and without, and under a budget of a quarter of the working set with RSS near it; pages served natively', async () => {
-    const ref = plain(exe, ['arrays', '16']);
+    const ref = plain(exe, ['arrays', '12']);
     expect(ref.status).toBe(0);
     expect(ref.out).toContain('calloc zero yes');
     const refMem = memory(ref.out);
-    expect(refMem.hwm - refMem.base).toBeGreaterThan(80 * MiB); // the working set: 6 arrays, ~80 MiB
+    expect(refMem.hwm - refMem.base).toBeGreaterThan(60 * MiB); // the working set: 6 arrays, ~60 MiB
 
     const s = await openStack(256); // the DRAM tier holds everything: reads never need JavaScript
     try {
-      const free = await runUnder(s.stack, exe, ['arrays', '16']);
+      const free = await runUnder(s.stack, exe, ['arrays', '12']);
       expect(free.result.status).toBe(0);
       expect(data(free.out)).toEqual(data(ref.out));
 
-      const budget = 20 * MiB; // a quarter of the working set
-      const tight = await runUnder(s.stack, exe, ['arrays', '16'], { budget });
+      const budget = 15 * MiB; // a quarter of the working set
+      const tight = await runUnder(s.stack, exe, ['arrays', '12'], { budget });
       expect(tight.err).toBe('');
       expect(tight.result.status).toBe(0);
       expect(data(tight.out)).toEqual(data(ref.out));
@@ -145,8 +145,8 @@ describe.skipIf(!canRun)('tierstack run (LD_PRELOAD interposer served from the t
       expect(m.hwm - m.base).toBeLessThanOrEqual(budget + 2 * MiB);
       expect(m.hwm - m.base).toBeGreaterThan(budget / 2);
       // Pages left and came back, all through native tiers.
-      expect(tight.result.store.pagesWritten).toBeGreaterThan(50 * MiB / 4096);
-      expect(tight.result.store.nativePages).toBeGreaterThan(20 * MiB / 4096);
+      expect(tight.result.store.pagesWritten).toBeGreaterThan(40 * MiB / 4096);
+      expect(tight.result.store.nativePages).toBeGreaterThan(15 * MiB / 4096);
       expect(tight.result.store.jsPathPages).toBe(0);
       expect(tight.result.store.errors).toBe(0);
       expect(tight.result.sessions).toHaveLength(1);
@@ -157,23 +157,22 @@ describe.skipIf(!canRun)('tierstack run (LD_PRELOAD interposer served from the t
   });
 
   it.skipIf(python === undefined)('Python + numpy: identical checksums with and without, and under a quarter budget with RSS near it', async () => {
-    const ref = plain(python!, [pyScript, '16']);
+    const ref = plain(python!, [pyScript, '12']);
     expect(ref.status).toBe(0);
     const s = await openStack(32);
     try {
-      const free = await runUnder(s.stack, python!, [pyScript, '16']);
-      expect(free.result.status).toBe(0);
-      expect(data(free.out)).toEqual(data(ref.out));
-
-      const budget = 16 * MiB; // a quarter of the four 16 MiB arrays
-      const tight = await runUnder(s.stack, python!, [pyScript, '16'], { budget });
+      const budget = 12 * MiB; // a quarter of the four 12 MiB arrays
+      const tight = await runUnder(s.stack, python!, [pyScript, '12'], { budget });
       expect(tight.result.status).toBe(0);
       expect(data(tight.out)).toEqual(data(ref.out));
       const m = memory(tight.out);
       const refMem = memory(ref.out);
-      expect(refMem.hwm - refMem.base).toBeGreaterThan(64 * MiB);
+      expect(refMem.hwm - refMem.base).toBeGreaterThan(48 * MiB);
       expect(m.hwm - m.base).toBeLessThanOrEqual(budget + 6 * MiB);
       expect(tight.result.store.errors).toBe(0);
+      // Without a budget (nothing leaves the process) the output is the same too.
+      const free = await runUnder(s.stack, python!, [pyScript, '4']);
+      expect(data(free.out)).toEqual(data(plain(python!, [pyScript, '4']).out));
       await expectNothingLeft(s, [...free.namespaces, ...tight.namespaces], 65536);
     } finally {
       await s.close();
@@ -181,11 +180,11 @@ describe.skipIf(!canRun)('tierstack run (LD_PRELOAD interposer served from the t
   });
 
   it('8 threads allocating, reallocating and freeing concurrently under a budget', async () => {
-    const ref = plain(exe, ['threads', '8', '3', '2']);
+    const ref = plain(exe, ['threads', '8', '2', '2']);
     expect(ref.status).toBe(0);
     const s = await openStack(32);
     try {
-      const r = await runUnder(s.stack, exe, ['threads', '8', '3', '2'], { budget: 8 * MiB });
+      const r = await runUnder(s.stack, exe, ['threads', '8', '2', '2'], { budget: 8 * MiB });
       expect(r.result.status).toBe(0);
       expect(data(r.out)).toEqual(data(ref.out));
       expect(data(r.out)).toHaveLength(8);
