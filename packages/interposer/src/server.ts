@@ -12,7 +12,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Socket } from 'node:net';
-import { mkdtempSync, rmSync, writeSync } from 'node:fs';
+import { fstatSync, mkdtempSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -102,6 +102,8 @@ class Session {
   forks = 0;
   queue: Promise<void> = Promise.resolve();
   buffered: Buffer = Buffer.alloc(0);
+  /** Inode of the arena's memfd: how /proc/<pid>/maps shows that the arena is still mapped. */
+  memfdIno = 0;
   constructor(
     readonly id: number,
     readonly pid: number,
@@ -314,6 +316,7 @@ export class RunServer extends EventEmitter {
     const session = new Session(id, pid, namespace, base, size, budgetPages * ps, fork?.parent.id);
     this.#sessions.set(id, session);
     try {
+      session.memfdIno = fstatSync(memfd).ino;
       this.store.registerNamespace(namespace);
       const adoption = this.engine.adoptShared({
         uffd,
@@ -338,9 +341,35 @@ export class RunServer extends EventEmitter {
     session.socket = socket;
     socket.on('data', (d: Buffer) => this.#onData(session, d));
     socket.on('error', () => {});
-    socket.on('close', () => void this.#endSession(session, 'the connection closed'));
+    socket.on('close', () => this.#connectionClosed(session));
     this.#log.info({ pid, namespace, size, budgetBytes: budgetPages * ps, fork: fork !== undefined }, 'tierstack run: session started');
     this.emit('session', this.#info(session));
+  }
+
+  /**
+   * The connection ends at exit, kill, exec (it is close-on-exec) — or when a program closes every
+   * descriptor (daemonizing) and goes on using its arena. The arena is released only when it is
+   * really gone: otherwise the session goes on until the process exits (frees can no longer be
+   * reported; their pages are released then).
+   */
+  #connectionClosed(s: Session): void {
+    if (s.ended) return;
+    if (this.#arenaStillMapped(s)) {
+      this.#log.warn({ pid: s.pid, namespace: s.namespace }, 'tierstack run: the program closed its connection but still maps its arena; serving it until it exits');
+      return;
+    }
+    void this.#endSession(s, 'the connection closed');
+  }
+
+  #arenaStillMapped(s: Session): boolean {
+    let maps: string;
+    try {
+      maps = readFileSync(`/proc/${s.pid}/maps`, 'utf8');
+    } catch {
+      return false; // gone
+    }
+    const start = s.base.toString(16);
+    return maps.split('\n').some((l) => l.startsWith(`${start}-`) && l.includes('tierstack-run') && l.split(/\s+/)[4] === String(s.memfdIno));
   }
 
   #newNamespace(pid: number): string {

@@ -248,6 +248,20 @@ describe.skipIf(!canRun)('tierstack run (LD_PRELOAD interposer served from the t
     expect(big.stderr).toContain('big allocations use the real allocator');
   });
 
+  it('a program that closes every descriptor (a daemon) keeps its big allocations', async () => {
+    const ref = plain(exe, ['closefds', '16']);
+    expect(ref.status).toBe(0);
+    const s = await openStack(32);
+    try {
+      const r = await runUnder(s.stack, exe, ['closefds', '16'], { budget: 4 * MiB });
+      expect(r.result.status).toBe(0);
+      expect(data(r.out)).toEqual(data(ref.out));
+      await expectNothingLeft(s, r.namespaces, 8192);
+    } finally {
+      await s.close();
+    }
+  });
+
   it('kill -9 of the program: nothing is left in any tier or on disk', async () => {
     const s = await openStack(8); // small DRAM tier: most evicted pages go on to the file tier (disk)
     try {

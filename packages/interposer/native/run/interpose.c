@@ -33,6 +33,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -261,7 +262,9 @@ static struct {
   int sock;
   int uffd;
   uint64_t server_page;
-} A = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, 0, NULL, 0, 0, NULL, 0, 0, -1, -1, 0};
+  dev_t sock_dev; /* identity of our socket: a program may close it and reuse the number */
+  ino_t sock_ino;
+} A = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, 0, NULL, 0, 0, NULL, 0, 0, -1, -1, 0, 0, 0};
 
 static inline int in_arena(const void *p) {
   uintptr_t b = atomic_load_explicit(&A.base, memory_order_relaxed);
@@ -432,6 +435,15 @@ static void msg_init(struct tsr_msg *m, int op) {
 
 /* One request/answer on the socket (callers hold sock_mu). */
 static int request(struct tsr_msg *req, struct tsr_msg *ans, int want_op) {
+  struct stat st;
+  if (A.sock < 0) return -EPIPE;
+  if (fstat(A.sock, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_dev != A.sock_dev || st.st_ino != A.sock_ino) {
+    /* The program closed our connection (a daemon closing every descriptor), maybe reusing the
+     * number: never write to it again. The server keeps serving the arena until we exit. */
+    debug_log("the connection to the server was closed by the program: frees are no longer reported");
+    A.sock = -1;
+    return -EPIPE;
+  }
   int rc = send_all(A.sock, req, sizeof *req, NULL, 0);
   if (rc == 0) rc = recv_all(A.sock, ans, sizeof *ans);
   if (rc != 0) return rc;
@@ -548,6 +560,11 @@ static int hello(uintptr_t at, uint64_t size, uint64_t token, uintptr_t *base_ou
   }
   close(memfd); /* the mapping keeps it; the server has its own */
   A.sock = move_high(sock);
+  struct stat st;
+  if (fstat(A.sock, &st) == 0) {
+    A.sock_dev = st.st_dev;
+    A.sock_ino = st.st_ino;
+  }
   /* Keep our uffd: if the server dies, a touch of a page that is not resident then waits instead
    * of silently reading zeros (which is what happens once the last uffd reference is gone). */
   A.uffd = move_high(uffd);
@@ -633,7 +650,7 @@ static int server_forget(uint64_t first, uint64_t count) {
   req.a = first;
   req.b = count;
   pthread_mutex_lock(&A.sock_mu);
-  int rc = A.sock >= 0 ? request(&req, &ans, TSR_ACK) : -EPIPE;
+  int rc = request(&req, &ans, TSR_ACK);
   pthread_mutex_unlock(&A.sock_mu);
   if (rc != 0 || ans.status != 0) {
     debug_log("the server could not take back %llu pages (errno %d, status %d): they stay out of use", (unsigned long long)count, -rc,
@@ -888,7 +905,7 @@ static void at_prepare(void) {
   pthread_mutex_lock(&A.mu);
   pthread_mutex_lock(&A.sock_mu);
   fork_token = 0;
-  if (atomic_load(&state) == ST_CONNECTED && A.sock >= 0) {
+  if (atomic_load(&state) == ST_CONNECTED) {
     struct tsr_msg req, ans;
     msg_init(&req, TSR_FORK);
     if (request(&req, &ans, TSR_ACK) == 0 && ans.status == 0) fork_token = ans.a;
@@ -904,8 +921,21 @@ static void at_parent(void) {
 static void at_child(void) {
   if (atomic_load(&state) == ST_CONNECTED) {
     uintptr_t base = atomic_load(&A.base);
-    if (A.sock >= 0) close(A.sock); /* the parent's connection: never speak on it */
-    if (A.uffd >= 0) close(A.uffd);
+    struct stat st;
+    /* The parent's connection and uffd: never speak on them (closed unless the program already did). */
+    if (A.sock >= 0 && fstat(A.sock, &st) == 0 && st.st_dev == A.sock_dev && st.st_ino == A.sock_ino) close(A.sock);
+    if (A.uffd >= 0) {
+      char link[64], path[64];
+      size_t at = 0;
+      put_str(path, &at, sizeof path, "/proc/self/fd/");
+      put_uint(path, &at, sizeof path, (unsigned long long)A.uffd, 10);
+      path[at] = '\0';
+      ssize_t n = readlink(path, link, sizeof link - 1);
+      if (n > 0) {
+        link[n] = '\0';
+        if (strcmp(link, "anon_inode:[userfaultfd]") == 0) close(A.uffd);
+      }
+    }
     A.sock = A.uffd = -1;
     uintptr_t got = 0;
     if (fork_token == 0 || hello(base, A.size, fork_token, &got) != 0) {
