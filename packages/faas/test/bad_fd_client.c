@@ -9,6 +9,8 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +40,16 @@ int main(int argc, char **argv) {
   int sk = socket(AF_UNIX, SOCK_STREAM, 0);
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   strncpy(sa.sun_path, argv[1], sizeof sa.sun_path - 1);
-  if (connect(sk, (struct sockaddr *)&sa, sizeof sa)) return 5;
+  signal(SIGPIPE, SIG_IGN); /* a handler that refused us early must not kill us mid-send */
+  /* A loaded handler may not have accepted the backlog yet: retry a full backlog for 10 s. */
+  int tries = 0;
+  while (connect(sk, (struct sockaddr *)&sa, sizeof sa)) {
+    if ((errno != EAGAIN && errno != ECONNREFUSED) || ++tries > 1000) {
+      printf("{\"error\":\"connect: %s\"}\n", strerror(errno));
+      return 5;
+    }
+    usleep(10000);
+  }
   struct iovec iov = {.iov_base = (void *)json, .iov_len = strlen(json)};
   union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
   memset(&ctl, 0, sizeof ctl);
@@ -48,7 +59,11 @@ int main(int argc, char **argv) {
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  if (sendmsg(sk, &msg, 0) < 0) return 6;
+  if (sendmsg(sk, &msg, 0) < 0) {
+    /* EPIPE/ECONNRESET: the handler already closed the connection, i.e. refused us. */
+    printf(errno == EPIPE || errno == ECONNRESET ? "{\"closed_by_handler\":true}\n" : "{\"error\":\"sendmsg: %s\"}\n", strerror(errno));
+    return errno == EPIPE || errno == ECONNRESET ? 0 : 6;
+  }
   /* Fake "page fault" messages: what made the old handler spin. */
   char fake[32 * 64];
   memset(fake, 0x12, sizeof fake);

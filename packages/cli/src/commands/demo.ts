@@ -264,7 +264,13 @@ export async function runRestoreDemo(
         socketPath,
         snapshotId: 'demo-fn',
         restore: m.restore,
-        onRestore: (_h, pid) => started!(pid),
+        // With a working set, the function resumes once it is installed (REAP: one bulk fetch,
+        // installs without waking, then run) — the time to first response includes it. Resuming
+        // at once would race the prefetch thread against the request's own faults.
+        onRestore: (h, pid) => {
+          if ('prefetch' in m.restore && m.restore.prefetch === 'latest') void h.prefetched.then(() => started!(pid), () => started!(pid));
+          else started!(pid);
+        },
         onRestoreEnd: (s) => end!(s),
       });
       try {
