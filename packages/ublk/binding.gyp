@@ -7,6 +7,7 @@
         "native/block_handler.cc",
         "native/fuse_transport.cc",
         "native/loop_attach.cc",
+        "native/recovery.cc",
         "native/ublk_transport.cc"
       ],
       "include_dirs": [

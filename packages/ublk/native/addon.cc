@@ -138,6 +138,8 @@ class Device : public Napi::ObjectWrap<Device> {
       uo.depth = static_cast<uint32_t>(num("depth", 64));
       uo.max_io_bytes = static_cast<uint32_t>(num("maxIoBytes", 512 * 1024));
       uo.dev_id = static_cast<int>(num("devId", -1));
+      uo.recovery = o.Get("recovery").ToBoolean().Value();
+      uo.recover = o.Get("recover").ToBoolean().Value();
       core_->transport.reset(new UblkTransport(core_->handler.get(), &core_->stats, uo));
     } else {
       client->close();

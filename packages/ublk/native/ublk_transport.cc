@@ -11,6 +11,7 @@
 
 #include <tierstack/clock.hpp>
 
+#include "recovery.hpp"
 #include "ublk_uapi.hpp"
 
 namespace tsublk {
@@ -105,6 +106,7 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
     error = "bad ublk geometry (queues 1..64, depth 1..4096, maxIoBytes a multiple of 4096 up to 32 MiB)";
     return -EINVAL;
   }
+  if (opts_.recover) return recover_start(info, error);
   ctrl_fd_ = open(kControl, O_RDWR | O_CLOEXEC);
   if (ctrl_fd_ < 0) {
     int e = errno;
@@ -124,7 +126,7 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
   di.max_io_buf_bytes = opts_.max_io_bytes;
   di.dev_id = static_cast<uint32_t>(opts_.dev_id);
   di.ublksrv_pid = getpid();
-  di.flags = UBLK_F_CMD_IOCTL_ENCODE;
+  di.flags = UBLK_F_CMD_IOCTL_ENCODE | (opts_.recovery ? kUblkRecoveryFlags : 0);
   ublksrv_ctrl_cmd c;
   std::memset(&c, 0, sizeof c);
   c.dev_id = static_cast<uint32_t>(opts_.dev_id);
@@ -134,7 +136,7 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
   rc = r.run(ctrl_fd_, UBLK_U_CMD_ADD_DEV, c);
   if (rc == -EOPNOTSUPP || rc == -EINVAL) {  // an old kernel: legacy opcodes, no ioctl encoding
     legacy_ = true;
-    di.flags = 0;
+    di.flags &= ~static_cast<__u64>(UBLK_F_CMD_IOCTL_ENCODE);
     rc = r.run(ctrl_fd_, UBLK_CMD_ADD_DEV, c);
   }
   if (rc < 0) {

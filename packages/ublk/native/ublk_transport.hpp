@@ -23,6 +23,8 @@ struct UblkOptions {
   uint32_t depth = 64;
   uint32_t max_io_bytes = 512 * 1024;
   int dev_id = -1;  // -1: the driver picks
+  bool recovery = false;  // add with UBLK_F_USER_RECOVERY | _REISSUE: the device outlives its server
+  bool recover = false;   // take over device dev_id whose server died instead of adding one (recovery.cc)
 };
 
 // Probes /dev/ublk-control: 0, -ENOENT (absent: no ublk_drv), -EACCES/-EPERM.
@@ -47,6 +49,8 @@ class UblkTransport : public Transport {
     std::vector<uint8_t *> bufs;
   };
   void queue_main(Queue *q);
+  int recover_start(TransportInfo &info, std::string &error);  // recovery.cc
+  void abandon();                                              // recovery.cc
 
   BlockHandler *handler_;
   DeviceStats *stats_;

@@ -31,8 +31,17 @@ export interface BlockDeviceOptions {
   queues?: number;
   depth?: number;
   maxIoBytes?: number;
-  /** ublk: ask for this device id (default: the driver picks). */
+  /** ublk: ask for this device id (default: the driver picks); with `recover`, the device to take over. */
   devId?: number;
+  /**
+   * ublk: add the device with user recovery (UBLK_F_USER_RECOVERY | _REISSUE): when this process
+   * dies — even by SIGKILL — the device stays, its users wait, and the requests it had taken are
+   * re-issued to the next server (`recover`). Nobody else deletes it then: a device nobody
+   * recovers keeps its users waiting (`ublkDelete` / `tierstack ublk del` removes it). Default false.
+   */
+  recovery?: boolean;
+  /** ublk: take over device `devId`, added with `recovery` by a server that died, instead of adding one. */
+  recover?: boolean;
   /** fuse-loop: FUSE worker threads (default 16) and the loop device's logical block size (4096). */
   threads?: number;
   blockSize?: number;
@@ -60,6 +69,8 @@ export interface BlockDevice {
   readonly directIo: boolean;
   /** Whether the native I/O buffers are mlocked. */
   readonly memoryLocked: boolean;
+  /** ublk with user recovery: the device outlives this process (see BlockDeviceOptions.recovery). */
+  readonly recoverable: boolean;
   stats(): DeviceStats;
   /** Stops the device (the kernel side first, then the threads) and releases the stack client. */
   close(): Promise<void>;
@@ -104,6 +115,8 @@ export async function createBlockDevice(options: BlockDeviceOptions): Promise<Bl
   const addon = nativeAddon();
   const transport = options.transport ?? defaultTransport();
   if (transport !== 'ublk' && transport !== 'fuse-loop') throw badArgument(`unknown transport ${String(transport)}`);
+  const recoverable = transport === 'ublk' && (options.recovery === true || options.recover === true);
+  if (options.recover && (transport !== 'ublk' || options.devId === undefined)) throw badArgument('recover needs the ublk transport and the devId to take over');
   if (transport === 'ublk') assertUblkAvailable();
   const name = options.name ?? `dev-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   const namespace = options.namespace ?? `blockdev/${name}`;
@@ -125,6 +138,8 @@ export async function createBlockDevice(options: BlockDeviceOptions): Promise<Bl
         ...(options.depth ? { depth: options.depth } : {}),
         ...(options.maxIoBytes ? { maxIoBytes: options.maxIoBytes } : {}),
         ...(options.devId !== undefined ? { devId: options.devId } : {}),
+        recovery: recoverable,
+        recover: options.recover === true,
         ...(options.maxBatchPages ? { maxBatchPages: options.maxBatchPages } : {}),
         lockBuffers: options.lockMemory !== false,
       },
@@ -137,7 +152,10 @@ export async function createBlockDevice(options: BlockDeviceOptions): Promise<Bl
 
   // Tear the kernel device down if the process exits without close() (not on SIGKILL: then the
   // kernel does it — ublk stops a device whose server died; the loop device clears itself).
-  const onExit = (): void => native.stopSync();
+  // A recoverable device is left to the next server, whatever ends this process.
+  const onExit = (): void => {
+    if (!recoverable) native.stopSync();
+  };
   process.on('exit', onExit);
   let info: { path: string; id: number; directIo: boolean };
   try {
@@ -167,6 +185,7 @@ export async function createBlockDevice(options: BlockDeviceOptions): Promise<Bl
     sizeBytes,
     directIo: info.directIo,
     memoryLocked,
+    recoverable,
     stats: () => summarize(native.stats()),
     close() {
       closing ??= (async () => {

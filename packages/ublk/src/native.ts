@@ -29,6 +29,8 @@ export interface NativeDeviceOptions {
   depth?: number;
   maxIoBytes?: number;
   devId?: number;
+  recovery?: boolean;
+  recover?: boolean;
   maxBatchPages?: number;
   maxQueuedPages?: number;
   lockBuffers?: boolean;

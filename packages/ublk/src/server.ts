@@ -3,11 +3,19 @@
  * optionally makes it a swap area, and publishes its state and live stats under a state
  * directory so that `tierstack ublk list|del` and `tierstack monitor` (other processes) find it.
  * The CLI's `tierstack ublk add` runs this in the foreground until SIGINT/SIGTERM.
+ *
+ * Servers that survive themselves (ublk): the device is added with user recovery, so a server
+ * that dies (kill -9, OOM, abort) leaves it waiting instead of gone; the next `serveDevice` of
+ * the same name finds the dead server in the state directory and takes the device over
+ * (`recover`), with the stack the state names — the swap area and the processes swapping to it
+ * carry on, the requests the dead server had taken are re-issued. That only works if no
+ * acknowledged write lived in the dead server alone: the default stack writes through to a file
+ * tier (see defaultStack) and `serveDevice` makes a stack it is given write-through as well.
  */
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { createTierStack, MemoryTier, FileTier, ErrorCode, TierStackError, badArgument, silentLogger, type Logger, type TierStack } from '@tierstack/core';
-import { createBlockDevice, type BlockDevice, type Transport } from './device.js';
+import { createTierStack, MemoryTier, FileTier, ErrorCode, TierStackError, badArgument, silentLogger, type Logger, type PageStore, type TierStack } from '@tierstack/core';
+import { createBlockDevice, defaultTransport, type BlockDevice, type Transport } from './device.js';
 import { swapOn, swapOff, activeSwaps } from './swap.js';
 import type { DeviceStats } from './stats.js';
 import { nativeAddon } from './native.js';
@@ -20,10 +28,15 @@ export interface ServeOptions {
   transport?: Transport;
   queues?: number;
   depth?: number;
-  /** FileTier directory under the DRAM tier; without it the stack is DRAM only. */
+  /** FileTier directory (default `<stateDir>/<name>.pages`, removed by deleteDevice). */
   dataDir?: string;
-  /** DRAM tier budget (MiB); default 64, or the whole device when there is no data dir. */
+  /** A DRAM cache above the file tier, MiB (default none: the page cache of the file does it). */
   memoryMiB?: number;
+  /** ublk: add the device with user recovery so that it outlives this server (default true). */
+  recovery?: boolean;
+  /** ublk: take over the device a dead server of this name left: true (required), false (never:
+   *  delete it and add a new one), 'auto' (default: when the state names a dead server). */
+  recover?: boolean | 'auto';
   /** Make the device a swap area with this priority. */
   swapPriority?: number;
   /** Serve this stack instead of one built from dataDir/memoryMiB; the server closes it when it stops. */
@@ -41,7 +54,13 @@ export interface DeviceState {
   sizeBytes: number;
   namespace: string;
   dataDir?: string;
+  /** The data dir is the default one under the state dir (deleteDevice removes it). */
+  ownsData?: boolean;
+  memoryMiB?: number;
   swap: boolean;
+  /** ublk user recovery: the device outlives its server; `recoveries` servers took it over so far. */
+  recoverable?: boolean;
+  recoveries?: number;
   startedAt: string;
 }
 
@@ -54,14 +73,24 @@ export interface RunningServer {
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
-async function defaultStack(o: ServeOptions, log: Logger): Promise<TierStack> {
-  const memoryMiB = o.memoryMiB ?? (o.dataDir ? 64 : Math.ceil(o.sizeBytes / (1 << 20)));
-  const tiers = [new MemoryTier({ maxSize: memoryMiB << 20, name: 'dram' })];
-  return createTierStack({
-    tiers: o.dataDir ? [...tiers, await FileTier.open({ dir: o.dataDir, name: 'file' })] : tiers,
-    name: `ublk-${o.name}`,
-    logger: log,
-  });
+/**
+ * The default stack: [DRAM cache (only with memoryMiB), FileTier(dataDir)], write-through. A write
+ * is acknowledged once it is in the file (the kernel's page cache of it outlives this process; a
+ * reboot does not keep it, and swap does not need it to), so a server killed at any moment has
+ * lost nothing it acknowledged. The DRAM cache never holds the only copy of a page. Reads are
+ * served natively from the file tier's C ABI handle when there is no DRAM cache.
+ */
+async function defaultStack(o: ServeOptions, dataDir: string, log: Logger): Promise<TierStack> {
+  const tiers: PageStore[] = [];
+  if (o.memoryMiB !== undefined && o.memoryMiB > 0) tiers.push(new MemoryTier({ maxSize: o.memoryMiB << 20, name: 'dram' }));
+  tiers.push(await FileTier.open({ dir: dataDir, name: 'file' }));
+  return createTierStack({ tiers, name: `ublk-${o.name}`, logger: log, policy: { write: 'write-through' } });
+}
+
+/** A stack the caller built, made write-through (same tiers) unless it is already, or has one tier. */
+function writeThrough(stack: TierStack, log: Logger): TierStack {
+  if (stack.writePolicy !== 'write-back' || stack.tiers.length < 2) return stack;
+  return createTierStack({ tiers: [...stack.tiers], name: stack.name, logger: log, policy: { write: 'write-through' } });
 }
 
 export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
@@ -71,33 +100,54 @@ export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
   mkdirSync(stateDir, { recursive: true });
   const existing = readState(stateDir, o.name);
   if (existing && pidAlive(existing.pid)) throw new TierStackError(ErrorCode.Exists, `device ${o.name} is already served by pid ${existing.pid}`);
-  const stack = o.stack ?? (await defaultStack(o, log));
+  // A dead server's recoverable ublk device: take it over (its size, pages and swap area with it).
+  const orphan = existing?.transport === 'ublk' && existing.recoverable === true && existsSync(`/dev/ublkc${existing.id}`) ? existing : undefined;
+  const recover = o.recover ?? 'auto';
+  if (recover === true && !orphan) throw new TierStackError(ErrorCode.NotFound, `no recoverable ublk device named ${o.name} whose server died in ${stateDir}`);
+  const takeOver = orphan !== undefined && recover !== false ? orphan : undefined;
+  if (orphan && !takeOver) {
+    log.warn({ name: o.name, id: orphan.id }, 'deleting the device a dead server left (recover: false)');
+    nativeAddon().ublkDelete(orphan.id);
+  }
+  const sizeBytes = takeOver?.sizeBytes ?? o.sizeBytes;
+  const ownsData = takeOver ? takeOver.ownsData === true : o.dataDir === undefined;
+  const dataDir = takeOver?.dataDir ?? o.dataDir ?? join(stateDir, `${o.name}.pages`);
+  const memoryMiB = takeOver ? takeOver.memoryMiB : o.memoryMiB;
+  const transport = takeOver ? 'ublk' : o.transport;
+  const recoverable = takeOver !== undefined || (o.recovery !== false && (transport ?? defaultTransport()) === 'ublk');
+  const stack = o.stack ? writeThrough(o.stack, log) : await defaultStack({ ...o, ...(memoryMiB !== undefined ? { memoryMiB } : {}) }, dataDir, log);
   let device: BlockDevice;
   try {
     device = await createBlockDevice({
       stack,
-      sizeBytes: o.sizeBytes,
+      sizeBytes,
       name: o.name,
-      namespace: `ublk/${o.name}`,
+      namespace: takeOver?.namespace ?? `ublk/${o.name}`,
       logger: log,
-      ...(o.transport ? { transport: o.transport } : {}),
+      ...(transport ? { transport } : {}),
       ...(o.queues ? { queues: o.queues } : {}),
       ...(o.depth ? { depth: o.depth } : {}),
+      recovery: recoverable,
+      ...(takeOver ? { recover: true, devId: takeOver.id } : {}),
     });
   } catch (err) {
     await stack.close();
     throw err;
   }
+  if (takeOver) log.warn({ name: o.name, id: takeOver.id, deadPid: takeOver.pid, recoveries: (takeOver.recoveries ?? 0) + 1 }, 'took over the device a dead server left');
   const state: DeviceState = {
     name: o.name,
     pid: process.pid,
     transport: device.transport,
     path: device.path,
     id: device.id,
-    sizeBytes: o.sizeBytes,
+    sizeBytes,
     namespace: device.namespace,
-    ...(o.dataDir ? { dataDir: o.dataDir } : {}),
-    swap: o.swapPriority !== undefined,
+    ...(o.stack ? (o.dataDir ? { dataDir: o.dataDir } : {}) : { dataDir, ownsData }),
+    ...(memoryMiB !== undefined ? { memoryMiB } : {}),
+    swap: takeOver ? takeOver.swap : o.swapPriority !== undefined,
+    recoverable,
+    recoveries: takeOver ? (takeOver.recoveries ?? 0) + 1 : 0,
     startedAt: new Date().toISOString(),
   };
   const statePath = join(stateDir, `${o.name}.json`);
@@ -111,7 +161,8 @@ export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
   publishStats();
   const timer = setInterval(publishStats, 1000);
   timer.unref();
-  if (o.swapPriority !== undefined) {
+  // A taken-over device is still the swap area it was (the kernel never let go of it).
+  if (o.swapPriority !== undefined && !(takeOver && (await activeSwaps()).includes(device.path))) {
     try {
       await swapOn(device.path, { priority: o.swapPriority });
     } catch (err) {
@@ -202,4 +253,5 @@ export async function deleteDevice(name: string, options: { stateDir?: string; t
   }
   rmSync(join(stateDir, `${name}.json`), { force: true });
   rmSync(join(stateDir, `${name}.stats.json`), { force: true });
+  if (st.ownsData && st.dataDir) rmSync(st.dataDir, { recursive: true, force: true });
 }

@@ -5,6 +5,7 @@
  * run it under systemd, tmux or `&`); it prints one JSON line when the device is up and tears
  * the device down on SIGINT/SIGTERM. `ublk del` (from another shell) signals it and waits.
  */
+import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { pino } from 'pino';
 import {
@@ -54,15 +55,22 @@ interface UblkAddOptions {
   replicas: number;
   swap?: string | boolean;
   stateDir: string;
+  recover?: boolean;
+  recovery: boolean;
 }
 
-/** With CXL, Redis or RDMA pool flags the device is served from the shared stack configuration. */
+/**
+ * With CXL, Redis or RDMA pool flags the device is served from the shared stack configuration
+ * (serveDevice makes it write-through). Without a remote tier there is a file tier (default
+ * <state-dir>/<name>.pages): some tier must outlive the server before a write is acknowledged.
+ */
 async function remoteStack(o: UblkAddOptions, logger: Logger): Promise<TierStack> {
+  const remote = o.redis !== undefined || o.memd !== undefined;
   return openStack(
     {
-      dataDir: o.dataDir ?? defaultDataDir(),
+      dataDir: o.dataDir ?? (remote ? defaultDataDir() : join(o.stateDir, `${o.name}.pages`)),
       memoryMib: o.memoryMib ?? 64,
-      fileTier: o.dataDir !== undefined,
+      fileTier: o.dataDir !== undefined || !remote,
       cxlMib: o.cxlMib,
       replicas: o.replicas,
       ...(o.cxl ? { cxl: o.cxl } : {}),
@@ -85,8 +93,8 @@ export function registerUblkCommands(program: Command): void {
     .option('--transport <t>', 'ublk | fuse-loop (default: ublk when /dev/ublk-control exists)')
     .option('--queues <n>', 'ublk queues (one thread + io_uring each)', int(1, 64))
     .option('--depth <n>', 'ublk queue depth', int(1, 4096))
-    .option('--data-dir <dir>', 'stack: a FileTier in this directory below the DRAM tier')
-    .option('--memory-mib <n>', 'stack: DRAM tier budget in MiB', int(1, 1 << 20))
+    .option('--data-dir <dir>', 'stack: the FileTier directory (default <state-dir>/<name>.pages); writes are acknowledged once in it')
+    .option('--memory-mib <n>', 'stack: a write-through DRAM cache above the file tier, MiB (default none)', int(1, 1 << 20))
     .option('--cxl <backing>', 'stack: a CXL cache tier on top (memfd, a file path or /dev/daxX.Y)')
     .option('--cxl-mib <n>', 'stack: size of a memfd or new file CXL region in MiB', int(1, 1 << 20), 256)
     .option('--redis <url>', 'stack: a Redis tier below DRAM')
@@ -95,6 +103,8 @@ export function registerUblkCommands(program: Command): void {
     .option('--replicas <n>', 'copies of each RDMA pool slab', int(1, 4), 1)
     .option('--swap [priority]', 'make it a swap area (swapon -p priority, default 100) and remove it on exit')
     .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
+    .option('--recover', 'take over the ublk device a dead server of this --name left (default: whenever there is one)')
+    .option('--no-recovery', 'ublk: add the device without user recovery (it dies with this server)')
     .action(async (o: UblkAddOptions) => {
       if (o.transport !== undefined && o.transport !== 'ublk' && o.transport !== 'fuse-loop') throw new InvalidArgumentError('--transport must be ublk or fuse-loop');
       const logger = pino({ level: process.env.LOG_LEVEL ?? 'info' }, pino.destination(2));
@@ -111,6 +121,8 @@ export function registerUblkCommands(program: Command): void {
         ...(o.memoryMib ? { memoryMiB: o.memoryMib } : {}),
         ...(swapPriority !== undefined ? { swapPriority } : {}),
         ...(o.cxl || o.redis || o.memd ? { stack: await remoteStack(o, logger) } : {}),
+        recovery: o.recovery,
+        recover: o.recover === true ? true : 'auto',
       });
       console.log(JSON.stringify({ event: 'ready', ...server.state }));
       await new Promise<void>((resolve) => {

@@ -15,10 +15,10 @@ mkfs.ext4 -q -F /dev/vda
 mkdir -p /mnt/data /mnt/u
 mount /dev/vda /mnt/data
 
-# start <name> <size>: serves a ublk device over [MemoryTier 16 MiB, FileTier on /mnt/data];
-# sets DEV and PID.
+# start <name> <size> [on|off]: serves a ublk device over [MemoryTier 16 MiB, FileTier on
+# /mnt/data] (user recovery on unless "off"); sets DEV and PID.
 start() {
-  $SERVE add "$1" "$2" "/mnt/data/$1" $STATE >"/tmp/$1.out" 2>"/tmp/$1.err" &
+  $SERVE add "$1" "$2" "/mnt/data/$1" $STATE ublk "${3:-on}" >"/tmp/$1.out" 2>"/tmp/$1.err" &
   PID=$!
   for _ in $(seq 1 300); do grep -q '"ready"' "/tmp/$1.out" 2>/dev/null && break; kill -0 $PID 2>/dev/null || fail "server $1 died"; sleep 0.2; done
   DEV=$(sed -n 's/.*"path":"\([^"]*\)".*/\1/p' "/tmp/$1.out")
@@ -93,8 +93,9 @@ ls /dev/ublkb* /dev/ublkc* 2>/dev/null && fail "leftover ublk devices after del"
 [ -e $STATE/g1.json ] && fail "leftover state"
 ok "del: no leftovers"
 
-# 7. Kill the server mid-I/O: the kernel stops the device, the writer gets errors, nothing hangs.
-start g2 $((128 << 20))
+# 7. Kill the server of a device without user recovery mid-I/O: the kernel stops the device, the
+# writer gets errors, nothing hangs. (ublk-recovery.sh: with recovery, the next server takes over.)
+start g2 $((128 << 20)) off
 dd if=/dev/urandom of="$DEV" bs=64k count=2000 oflag=direct status=none 2>/dev/null &
 DD=$!
 sleep 2
