@@ -56,6 +56,7 @@ void Engine::serve_region_faults(Source &s, Region &r, std::vector<Fault> &fault
     for (auto &f : faults) r.cfg.snap->record(r.cfg.page_offset + r.index_of(f.addr));
     for (auto &w : uniq) r.cfg.snap->record(r.cfg.page_offset + w.idx);
   }
+  for (auto &f : faults) readahead(*this, s, r, r.index_of(f.addr));  // shared regions (shared_region.hpp)
   int64_t rc = -EAGAIN;
   for (int attempt = 0; attempt < 64 && rc == -EAGAIN; attempt++)
     rc = fill(s, r, uniq, &faults, Mode::kFault, sc, nullptr, nullptr);  // -EAGAIN: evicted during the fetch; refetch

@@ -85,11 +85,18 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
     }
     std::sort(victims.begin(), victims.end());
     victims.erase(std::unique(victims.begin(), victims.end()), victims.end());
+    // Stop writers first (one ioctl per run of dirty neighbours), then copy: the copies are the
+    // pages' final content (dirty bits cannot change meanwhile: write-protect faults take r.mu).
+    for (size_t i = 0; i < victims.size();) {
+      size_t e = i + 1;
+      if (r.dirty.test(victims[i])) {
+        while (e < victims.size() && victims[e] == victims[e - 1] + 1 && r.dirty.test(victims[e])) e++;
+        write_protect(s.fd, r.addr_of(victims[i]), (e - i) * ps, true, false);
+      }
+      i = e;
+    }
     for (uint64_t idx : victims) {
-      uint64_t addr = r.addr_of(idx);
       if (r.dirty.test(idx)) {
-        // Stop writers first, then copy: the copy is the page's final content.
-        write_protect(s.fd, addr, ps, true, false);
         auto copy = std::make_shared<std::vector<uint8_t>>(ps);
         std::memcpy(copy->data(), page_bytes(r, idx), ps);
         uint64_t page = r.cfg.page_offset + idx;

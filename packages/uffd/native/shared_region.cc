@@ -100,6 +100,27 @@ bool install_writable(const Region &r) {
   return m.clean_then_written.load(std::memory_order_relaxed) > m.clean_dropped.load(std::memory_order_relaxed);
 }
 
+void readahead(Engine &e, Source &s, Region &r, uint64_t idx) {
+  if (!r.cfg.mirror || !r.cfg.managed) return;
+  SharedMirror &m = *r.cfg.mirror;
+  const uint64_t fa = std::max<uint64_t>(1, std::min<uint64_t>(64, r.cfg.fault_around));
+  const uint64_t block = idx / fa * fa;
+  const uint64_t prev = m.seq_end.exchange(block + fa, std::memory_order_relaxed);
+  uint64_t ra = m.ra_end.load(std::memory_order_relaxed);
+  // Sequential: this block follows the previous fault's, or starts where the last readahead ended.
+  if (block != prev && block != ra) return;
+  const uint64_t window = std::min<uint64_t>({8 * fa, 256, std::max<uint64_t>(fa, r.cfg.budget_pages / 4)});
+  const uint64_t from = std::max(block + fa, ra);
+  const uint64_t to = std::min<uint64_t>(r.npages, block + fa + window);
+  if (from >= to) return;
+  if (!m.ra_end.compare_exchange_strong(ra, to, std::memory_order_relaxed)) return;  // another thread has it
+  std::vector<uint64_t> list;
+  list.reserve(to - from);
+  for (uint64_t p = from; p < to; p++)
+    if (!r.installed.test(p)) list.push_back(p);
+  if (!list.empty()) e.prefetch(s, r, list, list.size());
+}
+
 int shared_regions_supported(std::string *why) {
   uint64_t f = 0;
   int rc = probe_features(&f);

@@ -42,6 +42,9 @@ struct SharedMirror {
   std::atomic<uint32_t> clean_then_written{0};
   std::atomic<uint32_t> clean_dropped{0};
   std::atomic<uint32_t> fills{0};
+  // Sequential readahead (readahead()): the end of the last fault's block, the end of what was read ahead.
+  std::atomic<uint64_t> seq_end{~uint64_t{0}};
+  std::atomic<uint64_t> ra_end{0};
   SharedMirror() = default;
   SharedMirror(const SharedMirror &) = delete;
   SharedMirror &operator=(const SharedMirror &) = delete;
@@ -66,6 +69,12 @@ void drop_pages(const Region &r, uint64_t first, uint64_t count);
 void note_clean_written(const Region &r);
 void note_clean_dropped(const Region &r, uint64_t pages);
 bool install_writable(const Region &r);
+
+// Sequential readahead of shared regions, called by the fault path for each fault before its block
+// is filled: when faults walk the region block after block, the next pages (8 fault-around blocks,
+// at most 256 pages and a quarter of the budget) are installed first, so that a sequential pass
+// faults once per window instead of once per block. No-op for other regions and for random faults.
+void readahead(Engine &e, Source &s, Region &r, uint64_t idx);
 
 // The kernel's support for shared regions, probed once: 0, or -ENOTSUP / -errno with *why set.
 int shared_regions_supported(std::string *why);
