@@ -82,14 +82,14 @@ async function served(port: number): Promise<void> {
 
 describe('tierstack restore --criu-port limits', () => {
   it('--criu-max-connections and --criu-idle-timeout-ms: the extra connection and the silent one are closed with a log line', async () => {
-    const s = await startServer(['--criu-layout', 'v42', '--criu-max-connections', '1', '--criu-idle-timeout-ms', '400']);
+    const s = await startServer(['--criu-layout', 'v42', '--criu-max-connections', '1', '--criu-idle-timeout-ms', '2500']);
     try {
       const silent = await open(s.port);
       const extra = await open(s.port);
       await extra.closed;
       await silent.closed;
       expect(s.stderr()).toMatch(/1 connections are open \(maxConnections\)/);
-      expect(s.stderr()).toMatch(/idle for 400 ms/);
+      expect(s.stderr()).toMatch(/idle for 2500 ms/);
       await served(s.port).catch((e) => { throw new Error(`${(e as Error).message}\n${s.stderr()}`); });
     } finally {
       await stop(s.proc);
