@@ -21,7 +21,9 @@ try {
   execFileSync(cc, ['-O2', '-g', '-std=gnu11', '-Wall', '-Wextra', '-Werror', '-D_FORTIFY_SOURCE=2', '-o', tmp, ...sources], { stdio: ['ignore', 'inherit', 'inherit'] });
   renameSync(tmp, out);
 } catch (err) {
-  console.error(`build-keeper: ${cc} failed (${err.status ?? err.message}); install gcc (apt-get install gcc) and run it again`);
+  console.error(
+    err.code === 'ENOENT' ? `build-keeper: no C compiler (${cc}): apt-get install gcc, then run it again` : `build-keeper: ${cc} failed (status ${err.status}): see the messages above`,
+  );
   process.exitCode = 1;
 } finally {
   rmSync(tmp, { force: true });

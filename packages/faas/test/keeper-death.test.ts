@@ -8,7 +8,9 @@
  *   test shows the client asleep in the userfaultfd fault path, then kills it (that bound is the
  *   test's, not the system's);
  * - the same with a client that closed its copy after the handshake: the uffd dies with the last
- *   handler copy, the kernel unregisters the ranges and the untouched pages read as zeros.
+ *   handler copy, the kernel unregisters the ranges and the untouched pages read as zeros;
+ * - the hang is not the end when the keeper kept a --state-dir: a new keeper on it takes the VM's
+ *   uffd back from the VM itself (pidfd_getfd) and the VM finishes byte-correct.
  */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { writeFileSync } from 'node:fs';
@@ -40,16 +42,22 @@ afterEach(async () => {
 });
 afterAll(() => cleanup(dir));
 
-async function keeperWithVm(name: string, clientArgs: string[]) {
+function keeperOn(name: string, extra: { stateDir?: string; statusName?: string } = {}): RunningKeeper {
   const k = startKeeper({
     firecracker: join(dir, `${name}.sock`),
-    statusPath: join(dir, `${name}.status`),
+    statusPath: join(dir, `${extra.statusName ?? name}.status`),
     memfds: [{ name: 'dram', bytes: 32 << 20 }],
     standby: true,
     dataDir: join(dir, 'data'),
     snapshotId: 'fn',
+    ...(extra.stateDir ? { stateDir: extra.stateDir } : {}),
   });
   keepers.push(k);
+  return k;
+}
+
+async function keeperWithVm(name: string, clientArgs: string[], stateDir?: string) {
+  const k = keeperOn(name, stateDir ? { stateDir } : {});
   const line = await k.workerLine(0);
   const c = startClient(client, join(dir, `${name}.sock`), join(dir, 'mem.raw'), clientArgs);
   const s = await k.waitStatus((x) => x.vms.length === 1 && x.vms[0]!.state === 'served' && x.standby?.state === 'standby', 'the VM served and a standby ready');
@@ -108,5 +116,45 @@ describe('when the keeper dies', () => {
     expect(r.out.pages).toBe(PAGES);
     expect(r.out.mismatches).toBeGreaterThan(0);
     expect(r.out.zero_mismatches).toBe(r.out.mismatches); // every wrong page is a zero page
+  }, 60_000);
+
+  it('keeper and workers killed -9: a new keeper on the same --state-dir takes the hanging VM back and it finishes byte-correct', async () => {
+    const stateDir = join(dir, 'state');
+    const { k, c, worker, standby } = await keeperWithVm('again', ['--touch-delay-us', '600', '--dontneed', '3000:16'], stateDir);
+    await sleep(400);
+    expect(c.running()).toBe(true);
+    for (const pid of [k.pid, worker, standby]) process.kill(pid, 'SIGKILL');
+    await k.exited;
+    let blocked = false;
+    for (let i = 0; i < 100 && !blocked; i++) {
+      await sleep(100);
+      blocked = blockedInUserfault(c.proc.pid!);
+    }
+    expect(blocked).toBe(true); // hanging, as without a state dir
+    // A new keeper (a new socket: the VM does not reconnect) on the old state dir.
+    const k2 = keeperOn('again2', { stateDir });
+    const s = await k2.waitStatus((x) => x.recovered === 1 && x.vms.length === 1 && x.vms[0]!.state === 'served', 'the VM taken back and served');
+    expect(s.vms[0]!.pid).toBe(c.proc.pid);
+    const r = await c.result;
+    expect(r.code).toBe(0);
+    expect(r.out).toMatchObject({ pages: PAGES, mismatches: 0, dontneed_nonzero: 0 });
+    expect(k2.stderr()).toMatch(/took back VM \d+ from a dead keeper \(pidfd_getfd\)/);
+  }, 60_000);
+
+  it('keeper killed alone, its orphaned worker serving: a new keeper on the state dir stops that worker and takes over', async () => {
+    const stateDir = join(dir, 'state-orphan');
+    const { k, c, worker } = await keeperWithVm('orphan', ['--touch-delay-us', '600'], stateDir);
+    await sleep(300);
+    process.kill(k.pid, 'SIGKILL');
+    await k.exited;
+    expect(alive(worker)).toBe(true); // serving on, unprotected
+    const k2 = keeperOn('orphan2', { stateDir });
+    const s = await k2.waitStatus((x) => x.recovered === 1 && x.vms.length === 1 && x.vms[0]!.state === 'served', 'the VM taken over');
+    expect(s.vms[0]!.pid).toBe(c.proc.pid);
+    expect(alive(worker)).toBe(false); // a second reader of the uffd would be wrong: it was killed first
+    const r = await c.result;
+    expect(r.code).toBe(0);
+    expect(r.out).toMatchObject({ pages: PAGES, mismatches: 0 });
+    expect(k2.stderr()).toMatch(/killed worker \d+ of the dead keeper/);
   }, 60_000);
 });

@@ -46,7 +46,9 @@ export interface RunningKeeper {
   stop(): Promise<void>;
 }
 
-export function startKeeper(o: Omit<KeeperOptions, 'worker' | 'status'> & { worker?: string[]; dataDir: string; snapshotId: string; mode?: 'firecracker' | 'criu'; faultAround?: number; statusPath: string }): RunningKeeper {
+export function startKeeper(
+  o: Omit<KeeperOptions, 'worker' | 'status'> & { worker?: string[]; dataDir: string; snapshotId: string; mode?: 'firecracker' | 'criu'; faultAround?: number; statusPath: string },
+): RunningKeeper {
   const worker = o.worker ?? [process.execPath, workerScript, o.dataDir, o.snapshotId, o.mode ?? 'firecracker', String(o.faultAround ?? 1), 'none'];
   const { dataDir: _d, snapshotId: _s, mode: _m, faultAround: _f, statusPath, ...rest } = o;
   const proc = spawn(keeperBinaryPath(), keeperArgs({ ...rest, status: statusPath, worker }), { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -45,6 +45,7 @@ interface RestoreCliOptions extends StackCliOptions {
   keeper: boolean;
   standby: boolean;
   statusSocket?: string;
+  stateDir?: string;
 }
 
 /** Resolves on SIGINT/SIGTERM. */
@@ -71,7 +72,8 @@ function restoreOptions(cmd: Command): Command {
       .option('--no-record', 'Firecracker: do not record working sets')
       .option('--no-keeper', 'serve in this process, without the keeper (if it dies, its VMs hang)')
       .option('--no-standby', 'keeper: no warm spare worker (a replacement starts cold)')
-      .option('--status-socket <path>', 'keeper: Unix socket answering one JSON status line (default <socket>.status)'),
+      .option('--status-socket <path>', 'keeper: Unix socket answering one JSON status line (default <socket>.status)')
+      .option('--state-dir <dir>', 'keeper (Firecracker): where VMs are recorded so that a new keeper takes them back if this one dies (default <socket>.state)'),
   );
 }
 
@@ -195,6 +197,7 @@ async function runUnderKeeper(id: string, o: RestoreCliOptions, logger: Logger):
     {
       ...(o.firecracker !== undefined ? { firecracker: o.firecracker } : { criuPort: o.criuPort!, criuHost: o.host }),
       status,
+      ...(o.firecracker !== undefined ? { stateDir: o.stateDir ?? `${o.firecracker}.state` } : {}),
       memfds: keeperMemfds(o),
       standby: o.standby,
       giveUpAfter: 5,

@@ -15,6 +15,8 @@
  *   --backoff-max-ms <n>       ... up to this (default 10000)
  *   --give-up-after <n>        exit 1 when n workers in a row died before any served and nothing is held
  *   --label <text>             for log lines
+ *   --state-dir <dir>          write down what a successor needs to take live VMs back (state.c); on
+ *                              start, take back the VMs a dead keeper recorded there
  * stdout: one JSON line each time a worker starts serving ({"keeperPid","workerPid",...}), the
  * worker's first human-readable line after the first, and the worker's final stats on shutdown.
  * stderr: JSON log lines (pino's shape). SIGINT/SIGTERM: stop (workers get SIGTERM, then SIGKILL).
@@ -245,6 +247,7 @@ static struct instance *inst_find(struct keeper *k, uint32_t id) {
 static void inst_remove(struct keeper *k, struct instance *in, const char *why) {
   for (size_t i = 0; i < k->ninst; i++) {
     if (k->inst[i] != in) continue;
+    state_vm_removed(k, in);
     char extra[128];
     snprintf(extra, sizeof extra, "\"vm\":%u,\"vmPid\":%d,\"workersLost\":%u", in->id, (int)in->pid, in->resumed);
     klog(k, 30, extra, "VM %u (pid %d) released: %s", in->id, (int)in->pid, why);
@@ -262,7 +265,7 @@ static void inst_remove(struct keeper *k, struct instance *in, const char *why) 
 /* Wakes every thread of the VM blocked on a fault of this uffd: one whose fault message a dead
  * worker read and never answered faults again, into the next worker. Waking a thread whose
  * message is still queued only makes it fault once more (harmless: the answer is EEXIST). */
-static void wake_all(struct keeper *k, struct instance *in) {
+void wake_vm(struct keeper *k, struct instance *in) {
   struct uffdio_range r = {.start = k->min_addr, .len = KEEPER_WAKE_END - k->min_addr};
   if (ioctl(in->uffd, UFFDIO_WAKE, &r) == 0) {
     k->wakes++;
@@ -410,6 +413,7 @@ static void pending_read(struct keeper *k, size_t i) {
   if (in->pidfd >= 0) fcntl(in->pidfd, F_SETFD, FD_CLOEXEC);
   k->inst[k->ninst++] = in;
   k->handshakes++;
+  state_vm_saved(k, in);
   char extra[96];
   snprintf(extra, sizeof extra, "\"vm\":%u,\"vmPid\":%d,\"bytes\":%zu", in->id, (int)in->pid, len);
   klog(k, 30, extra, "holding the uffd of VM %u (pid %d)", in->id, (int)in->pid);
@@ -592,6 +596,7 @@ static bool worker_spawn(struct keeper *k, struct worker *w, bool standby) {
   char extra[64];
   snprintf(extra, sizeof extra, "\"workerPid\":%d,\"gen\":%u", (int)pid, w->gen);
   klog(k, 30, extra, "started %s worker %d", standby ? "a standby" : "a", (int)pid);
+  state_workers(k);
   return true;
 }
 
@@ -707,7 +712,7 @@ static void worker_died(struct keeper *k, struct worker *w, int st) {
     if (in->state == INST_HELD || in->sent_gen != gen) continue;
     in->state = INST_HELD;
     in->resumed++;
-    wake_all(k, in);
+    wake_vm(k, in);
     vms++;
   }
   relay_worker_died(k, gen);
@@ -732,6 +737,7 @@ static void reap(struct keeper *k) {
       worker_died(k, &k->active, st);
     else if (p == k->standby.pid)
       worker_died(k, &k->standby, st);
+    state_workers(k);
   }
 }
 
@@ -781,7 +787,7 @@ static void handle_record(struct keeper *k, struct worker *w, char *rec) {
       in->nranges++;
     }
     /* The new worker reads this uffd now: wake whatever still waits on an answer of the old one. */
-    if (in->resumed > 0) wake_all(k, in);
+    if (in->resumed > 0) wake_vm(k, in);
   } else if (!strcmp(rec, "REJECT")) {
     char *end;
     uint32_t id = (uint32_t)strtoul(args, &end, 10);
@@ -886,7 +892,8 @@ static void status_json(struct keeper *k, struct buf *b) {
   else
     buf_printf(b, ",\"lastExit\":null");
   buf_printf(b, ",\"handshakes\":{\"accepted\":%" PRIu64 ",\"rejected\":%" PRIu64 ",\"pending\":%zu}", k->handshakes, k->rejected, k->npend);
-  buf_printf(b, ",\"wakes\":%" PRIu64 ",\"wakeErrors\":%" PRIu64 ",\"vmsEnded\":%" PRIu64, k->wakes, k->wake_errors, k->vms_ended);
+  buf_printf(b, ",\"wakes\":%" PRIu64 ",\"wakeErrors\":%" PRIu64 ",\"vmsEnded\":%" PRIu64 ",\"recovered\":%" PRIu64, k->wakes, k->wake_errors,
+             k->vms_ended, k->recovered);
   buf_printf(b, ",\"vms\":[");
   for (size_t i = 0; i < k->ninst && i < 256; i++) {
     struct instance *in = k->inst[i];
@@ -1052,6 +1059,8 @@ static int parse_args(struct keeper *k, int argc, char **argv) {
       o->status = v;
     else if (!strcmp(a, "--label"))
       o->label = v;
+    else if (!strcmp(a, "--state-dir"))
+      o->state_dir = v;
     else if (!strcmp(a, "--handshake-timeout-ms"))
       o->handshake_timeout_ms = (int)parse_size(v, &ok);
     else if (!strcmp(a, "--max-pending"))
@@ -1156,6 +1165,7 @@ int main(int argc, char **argv) {
   k->active.ctl = k->standby.ctl = -1;
   if (parse_args(k, argc, argv) != 0) return 2;
   k->min_addr = read_min_addr();
+  if (state_init(k) != 0) return 1;
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -1356,7 +1366,16 @@ int main(int argc, char **argv) {
     }
   }
   relay_close_all(k);
-  while (k->ninst > 0) inst_remove(k, k->inst[0], "the keeper stopped");
+  /* VMs still running stay recorded in --state-dir: a keeper started on it takes them back. */
+  while (k->ninst > 0) {
+    struct instance *in = k->inst[--k->ninst];
+    if (in->uffd >= 0) close(in->uffd);
+    if (in->conn >= 0) close(in->conn);
+    if (in->pidfd >= 0) close(in->pidfd);
+    free(in->msg);
+    free(in);
+  }
+  state_close(k);
   for (size_t i = 0; i < k->npend; i++) close(k->pend[i].conn);
   if (k->status_fd >= 0) {
     close(k->status_fd);

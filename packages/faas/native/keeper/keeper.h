@@ -50,6 +50,7 @@ struct instance {
   enum inst_state state;
   uint32_t sent_gen;  /* worker generation it was last sent to */
   uint32_t resumed;   /* workers that died while serving it */
+  uint64_t start;     /* the VM process's start time (/proc/<pid>/stat), for --state-dir */
   uint32_t nranges;
   uint64_t range_start[KEEPER_MAX_RANGES], range_len[KEEPER_MAX_RANGES];
   int64_t since_ms;
@@ -117,6 +118,7 @@ struct options {
   int criu_port; /* -1: none */
   const char *status;
   const char *label;
+  const char *state_dir;
   bool standby;
   int handshake_timeout_ms;
   int max_pending;
@@ -158,7 +160,7 @@ struct keeper {
   int64_t stop_deadline_ms;
   int exit_code;
 
-  uint64_t handshakes, rejected, vms_ended, relays_total, relay_replays, wakes, wake_errors;
+  uint64_t handshakes, rejected, vms_ended, relays_total, relay_replays, wakes, wake_errors, recovered;
   char last_error[256];
 };
 
@@ -173,6 +175,15 @@ bool buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 void json_str(struct buf *b, const char *s);
 void worker_enqueue(struct keeper *k, struct worker *w, int kind, uint32_t ref);
 int send_record(int sock, const char *msg, size_t len, int fd);
+void wake_vm(struct keeper *k, struct instance *in);
+
+/* state.c: --state-dir, what the next keeper needs to take live VMs back */
+uint64_t proc_start_time(pid_t pid);
+int state_init(struct keeper *k);
+void state_workers(struct keeper *k);
+void state_vm_saved(struct keeper *k, struct instance *in);
+void state_vm_removed(struct keeper *k, struct instance *in);
+void state_close(struct keeper *k);
 
 /* relay.c: CRIU page-server connections */
 void relay_accept(struct keeper *k);

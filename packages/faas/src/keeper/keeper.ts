@@ -35,6 +35,13 @@ export interface KeeperOptions {
   criuHost?: string;
   /** A Unix socket answering each connection with one JSON status line. */
   status?: string;
+  /**
+   * Firecracker: a directory where the keeper writes down its workers and every VM it holds (pid,
+   * start time, the uffd's identity, the handshake). A keeper started on it takes back the VMs a
+   * dead (or stopped) keeper left — their uffds duplicated from the VMs with pidfd_getfd, which
+   * needs ptrace rights over them — after killing that keeper's workers if they still run.
+   */
+  stateDir?: string;
   /** memfds the workers share (their DRAM cache), created and held by the keeper. */
   memfds?: Array<{ name: string; bytes: number }>;
   /** Keep a booted spare worker, promoted the moment the serving one dies (default true). */
@@ -69,6 +76,7 @@ export function keeperArgs(o: KeeperOptions): string[] {
   num('--criu-port', o.criuPort);
   if (o.criuHost !== undefined) a.push('--criu-host', o.criuHost);
   if (o.status !== undefined) a.push('--status', o.status);
+  if (o.stateDir !== undefined) a.push('--state-dir', o.stateDir);
   for (const m of o.memfds ?? []) {
     if (!/^[A-Za-z0-9_.-]{1,31}$/.test(m.name) || !Number.isSafeInteger(m.bytes) || m.bytes <= 0) {
       throw new TierStackError(ErrorCode.BadArgument, `bad keeper memfd ${m.name}:${m.bytes}`);
@@ -126,6 +134,8 @@ export interface KeeperStatus {
   wakes: number;
   wakeErrors: number;
   vmsEnded: number;
+  /** VMs taken back from a dead keeper's --state-dir. */
+  recovered: number;
   vms: Array<{ id: number; pid: number; state: 'held' | 'sent' | 'served'; workersLost: number; ranges: number }>;
   criu?: { connections: number; open: number; replays: number; conns: Array<{ id: number; answerBytes: number; requestBytesKept: number; replays: number; served: boolean }> };
   memfds: Array<{ name: string; bytes: number; fd: number }>;
