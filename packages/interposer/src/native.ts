@@ -26,6 +26,10 @@ export interface CowStoreStats {
   cowReads: number;
   cowCopies: number;
   errors: number;
+  /** Write-behind: pages queued for the stack, reads served from the queue, write retries. */
+  queuedWrites: number;
+  queueHits: number;
+  writeRetries: number;
 }
 
 export interface NativeCowStore {
@@ -35,6 +39,7 @@ export interface NativeCowStore {
   pendingPages(ns: bigint): Promise<number>;
   op(op: 'get' | 'put' | 'remove', ns: bigint, pages: Float64Array, data?: Buffer): Promise<Int32Array>;
   stats(): CowStoreStats;
+  drain(): Promise<number>;
   close(): void;
 }
 

@@ -4,7 +4,7 @@
  * native/addon/cow_store.hpp). Its native handle is what the engine's fault threads call; the
  * JavaScript methods make the same calls on a thread of their own (tests, tools).
  */
-import { BasePageStore, createJsPath, namespaceId, type JsPath, type Logger, type PageStore, type PutOptions } from '@tierstack/core';
+import { BasePageStore, createJsPath, errorFromNativeStatus, namespaceId, type JsPath, type Logger, type PageStore, type PutOptions } from '@tierstack/core';
 import { interposerAddon, type CowStoreStats, type NativeCowStore } from './native.js';
 
 export class RunStore extends BasePageStore {
@@ -66,13 +66,25 @@ export class RunStore extends BasePageStore {
     await this.#cow.op('remove', this.registerNamespace(ns), Float64Array.from(pages));
   }
 
+  /** Waits until the write-behind queue is in the stack; rejects with the last write error. */
+  async drain(): Promise<void> {
+    const rc = await this.#cow.drain();
+    if (rc !== 0) throw errorFromNativeStatus(rc, 'a queued write to the stack');
+  }
+
   protected override async doFlush(): Promise<void> {
+    await this.drain();
     await this.stack.flush();
   }
 
-  /** Fails the store's pending JS-path requests; the stack itself stays open (its owner closes it). */
+  /** Writes what is queued, then fails the store's pending JS-path requests; the stack itself
+   *  stays open (its owner closes it). */
   protected override async doClose(): Promise<void> {
-    this.#cow.close();
+    try {
+      await this.#cow.drain();
+    } finally {
+      this.#cow.close();
+    }
   }
 
   protected override extraStats(): Record<string, number> {

@@ -24,6 +24,8 @@ export interface RunOptions {
   /** Pages installed per fault (1..64, default 16). */
   faultAround?: number;
   faultThreads?: number;
+  /** Pin the fault threads to these CPUs (sched_setaffinity); the command itself is not pinned. */
+  cpus?: number[];
   /** Extra environment for the command (on top of this process's). */
   env?: NodeJS.ProcessEnv;
   stdio?: StdioOptions;
@@ -76,6 +78,7 @@ export async function runWithTierStack(o: RunOptions): Promise<RunResult> {
     stack: o.stack,
     ...(o.faultAround !== undefined ? { faultAround: o.faultAround } : {}),
     ...(o.faultThreads !== undefined ? { faultThreads: o.faultThreads } : {}),
+    ...(o.cpus !== undefined ? { cpus: o.cpus } : {}),
     ...(o.logger ? { logger: o.logger } : {}),
     ...(o.registry ? { registry: o.registry } : {}),
   });

@@ -163,11 +163,24 @@ Napi::Value Stats(const Napi::CallbackInfo &info, const CowRef &h) {
   num("cowReads", s.cow_reads);
   num("cowCopies", s.cow_copies);
   num("errors", s.errors);
+  num("queuedWrites", s.queued_writes);
+  num("queueHits", s.queue_hits);
+  num("writeRetries", s.write_retries);
   return o;
 }
 
-// close(): fails the JS-path requests of the store's client (call after the engine stopped).
+// drain() → Promise<status>: every queued write is in the stack (status: the last write error, 0 if none).
+Napi::Value Drain(const Napi::CallbackInfo &info, const CowRef &h) {
+  auto rc = std::make_shared<int>(0);
+  return run_on_thread(
+      info.Env(), [h, rc] { *rc = h->store->drain(); },
+      [rc](Napi::Env env, Napi::Promise::Deferred &d) { d.Resolve(Napi::Number::New(env, *rc)); });
+}
+
+// close(): stops the writer and fails the JS-path requests of the store's client (after drain(),
+// once the engine stopped).
 Napi::Value Close(const Napi::CallbackInfo &info, const CowRef &h) {
+  h->store->stop();
   if (h->client) h->client->close();
   return info.Env().Undefined();
 }
@@ -190,6 +203,7 @@ Napi::Value CreateCowStore(const Napi::CallbackInfo &info) {
   add_method(env, o, "pendingPages", PendingPages, h);
   add_method(env, o, "op", Op, h);
   add_method(env, o, "stats", Stats, h);
+  add_method(env, o, "drain", Drain, h);
   add_method(env, o, "close", Close, h);
   return o;
 }

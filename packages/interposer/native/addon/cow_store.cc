@@ -1,6 +1,7 @@
 #include "cow_store.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 
@@ -11,15 +12,159 @@ const ts_page_store_ops CowStore::kOps = {
     &CowStore::op_retain,      &CowStore::op_release,
 };
 
-CowStore::CowStore(std::shared_ptr<tierstack::StackClient> below, uint32_t page_size) : below_(std::move(below)) {
+CowStore::CowStore(std::shared_ptr<tierstack::StackClient> below, uint32_t page_size, size_t max_queued_pages)
+    : max_queued_(max_queued_pages == 0 ? 1 : max_queued_pages), below_(std::move(below)) {
   store_.abi_version = TS_PAGE_STORE_ABI_VERSION;
   store_.page_size = page_size;
   store_.name = "tierstack-run";
   store_.ops = &kOps;
   store_.self = this;
+  // The writer holds a reference of its own, dropped when it exits (after stop()): the store is
+  // never freed under it, and nobody joins it from the JS thread (it may wait for the JS path).
+  retain();
+  std::thread([this] {
+    writer_main();
+    release();
+  }).detach();
 }
 
-CowStore::~CowStore() = default;
+CowStore::~CowStore() = default;  // the writer held a reference: it has exited by now
+
+void CowStore::stop() {
+  {
+    std::lock_guard<std::mutex> lk(wq_mu_);
+    stopping_ = true;
+  }
+  wq_work_.notify_all();
+  wq_space_.notify_all();
+  wq_idle_.notify_all();
+}
+
+int CowStore::drain() {
+  std::unique_lock<std::mutex> lk(wq_mu_);
+  wq_idle_.wait(lk, [&] { return (wq_.empty() && !writing_) || stopping_; });
+  int rc = write_error_;
+  write_error_ = TS_OK;
+  return rc;
+}
+
+void CowStore::writer_main() {
+  std::unique_lock<std::mutex> lk(wq_mu_);
+  int failures = 0;
+  for (;;) {
+    wq_work_.wait(lk, [&] { return stopping_ || !wq_.empty(); });
+    if (wq_.empty() && stopping_) break;
+    if (wq_.empty()) continue;
+    std::shared_ptr<WBatch> b = wq_.front();
+    wq_.pop_front();
+    writing_ = b;
+    const uint32_t ps = store_.page_size;
+    std::vector<uint64_t> pages;
+    std::vector<const void *> bufs;
+    for (size_t i = 0; i < b->pages.size(); i++) {
+      if (b->cancelled[i]) continue;
+      pages.push_back(b->pages[i]);
+      bufs.push_back(b->data.data() + i * ps);
+    }
+    lk.unlock();
+    int rc = pages.empty() ? TS_OK : below_->put(b->ns, pages.data(), pages.size(), bufs.data(), b->flags);
+    lk.lock();
+    writing_.reset();
+    if (rc != TS_OK && rc != TS_E_CLOSED && !stopping_) {
+      // Never dropped: back to the head of the queue (reads keep seeing it; a remove may cancel
+      // pages of it meanwhile), tried again after a pause that grows up to a second.
+      stats_.write_retries.fetch_add(1, std::memory_order_relaxed);
+      stats_.errors.fetch_add(1, std::memory_order_relaxed);
+      write_error_ = rc;
+      wq_.push_front(b);
+      wq_idle_.notify_all();
+      failures = std::min(failures + 1, 10);
+      wq_work_.wait_for(lk, std::chrono::milliseconds(10 << failures), [&] { return stopping_; });
+      continue;
+    }
+    failures = 0;
+    if (rc != TS_OK) write_error_ = rc;  // closing: the stack is gone
+    for (size_t i = 0; i < b->pages.size(); i++) {
+      auto it = queued_.find({b->ns, b->pages[i]});
+      if (it != queued_.end() && it->second.batch == b) queued_.erase(it);  // unless a newer put replaced it
+    }
+    queued_count_.store(queued_.size(), std::memory_order_release);
+    queued_pages_ -= b->pages.size();
+    wq_space_.notify_all();
+    if (wq_.empty()) wq_idle_.notify_all();
+  }
+  // Closing: whatever is left will not be written (the stack's client is closed).
+  wq_.clear();
+  queued_.clear();
+  queued_count_.store(0, std::memory_order_release);
+  queued_pages_ = 0;
+  wq_idle_.notify_all();
+  wq_space_.notify_all();
+}
+
+int CowStore::queue_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
+  const uint32_t ps = store_.page_size;
+  auto b = std::make_shared<WBatch>();
+  b->ns = ns;
+  b->pages.assign(pages, pages + n);
+  b->data.resize(n * ps);
+  b->cancelled.assign(n, 0);
+  b->flags = flags;
+  for (size_t i = 0; i < n; i++) std::memcpy(b->data.data() + i * ps, bufs[i], ps);
+  std::unique_lock<std::mutex> lk(wq_mu_);
+  wq_space_.wait(lk, [&] { return stopping_ || queued_pages_ == 0 || queued_pages_ + n <= max_queued_; });
+  // A fork layer appeared (add_layer counts it before draining under this lock): write through.
+  if (layers_with_source_.load(std::memory_order_acquire) != 0) return kNotQueued;
+  if (stopping_) {
+    lk.unlock();
+    return below_->put(ns, pages, n, bufs, flags);
+  }
+  for (size_t i = 0; i < n; i++) queued_[{ns, pages[i]}] = PendingRef{b, i};
+  queued_count_.store(queued_.size(), std::memory_order_release);
+  queued_pages_ += n;
+  wq_.push_back(std::move(b));
+  stats_.queued_writes.fetch_add(n, std::memory_order_relaxed);
+  wq_work_.notify_one();
+  return TS_OK;
+}
+
+size_t CowStore::read_queued(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+  if (queued_count_.load(std::memory_order_acquire) == 0) return 0;
+  const uint32_t ps = store_.page_size;
+  size_t hits = 0;
+  std::lock_guard<std::mutex> lk(wq_mu_);
+  for (size_t i = 0; i < n; i++) {
+    auto it = queued_.find({ns, pages[i]});
+    if (it == queued_.end()) continue;
+    std::memcpy(bufs[i], it->second.batch->data.data() + it->second.index * ps, ps);
+    status[i] = TS_PAGE_FOUND;
+    hits++;
+  }
+  if (hits) stats_.queue_hits.fetch_add(hits, std::memory_order_relaxed);
+  return hits;
+}
+
+void CowStore::cancel_queued(uint64_t ns, const uint64_t *pages, size_t n) {
+  std::unique_lock<std::mutex> lk(wq_mu_);
+  // A write of one of these pages under way right now must land before the remove, or it would
+  // bring the page back after it.
+  wq_idle_.wait(lk, [&] {
+    if (stopping_) return true;
+    if (!writing_ || writing_->ns != ns) return true;
+    for (size_t i = 0; i < n; i++)
+      for (size_t k = 0; k < writing_->pages.size(); k++)
+        if (writing_->pages[k] == pages[i] && !writing_->cancelled[k]) return false;
+    return true;
+  });
+  if (queued_count_.load(std::memory_order_relaxed) == 0) return;
+  for (size_t i = 0; i < n; i++) {
+    auto it = queued_.find({ns, pages[i]});
+    if (it == queued_.end()) continue;
+    it->second.batch->cancelled[it->second.index] = 1;
+    queued_.erase(it);
+  }
+  queued_count_.store(queued_.size(), std::memory_order_release);
+}
 
 int CowStore::op_get(void *self, uint64_t ns, const uint64_t *pages, size_t count, void *const *bufs, int32_t *status) {
   return static_cast<CowStore *>(self)->get(ns, pages, count, bufs, status);
@@ -94,7 +239,36 @@ uint64_t CowStore::resolve(uint64_t ns, uint64_t p) const {
 int CowStore::get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
   stats_.gets.fetch_add(1, std::memory_order_relaxed);
   stats_.pages_read.fetch_add(n, std::memory_order_relaxed);
-  if (layers_with_source_.load(std::memory_order_acquire) == 0) return below_get(ns, pages, n, bufs, status);
+  if (layers_with_source_.load(std::memory_order_acquire) == 0) {
+    if (queued_count_.load(std::memory_order_acquire) == 0) return below_get(ns, pages, n, bufs, status);
+    // Some pages may still wait in the write-behind queue: those are the newest copies.
+    thread_local std::vector<int32_t> qst;
+    qst.assign(n, TS_PAGE_MISS);
+    size_t hits = read_queued(ns, pages, n, bufs, qst.data());
+    if (hits == 0) return below_get(ns, pages, n, bufs, status);
+    thread_local std::vector<uint64_t> rest;
+    thread_local std::vector<void *> rest_bufs;
+    thread_local std::vector<int32_t> rest_st;
+    thread_local std::vector<size_t> where;
+    rest.clear();
+    rest_bufs.clear();
+    where.clear();
+    for (size_t i = 0; i < n; i++) {
+      status[i] = qst[i];
+      if (qst[i] == TS_PAGE_FOUND) continue;
+      rest.push_back(pages[i]);
+      rest_bufs.push_back(bufs[i]);
+      where.push_back(i);
+    }
+    stats_.pages_found.fetch_add(hits, std::memory_order_relaxed);
+    stats_.native_pages.fetch_add(hits, std::memory_order_relaxed);
+    if (rest.empty()) return TS_OK;
+    rest_st.assign(rest.size(), TS_PAGE_MISS);
+    int rc = below_get(ns, rest.data(), rest.size(), rest_bufs.data(), rest_st.data());
+    if (rc != TS_OK) return rc;
+    for (size_t k = 0; k < where.size(); k++) status[where[k]] = rest_st[k];
+    return TS_OK;
+  }
   // Hold the layers shared for the whole read: a parent's copy cannot change under a child's
   // read of it (copy_to_children runs exclusive).
   std::shared_lock<std::shared_mutex> lk(mu_);
@@ -202,7 +376,10 @@ int CowStore::copy_to_children(uint64_t ns, const uint64_t *pages, size_t n) {
 int CowStore::put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
   stats_.puts.fetch_add(1, std::memory_order_relaxed);
   stats_.pages_written.fetch_add(n, std::memory_order_relaxed);
-  if (layers_with_source_.load(std::memory_order_acquire) == 0) return below_->put(ns, pages, n, bufs, flags);
+  if (layers_with_source_.load(std::memory_order_acquire) == 0) {
+    int rc = queue_put(ns, pages, n, bufs, flags);
+    if (rc != kNotQueued) return rc;
+  }
   std::unique_lock<std::shared_mutex> lk(mu_);
   int rc = copy_to_children(ns, pages, n);
   if (rc != TS_OK) return rc;
@@ -217,6 +394,7 @@ int CowStore::put(uint64_t ns, const uint64_t *pages, size_t n, const void *cons
 int CowStore::remove(uint64_t ns, const uint64_t *pages, size_t n) {
   stats_.removes.fetch_add(1, std::memory_order_relaxed);
   stats_.pages_removed.fetch_add(n, std::memory_order_relaxed);
+  cancel_queued(ns, pages, n);
   if (layers_with_source_.load(std::memory_order_acquire) == 0) return below_->remove(ns, pages, n);
   std::unique_lock<std::shared_mutex> lk(mu_);
   int rc = copy_to_children(ns, pages, n);
@@ -228,7 +406,14 @@ int CowStore::remove(uint64_t ns, const uint64_t *pages, size_t n) {
 }
 
 void CowStore::add_layer(uint64_t child, uint64_t source, std::vector<uint64_t> pending) {
+  // Copy-on-write reads the stack's current copies: nothing may wait in the write-behind queue.
+  // (Puts go straight through from here on; one queued meanwhile is drained below, under mu_.)
+  drain();
   std::unique_lock<std::shared_mutex> lk(mu_);
+  layers_with_source_.fetch_add(1, std::memory_order_acq_rel);
+  lk.unlock();
+  drain();
+  lk.lock();
   Layer &c = layers_[child];
   c.source = source;
   c.has_source = true;
@@ -236,7 +421,6 @@ void CowStore::add_layer(uint64_t child, uint64_t source, std::vector<uint64_t> 
   c.npending = 0;
   for (uint64_t w : c.pending) c.npending += static_cast<uint64_t>(__builtin_popcountll(w));
   layers_[source].children.push_back(child);
-  layers_with_source_.fetch_add(1, std::memory_order_acq_rel);
 }
 
 void CowStore::drop_layer(uint64_t ns) {

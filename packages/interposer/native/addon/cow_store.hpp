@@ -8,15 +8,26 @@
 // exit), the old copy is first put into every child still pending on it. A child of a child works
 // the same way (reads resolve through the chain). Without forks there is no locking and no extra
 // work: every call goes straight to the stack.
+//
+// Write-behind: puts (the engine's write-backs of evicted dirty pages) are queued and written to
+// the stack by a writer thread of their own, so that a fault thread never waits for a tier that
+// is slow or only writable through the JS path (FileTier, Redis). Reads see the queued copies;
+// a remove cancels queued writes of its pages and waits for one under way; the queue holds at most
+// `max_queued_pages` (then put waits: back-pressure). While fork layers are live, puts are written
+// straight through (the copy-on-write bookkeeping needs the stack's current copies).
 #pragma once
 
 #include <tierstack/page_store.h>
 #include <tierstack/stack_client.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -24,9 +35,15 @@ namespace tsrun {
 
 class CowStore {
  public:
-  CowStore(std::shared_ptr<tierstack::StackClient> below, uint32_t page_size);
+  CowStore(std::shared_ptr<tierstack::StackClient> below, uint32_t page_size, size_t max_queued_pages = 4096);
   ~CowStore();
   ts_page_store *store() { return &store_; }
+  // Waits until every queued write is in the stack; returns the last write error (TS_OK if none)
+  // and clears it. Off the JS thread (the writer may wait for the JS path).
+  int drain();
+  // Tells the writer thread to finish (it exits once the queue is empty, or at once when the
+  // stack's client is closed: what is left is then not written). Never blocks.
+  void stop();
 
   // A child namespace whose pages marked in `pending` (a bitmap, 64 pages a word) read from
   // `source` until written or removed. Not on the JS thread (it may wait for calls using the
@@ -45,6 +62,7 @@ class CowStore {
     std::atomic<uint64_t> native_pages{0}, js_pages{0};  // pages found by native tiers / by the JS path
     std::atomic<uint64_t> cow_reads{0}, cow_copies{0};    // reads resolved through a source; copies made for children
     std::atomic<uint64_t> errors{0};
+    std::atomic<uint64_t> queued_writes{0}, queue_hits{0}, write_retries{0};  // write-behind
   };
   const Stats &stats() const { return stats_; }
 
@@ -85,6 +103,38 @@ class CowStore {
   static void op_retain(void *self);
   static void op_release(void *self);
   static const ts_page_store_ops kOps;
+
+  // ---- write-behind ----
+  struct WBatch {
+    uint64_t ns;
+    std::vector<uint64_t> pages;
+    std::vector<uint8_t> data;
+    std::vector<uint8_t> cancelled;
+    uint32_t flags;
+  };
+  struct PendingRef {
+    std::shared_ptr<WBatch> batch;
+    size_t index;
+  };
+  struct KeyHash {
+    size_t operator()(const std::pair<uint64_t, uint64_t> &k) const { return std::hash<uint64_t>()(k.first * 0x9e3779b97f4a7c15ull ^ k.second); }
+  };
+  static constexpr int kNotQueued = 1;  // queue_put: write it through instead
+  int queue_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
+  // Copies queued pages into bufs (status FOUND); returns how many.
+  size_t read_queued(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
+  void cancel_queued(uint64_t ns, const uint64_t *pages, size_t n);
+  void writer_main();
+  const size_t max_queued_;
+  std::mutex wq_mu_;
+  std::condition_variable wq_work_, wq_space_, wq_idle_;
+  std::deque<std::shared_ptr<WBatch>> wq_;
+  std::shared_ptr<WBatch> writing_;
+  std::unordered_map<std::pair<uint64_t, uint64_t>, PendingRef, KeyHash> queued_;
+  size_t queued_pages_ = 0;
+  std::atomic<size_t> queued_count_{0};  // queued_.size(), read without the lock on the fast path
+  bool stopping_ = false;
+  int write_error_ = TS_OK;
 
   std::shared_ptr<tierstack::StackClient> below_;
   ts_page_store store_{};
