@@ -28,6 +28,7 @@ interface RunCliOptions extends StackCliOptions {
   arena?: number;
   faultAround: number;
   faultThreads: number;
+  cpus?: number[];
   debug?: boolean;
   stats?: boolean;
   serve?: string;
@@ -57,6 +58,11 @@ export function registerRunCommand(program: Command, out: (l: string) => void = 
       .addOption(new Option('--arena <bytes>', 'virtual size of each process\'s arena for big allocations (default 32G)').env('TIERSTACK_RUN_ARENA').argParser(parseBytes))
       .addOption(new Option('--fault-around <pages>', 'pages installed per fault (aligned block)').default(16).argParser(int(1, 64)))
       .addOption(new Option('--fault-threads <n>', 'native threads serving faults').default(2).argParser(int(1, 64)))
+      .addOption(
+        new Option('--cpus <list>', 'pin the fault threads to these CPUs (e.g. 1 or 2,3); a fault then costs no cross-CPU wake-up when the program runs there too').argParser(
+          (v: string) => v.split(',').map((c) => int(0, 4095)(c.trim())),
+        ),
+      )
       .option('--debug', 'the library logs its decisions on stderr (TIERSTACK_RUN_DEBUG=1)')
       .option('--stats', 'print the sessions and page counts as JSON on stderr at the end')
       .option('--serve <socket>', 'serve programs that preload the library themselves, on this socket, until interrupted')
@@ -79,6 +85,7 @@ export function registerRunCommand(program: Command, out: (l: string) => void = 
           ...(o.budget !== undefined ? { defaultBudget: o.budget } : {}),
           faultAround: o.faultAround,
           faultThreads: o.faultThreads,
+          ...(o.cpus ? { cpus: o.cpus } : {}),
           logger,
         });
         out(`tierstack run server on ${server.socketPath}; preload ${preloadLibraryPath()} with TIERSTACK_RUN_SOCKET=${server.socketPath}; Ctrl-C stops`);
@@ -96,6 +103,7 @@ export function registerRunCommand(program: Command, out: (l: string) => void = 
         ...(o.arena !== undefined ? { arena: o.arena } : {}),
         faultAround: o.faultAround,
         faultThreads: o.faultThreads,
+        ...(o.cpus ? { cpus: o.cpus } : {}),
         debug: o.debug === true,
         logger,
       });
