@@ -98,7 +98,7 @@ void Engine::evict_if_needed(Source &s, Region &r, Scratch &) {
     for (uint64_t idx : victims) {
       if (r.dirty.test(idx)) {
         auto copy = std::make_shared<std::vector<uint8_t>>(ps);
-        std::memcpy(copy->data(), page_bytes(r, idx), ps);
+        read_page(r, idx, copy->data());
         uint64_t page = r.cfg.page_offset + idx;
         r.writeback[page] = copy;
         r.wb_inflight.insert(page);
@@ -143,7 +143,7 @@ int Engine::flush(Source &s, Region &r) {
         uint64_t addr = r.addr_of(idx);
         write_protect(s.fd, addr, ps, true, false);
         auto copy = std::make_shared<std::vector<uint8_t>>(ps);
-        std::memcpy(copy->data(), page_bytes(r, idx), ps);
+        read_page(r, idx, copy->data());
         uint64_t page = r.cfg.page_offset + idx;
         r.writeback[page] = copy;  // in case the put fails: reads keep seeing it
         if (r.cfg.fresh) r.stored.set(idx);

@@ -22,9 +22,6 @@
 namespace tsuffd {
 
 namespace {
-// Read by page_bytes() for a region whose mirror is already gone (nothing evicts then; a guard).
-alignas(4096) const uint8_t kZeroPage[65536] = {};
-
 constexpr size_t kBatch = 256;  // pages per stack call
 
 bool any_inflight_in(const Region &r, uint64_t first, uint64_t count) {
@@ -46,18 +43,27 @@ int remove_from_stack(Engine &e, const Region &r, const std::vector<uint64_t> &p
 }  // namespace
 
 void SharedMirror::release() {
-  if (local != nullptr) munmap(local, size);
-  local = nullptr;
   if (memfd >= 0) ::close(memfd);
   memfd = -1;
 }
 
-const void *page_bytes(const Region &r, uint64_t idx) {
-  if (r.cfg.mirror) {
-    if (r.cfg.mirror->local == nullptr || r.page_size > sizeof kZeroPage) return kZeroPage;
-    return r.cfg.mirror->local + idx * r.page_size;
+void read_page(const Region &r, uint64_t idx, void *dst) {
+  const uint64_t ps = r.page_size;
+  if (!r.cfg.mirror) {
+    std::memcpy(dst, reinterpret_cast<const void *>(r.addr_of(idx)), ps);
+    return;
   }
-  return reinterpret_cast<const void *>(r.addr_of(idx));
+  const SharedMirror &m = *r.cfg.mirror;
+  size_t done = 0;
+  if (m.memfd >= 0) {
+    while (done < ps) {
+      ssize_t n = pread(m.memfd, static_cast<uint8_t *>(dst) + done, ps - done, static_cast<off_t>(m.file_offset + idx * ps + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+  }
+  if (done < ps) std::memset(static_cast<uint8_t *>(dst) + done, 0, ps - done);
 }
 
 void drop_pages(const Region &r, uint64_t first, uint64_t count) {
@@ -158,12 +164,8 @@ std::shared_ptr<Source> adopt_shared(Engine &e, int uffd, int memfd, uint64_t fi
   if (fstat(memfd, &st) != 0) return fail("the region's memfd is not usable", errno);
   if (static_cast<uint64_t>(st.st_size) < file_offset + cfg.size) return fail("the region's memfd is smaller than the region", EINVAL);
   fcntl(memfd, F_SETFD, FD_CLOEXEC);
-  void *m = mmap(nullptr, cfg.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd, static_cast<off_t>(file_offset));
-  if (m == MAP_FAILED) return fail("mapping the region's memfd failed", errno);
-  mirror->local = static_cast<uint8_t *>(m);
   mirror->size = cfg.size;
   mirror->file_offset = file_offset;
-  madvise(m, cfg.size, MADV_NOHUGEPAGE);  // the owner's faults and our installs are per 4 KiB page
 
   // The owner's uffd: negotiated and registered here (the calls act on the owner's memory).
   uint64_t want = UFFD_FEATURE_WP_HUGETLBFS_SHMEM | (UFFD_FEATURE_POISON & e.kernel_features());
@@ -239,7 +241,7 @@ int write_back_dirty(Engine &e, Source &s, Region &r) {
       write_protect(s.fd, r.addr_of(idx), (end - idx) * ps, true, false);
       for (uint64_t i = idx; i < end; i++) {
         auto copy = std::make_shared<std::vector<uint8_t>>(ps);
-        std::memcpy(copy->data(), page_bytes(r, i), ps);
+        read_page(r, i, copy->data());
         uint64_t page = r.cfg.page_offset + i;
         r.writeback[page] = copy;  // reads see it until the put lands; kept if the put fails
         if (r.cfg.fresh) r.stored.set(i);

@@ -5,15 +5,15 @@
 //
 // Why shared memory: eviction needs to read a page and drop it, and neither can be done on another
 // process's private memory (memcpy and MADV_DONTNEED act on the caller's address space). With a
-// shared memfd the server reads the page through its own mapping and drops it with
-// fallocate(PUNCH_HOLE), which removes it from the page cache and so from the owner's page tables
+// shared memfd the server reads the page from the memfd (pread: no mapping, so no page fault and
+// no page-table entry to set up and tear down per page) and drops it with fallocate(PUNCH_HOLE), which removes it from the page cache and so from the owner's page tables
 // too; the owner's next touch is a missing fault again. Dirty tracking is userfaultfd write-protect
 // on shmem (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+), driven through the owner's uffd, which
 // works from any process. Missing faults are served with UFFDIO_COPY as for any region.
 //
 // Everything else (fetching, installing, eviction order, write-back) is the engine's managed-region
-// machinery (fill.cc, managed.cc); managed.cc asks page_bytes()/drop_pages() where a page's bytes
-// are and how to drop it.
+// machinery (fill.cc, managed.cc); managed.cc asks read_page()/drop_pages() to read a page's bytes
+// and to drop it.
 #pragma once
 
 #include <sys/types.h>
@@ -31,10 +31,9 @@ class Source;
 class Region;
 struct RegionConfig;
 
-// This process's mapping of a shared region's memfd.
+// This process's handle on a shared region's memfd.
 struct SharedMirror {
   int memfd = -1;
-  uint8_t *local = nullptr;  // MAP_SHARED mapping of [file_offset, file_offset + size) of memfd
   uint64_t size = 0;
   uint64_t file_offset = 0;
   // Dirty tracking policy (install_writable): recent pages installed clean (write-protected) that
@@ -49,13 +48,14 @@ struct SharedMirror {
   SharedMirror(const SharedMirror &) = delete;
   SharedMirror &operator=(const SharedMirror &) = delete;
   ~SharedMirror() { release(); }
-  // Unmaps and closes (the shmem pages are freed once the owner is gone too). Only once no
-  // thread can evict from the region any more.
+  // Closes the memfd (the shmem pages are freed once the owner is gone too). Only once no thread
+  // can evict from the region any more.
   void release();
 };
 
-// Where page `idx` of a region can be read in this process (the mirror for shared regions).
-const void *page_bytes(const Region &r, uint64_t idx);
+// Copies page `idx` of a region into `dst` (page_size bytes): from the memfd for shared regions
+// (a page nobody can read any more reads as zeros), from the region's memory otherwise.
+void read_page(const Region &r, uint64_t idx, void *dst);
 // Drops resident pages [first, first + count) of a region: MADV_DONTNEED for in-process memory,
 // a hole punched in the memfd for shared regions (which unmaps them in the owner too).
 void drop_pages(const Region &r, uint64_t first, uint64_t count);
@@ -80,7 +80,7 @@ void readahead(Engine &e, Source &s, Region &r, uint64_t idx);
 int shared_regions_supported(std::string *why);
 
 // Adopts the uffd of process `pid` (not yet API'd: done here) whose range [cfg.base, +cfg.size)
-// maps `memfd` at `file_offset` MAP_SHARED. Maps the mirror, negotiates WP on shmem + REMOVE events
+// maps `memfd` at `file_offset` MAP_SHARED. Keeps the memfd, negotiates WP on shmem + REMOVE events
 // + POISON, registers the range MISSING|WP and serves it as a managed, fresh region (cfg.managed,
 // cfg.fresh are forced; cfg.budget_pages as given). Takes ownership of both descriptors (closed on
 // failure too). Returns the source or nullptr with *err / *err_errno set.
