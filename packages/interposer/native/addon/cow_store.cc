@@ -42,7 +42,7 @@ void CowStore::stop() {
 
 int CowStore::drain() {
   std::unique_lock<std::mutex> lk(wq_mu_);
-  wq_idle_.wait(lk, [&] { return (wq_.empty() && !writing_) || stopping_; });
+  wq_idle_.wait(lk, [&] { return (wq_.empty() && !writing_) || stopping_ || failing_; });
   int rc = write_error_;
   write_error_ = TS_OK;
   return rc;
@@ -77,12 +77,15 @@ void CowStore::writer_main() {
       stats_.errors.fetch_add(1, std::memory_order_relaxed);
       write_error_ = rc;
       wq_.push_front(b);
+      failing_ = true;
+      wq_space_.notify_all();
       wq_idle_.notify_all();
       failures = std::min(failures + 1, 10);
       wq_work_.wait_for(lk, std::chrono::milliseconds(10 << failures), [&] { return stopping_; });
       continue;
     }
     failures = 0;
+    failing_ = false;
     if (rc != TS_OK) write_error_ = rc;  // closing: the stack is gone
     for (size_t i = 0; i < b->pages.size(); i++) {
       auto it = queued_.find({b->ns, b->pages[i]});
@@ -112,7 +115,9 @@ int CowStore::queue_put(uint64_t ns, const uint64_t *pages, size_t n, const void
   b->flags = flags;
   for (size_t i = 0; i < n; i++) std::memcpy(b->data.data() + i * ps, bufs[i], ps);
   std::unique_lock<std::mutex> lk(wq_mu_);
-  wq_space_.wait(lk, [&] { return stopping_ || queued_pages_ == 0 || queued_pages_ + n <= max_queued_; });
+  // Back-pressure while the writer makes progress; while its writes fail (a full or unreachable
+  // tier) the queue holds the pages instead, as the engine's write-back copies would.
+  wq_space_.wait(lk, [&] { return stopping_ || failing_ || queued_pages_ == 0 || queued_pages_ + n <= max_queued_; });
   // A fork layer appeared (add_layer counts it before draining under this lock): write through.
   if (layers_with_source_.load(std::memory_order_acquire) != 0) return kNotQueued;
   if (stopping_) {

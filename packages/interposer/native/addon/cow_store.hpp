@@ -38,8 +38,9 @@ class CowStore {
   CowStore(std::shared_ptr<tierstack::StackClient> below, uint32_t page_size, size_t max_queued_pages = 4096);
   ~CowStore();
   ts_page_store *store() { return &store_; }
-  // Waits until every queued write is in the stack; returns the last write error (TS_OK if none)
-  // and clears it. Off the JS thread (the writer may wait for the JS path).
+  // Waits until every queued write is in the stack, or until writes fail (the queue keeps those
+  // pages and retries); returns the last write error (TS_OK if none) and clears it. Off the JS
+  // thread (the writer may wait for the JS path).
   int drain();
   // Tells the writer thread to finish (it exits once the queue is empty, or at once when the
   // stack's client is closed: what is left is then not written). Never blocks.
@@ -134,6 +135,7 @@ class CowStore {
   size_t queued_pages_ = 0;
   std::atomic<size_t> queued_count_{0};  // queued_.size(), read without the lock on the fast path
   bool stopping_ = false;
+  bool failing_ = false;  // the last write failed: no back-pressure until one succeeds
   int write_error_ = TS_OK;
 
   std::shared_ptr<tierstack::StackClient> below_;
