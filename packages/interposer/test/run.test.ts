@@ -262,6 +262,20 @@ describe.skipIf(!canRun)('tierstack run (LD_PRELOAD interposer served from the t
     }
   });
 
+  it('a stack too small for the pages that leave: the program still gets every byte back (nothing dropped, no deadlock)', async () => {
+    const ref = plain(exe, ['threads', '2', '1', '12']);
+    const dram = await CxlTier.open({ backing: { kind: 'memfd', size: 4 * MiB }, name: 'tiny' });
+    const stack = createTierStack({ tiers: [dram] }); // nothing below it: a full tier refuses dirty pages
+    try {
+      const r = await runUnder(stack, exe, ['threads', '2', '1', '12'], { budget: 2 * MiB }); // ~28 MiB leave: more than the write queue holds
+      expect(r.result.status).toBe(0);
+      expect(data(r.out)).toEqual(data(ref.out));
+      expect(r.result.store.writeRetries).toBeGreaterThan(0); // the tier said no; the pages waited in the queue
+    } finally {
+      await stack.close();
+    }
+  });
+
   it('kill -9 of the program: nothing is left in any tier or on disk', async () => {
     const s = await openStack(8); // small DRAM tier: most evicted pages go on to the file tier (disk)
     try {
