@@ -119,6 +119,11 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
 
 // ---------------------------------------------------------------- Pool
 
+// The addon's instance data: the threads pool jobs run on (reused: an async get/put is a job).
+struct AddonData {
+  tierstack::JobThreads jobs;
+};
+
 // Runs `fn` on a thread of its own (tierstack/run_on_thread.hpp: never the libuv pool) with a
 // reference on the pool; resolves with what `done` builds, or rejects with the status `fn`
 // returned (and its message, if it wrote one).
@@ -128,7 +133,7 @@ Napi::Value pool_job(Napi::Env env, Pool *pool, std::function<int(std::string &)
   auto rc = std::make_shared<int>(TS_OK);
   auto err = std::make_shared<std::string>();
   return tierstack::run_on_thread(
-      env, [fn = std::move(fn), rc, err] { *rc = fn(*err); },
+      env.GetInstanceData<AddonData>()->jobs, env, [fn = std::move(fn), rc, err] { *rc = fn(*err); },
       [pool, done = std::move(done), rc, err](Napi::Env env, Napi::Promise::Deferred &d) {
         pool->release();
         if (*rc < 0)
@@ -372,18 +377,19 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   Pool *pool_ = nullptr;
 };
 
-class RdmaAddon : public Napi::Addon<RdmaAddon> {
- public:
-  RdmaAddon(Napi::Env env, Napi::Object exports) {
-    // Before any fi_getinfo in this process (see fabric.hpp).
-    set_mr_cache_monitor_default();
-    DefineAddon(exports, {InstanceValue("Donor", DonorWrap::Init(env)), InstanceValue("Pool", PoolWrap::Init(env)),
-                          InstanceValue("kReplicaActive", Napi::Number::New(env, kActive)),
-                          InstanceValue("kReplicaSyncing", Napi::Number::New(env, kSyncing)),
-                          InstanceValue("kReplicaDead", Napi::Number::New(env, kDead))});
-  }
-};
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // Before any fi_getinfo in this process (see fabric.hpp).
+  set_mr_cache_monitor_default();
+  env.SetInstanceData<AddonData>(new AddonData());
+  exports.Set("Donor", DonorWrap::Init(env));
+  exports.Set("Pool", PoolWrap::Init(env));
+  exports.Set("kReplicaActive", Napi::Number::New(env, kActive));
+  exports.Set("kReplicaSyncing", Napi::Number::New(env, kSyncing));
+  exports.Set("kReplicaDead", Napi::Number::New(env, kDead));
+  return exports;
+}
 
 }  // namespace
 
-NODE_API_ADDON(RdmaAddon)
+static Napi::Object InitRdmaAddon(Napi::Env env, Napi::Object exports) { return Init(env, exports); }
+NODE_API_MODULE(tierstack_rdma, InitRdmaAddon)
