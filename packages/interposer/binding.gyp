@@ -6,7 +6,7 @@
       "product_name": "tierstack_run",
       "type": "shared_library",
       "sources": ["native/run/interpose.c"],
-      "cflags": ["-std=gnu11", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+      "cflags": ["-std=gnu11", "-O2", "-fPIC", "-fvisibility=hidden", "-fomit-frame-pointer", "-fno-plt", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
       "cflags!": ["-fno-exceptions"],
       "ldflags": ["-Wl,--as-needed", "-Wl,-z,defs", "-nodefaultlibs"],
       "libraries": ["-lc", "-ldl", "-lpthread", "-lgcc"]

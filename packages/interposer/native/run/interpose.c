@@ -701,40 +701,70 @@ static int arena_info(const void *p, struct ext *out) {
 
 static inline int wants_arena(size_t n) { return n >= cfg.min_size && atomic_load_explicit(&state, memory_order_relaxed) != ST_OFF; }
 
-/* ---- the interposed functions ---- */
+/* ---- the interposed functions ----
+ * Each has a fast path for what passes through — a size comparison (allocations) or one range
+ * comparison (free) and a tail jump to the real function — and a slow path, kept out of line, for
+ * big sizes, arena pointers and the bootstrap. */
 
-EXPORT void *malloc(size_t n) {
-  if (UNLIKELY(!resolve())) return boot_alloc(n, 16);
-  if (UNLIKELY(wants_arena(n))) {
+static inline int resolved(void) { return atomic_load_explicit(&resolve_state, memory_order_acquire) == 2; }
+/* One unsigned comparison each (the arena range is 0..0 until there is an arena). */
+static inline int in_arena_fast(const void *p) {
+  return (uintptr_t)p - atomic_load_explicit(&A.base, memory_order_relaxed) < A.size;
+}
+static inline int in_boot_fast(const void *p) { return (uintptr_t)p - (uintptr_t)boot_buf < BOOT_BYTES; }
+
+__attribute__((noinline)) static void *malloc_slow(size_t n) {
+  if (!resolve()) return boot_alloc(n, 16);
+  if (wants_arena(n)) {
     void *p = arena_alloc(n, PS);
     if (p) return p;
   }
   return real.malloc(n);
 }
 
-EXPORT void free(void *p) {
+EXPORT void *malloc(size_t n) {
+  if (LIKELY(n < cfg.min_size) && LIKELY(resolved())) return real.malloc(n);
+  return malloc_slow(n);
+}
+
+__attribute__((noinline)) static void free_slow(void *p) {
   if (p == NULL) return;
-  if (UNLIKELY(in_arena(p))) {
+  if (in_arena(p)) {
     arena_free(p);
     return;
   }
-  if (UNLIKELY(in_boot(p))) return;
-  if (UNLIKELY(!resolve())) return; /* cannot happen for a real pointer; be safe */
+  if (in_boot(p)) return;
+  if (!resolve()) return; /* cannot happen for a real pointer; be safe */
   real.free(p);
 }
 
-EXPORT void *calloc(size_t n, size_t size) {
+EXPORT void free(void *p) {
+  if (LIKELY(!in_arena_fast(p)) && LIKELY(!in_boot_fast(p)) && LIKELY(resolved())) {
+    real.free(p);
+    return;
+  }
+  free_slow(p);
+}
+
+__attribute__((noinline)) static void *calloc_slow(size_t n, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(n, size, &total)) {
     errno = ENOMEM;
     return NULL;
   }
-  if (UNLIKELY(!resolve())) return boot_alloc(total, 16);
-  if (UNLIKELY(wants_arena(total))) {
+  if (!resolve()) return boot_alloc(total, 16);
+  if (wants_arena(total)) {
     void *p = arena_alloc(total, PS); /* arena memory handed out is always zero */
     if (p) return p;
   }
   return real.calloc(n, size);
+}
+
+EXPORT void *calloc(size_t n, size_t size) {
+  size_t total;
+  if (LIKELY(!__builtin_mul_overflow(n, size, &total)) && LIKELY(total < cfg.min_size) && LIKELY(resolved()))
+    return real.calloc(n, size);
+  return calloc_slow(n, size);
 }
 
 static size_t real_usable(void *p) {
@@ -742,7 +772,15 @@ static size_t real_usable(void *p) {
   return 0;
 }
 
+__attribute__((noinline)) static void *realloc_slow(void *p, size_t n);
+
 EXPORT void *realloc(void *p, size_t n) {
+  if (LIKELY(p != NULL) && LIKELY(n < cfg.min_size) && LIKELY(!in_arena_fast(p)) && LIKELY(!in_boot_fast(p)) && LIKELY(resolved()))
+    return real.realloc(p, n);
+  return realloc_slow(p, n);
+}
+
+__attribute__((noinline)) static void *realloc_slow(void *p, size_t n) {
   if (p == NULL) return malloc(n);
   if (UNLIKELY(!resolve()) || UNLIKELY(in_boot(p))) {
     if (!in_boot(p)) return NULL; /* cannot happen */
