@@ -93,6 +93,12 @@ void CowStore::writer_main() {
     }
     queued_count_.store(queued_.size(), std::memory_order_release);
     queued_pages_ -= b->pages.size();
+    // Its buffer goes back to the pool once no reader holds the batch (read_queued copies under
+    // this lock, and the map no longer names it).
+    if (pool_.size() < 16 && b.use_count() == 1) {
+      pool_.emplace_back();
+      pool_.back().swap(b->data);
+    }
     wq_space_.notify_all();
     if (wq_.empty()) wq_idle_.notify_all();
   }
@@ -108,9 +114,17 @@ void CowStore::writer_main() {
 int CowStore::queue_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
   const uint32_t ps = store_.page_size;
   auto b = std::make_shared<WBatch>();
+  {
+    // A buffer from the pool: no allocation (and no page faults on fresh memory) per write-back.
+    std::lock_guard<std::mutex> lk(wq_mu_);
+    if (!pool_.empty()) {
+      b->data.swap(pool_.back());
+      pool_.pop_back();
+    }
+  }
   b->ns = ns;
   b->pages.assign(pages, pages + n);
-  b->data.resize(n * ps);
+  if (b->data.size() < n * ps) b->data.resize(n * ps);
   b->cancelled.assign(n, 0);
   b->flags = flags;
   for (size_t i = 0; i < n; i++) std::memcpy(b->data.data() + i * ps, bufs[i], ps);

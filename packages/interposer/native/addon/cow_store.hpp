@@ -133,6 +133,7 @@ class CowStore {
   std::shared_ptr<WBatch> writing_;
   std::unordered_map<std::pair<uint64_t, uint64_t>, PendingRef, KeyHash> queued_;
   size_t queued_pages_ = 0;
+  std::vector<std::vector<uint8_t>> pool_;  // batch buffers to reuse
   std::atomic<size_t> queued_count_{0};  // queued_.size(), read without the lock on the fast path
   bool stopping_ = false;
   bool failing_ = false;  // the last write failed: no back-pressure until one succeeds
