@@ -3,9 +3,11 @@
  * residency budget) against BigMaac's approach and against plain malloc, in one run:
  *
  *   - tierstack:  run_pass (packages/interposer/bench/run_pass.c) mallocs an array 4x the budget
- *                 under `tierstack run --budget 64M`; the stack is one FileTier with O_DIRECT on
- *                 the local disk (pages really leave for the disk, as the baseline's do). The
- *                 program runs in a cgroup v1 memory limit of budget + 8 MiB.
+ *                 under `tierstack run --budget 64M`, in a cgroup v1 memory limit of budget + 8 MiB.
+ *                 Two stacks: one FileTier with O_DIRECT on the local disk (pages really leave for
+ *                 the disk, as the baseline's do: the headline case), and a DRAM tier (CxlTier on a
+ *                 memfd, outside the program's limit — where pages go on a machine with a memory
+ *                 pool, CXL or RDMA: what the tier stack is for).
  *   - BigMaac:    the same program maps the array from an unlinked file on the same disk
  *                 (MAP_SHARED), in the same cgroup limit: the kernel pages it.
  *   - plain:      the same program, plain malloc, no preload and no limit.
@@ -24,7 +26,7 @@ import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'n
 import { loadavg } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { createTierStack, FileTier } from '@tierstack/core';
+import { createTierStack, FileTier, type TierStack } from '@tierstack/core';
 import { median, result, type Measurement, type Suite } from '../harness.js';
 
 const MiB = 2 ** 20;
@@ -91,9 +93,16 @@ export const runSuite: Suite = {
     const inCg = (cmd: string): string[] => ['-c', `echo $$ > ${cg}/cgroup.procs && exec ${cmd}`];
     const file = await FileTier.open({ dir: join(ctx.tmpDir, 'file-tier'), direct: true });
     const stack = createTierStack({ tiers: [file] });
+    let dramStack: TierStack | undefined;
+    try {
+      const { CxlTier } = await import('@tierstack/cxl');
+      dramStack = createTierStack({ tiers: [await CxlTier.open({ backing: { kind: 'memfd', size: 2 * ARRAY_MIB * MiB }, name: 'dram' })] });
+    } catch (err) {
+      ctx.log(`run: no DRAM-tier case (${(err as Error).message})`);
+    }
     const load0 = loadavg();
     const rounds = Math.max(5, ctx.measure.rounds); // whole-program rounds on a shared VM: at least 5 a side
-    const sides: Record<'bigmaac' | 'tierstack' | 'plain', Pass[]> = { bigmaac: [], tierstack: [], plain: [] };
+    const sides: Record<'bigmaac' | 'tierstack' | 'dram' | 'plain', Pass[]> = { bigmaac: [], tierstack: [], dram: [], plain: [] };
     const peak: Record<'bigmaac' | 'tierstack', number[]> = { bigmaac: [], tierstack: [] };
     const small: Record<'preloaded' | 'plain', number[]> = { preloaded: [], plain: [] };
     const smallRate = (out: string): number => {
@@ -117,27 +126,35 @@ export const runSuite: Suite = {
         ctx.log(`run: round ${r + 1}/${rounds}: file mapping (BigMaac) under the limit`);
         sides.bigmaac.push(parsePass(await spawnOut('sh', inCg(`${exe} file ${ARRAY_MIB} ${RAND_PAGES} ${fileDir} ${seed}`)), 'the file mapping'));
         peak.bigmaac.push(peakOf());
-        ctx.log(`run: round ${r + 1}/${rounds}: tierstack run under the limit`);
-        let out = '';
-        let closed: Promise<void> = Promise.resolve();
-        const res = await runWithTierStack({
-          stack,
-          command: 'sh',
-          args: inCg(`${exe} malloc ${ARRAY_MIB} ${RAND_PAGES} ${seed}`),
-          budget: BUDGET,
-          stdio: ['ignore', 'pipe', 'inherit'],
-          onStart: ({ child }) => {
-            child.stdout!.on('data', (d) => (out += d));
-            closed = new Promise((res) => child.once('close', () => res()));
-          },
-        });
-        await closed;
-        if (res.status !== 0) throw new Error(`run bench: tierstack side exited ${res.status}`);
-        sides.tierstack.push(parsePass(out, 'tierstack run'));
+        const underTierstack = async (st: TierStack, label: string): Promise<Pass> => {
+          ctx.log(`run: round ${r + 1}/${rounds}: tierstack run under the limit (${label})`);
+          let out = '';
+          let closed: Promise<void> = Promise.resolve();
+          const res = await runWithTierStack({
+            stack: st,
+            command: 'sh',
+            args: inCg(`${exe} malloc ${ARRAY_MIB} ${RAND_PAGES} ${seed}`),
+            budget: BUDGET,
+            stdio: ['ignore', 'pipe', 'inherit'],
+            onStart: ({ child }) => {
+              child.stdout!.on('data', (d) => (out += d));
+              closed = new Promise((res) => child.once('close', () => res()));
+            },
+          });
+          await closed;
+          if (res.status !== 0) throw new Error(`run bench: tierstack side (${label}) exited ${res.status}`);
+          return parsePass(out, `tierstack run (${label})`);
+        };
+        sides.tierstack.push(await underTierstack(stack, 'FileTier O_DIRECT'));
         peak.tierstack.push(peakOf());
+        if (dramStack) {
+          sides.dram.push(await underTierstack(dramStack, 'DRAM tier'));
+          peakOf();
+        }
         ctx.log(`run: round ${r + 1}/${rounds}: plain malloc, no limit`);
         sides.plain.push(parsePass(await spawnOut(exe, ['malloc', String(ARRAY_MIB), String(RAND_PAGES), seed]), 'plain malloc'));
         let smallOut = '';
+        let closed: Promise<void> = Promise.resolve();
         await runWithTierStack({
           stack,
           command: exe,
@@ -152,12 +169,13 @@ export const runSuite: Suite = {
         small.preloaded.push(smallRate(smallOut));
         small.plain.push(smallRate(await spawnOut(exe, ['small', String(SMALL_OPS)])));
         const pps = (p: Pass): string => `${Math.round(p.pages / (p.seq_ns / 1e9))} seq / ${Math.round(p.rand_pages / (p.rand_ns / 1e9))} rand pages/s`;
-        ctx.log(`run: round ${r + 1}: file ${pps(sides.bigmaac[r]!)}; tierstack ${pps(sides.tierstack[r]!)}`);
-        const checks = new Set([sides.bigmaac[r]!.check, sides.tierstack[r]!.check, sides.plain[r]!.check]);
+        ctx.log(`run: round ${r + 1}: file ${pps(sides.bigmaac[r]!)}; tierstack ${pps(sides.tierstack[r]!)}${dramStack ? `; tierstack, DRAM tier ${pps(sides.dram[r]!)}` : ''}`);
+        const checks = new Set([sides.bigmaac[r]!.check, sides.tierstack[r]!.check, sides.plain[r]!.check, ...(dramStack ? [sides.dram[r]!.check] : [])]);
         if (checks.size !== 1) throw new Error(`run bench: the sides read different data in round ${r + 1}: ${[...checks].join(' ')}`);
       }
     } finally {
       await stack.close();
+      await dramStack?.close();
       try {
         rmdirSync(cg);
       } catch {
@@ -169,10 +187,18 @@ export const runSuite: Suite = {
       ps.map((p) => (k === 'rand' ? p.rand_pages : p.pages) / ((k === 'seq' ? p.seq_ns : k === 'rand' ? p.rand_ns : p.init_ns) / 1e9));
     const mib = (b: number[]): string => `${(median(b) / MiB).toFixed(0)} MiB`;
     const common = `array ${ARRAY_MIB} MiB = 4x the budget ${BUDGET / MiB} MiB; cgroup v1 limit ${LIMIT / MiB} MiB (peak usage: tierstack ${mib(peak.tierstack)}, file ${mib(peak.bigmaac)}); tierstack stack: FileTier O_DIRECT on the local disk; load ${load0.map((l) => l.toFixed(1)).join('/')} -> ${load1.map((l) => l.toFixed(1)).join('/')}`;
-    const cmp = (k: 'seq' | 'rand' | 'init', base: 'bigmaac' | 'plain') => ({ case: measurement(rate(sides.tierstack, k)), baseline: measurement(rate(sides[base], k)) });
+    const cmp = (k: 'seq' | 'rand' | 'init', base: 'bigmaac' | 'plain', side: 'tierstack' | 'dram' = 'tierstack') => ({
+      case: measurement(rate(sides[side], k)),
+      baseline: measurement(rate(sides[base], k)),
+    });
     yield result('run', 'sequential pass, same limit (pages/s)', 'mmap of an unlinked file (BigMaac)', cmp('seq', 'bigmaac'), `bar >= 0.7x; ${common}`);
     yield result('run', `random pass (${RAND_PAGES} pages), same limit`, 'mmap of an unlinked file (BigMaac)', cmp('rand', 'bigmaac'), common);
     yield result('run', 'init: first write of every page, same limit', 'mmap of an unlinked file (BigMaac)', cmp('init', 'bigmaac'), common);
+    if (dramStack) {
+      const dram = common.replace('tierstack stack: FileTier O_DIRECT on the local disk', 'tierstack stack: a DRAM tier (CxlTier on a memfd) outside the limit');
+      yield result('run', 'sequential pass, same limit, DRAM tier (pages/s)', 'mmap of an unlinked file (BigMaac)', cmp('seq', 'bigmaac', 'dram'), dram);
+      yield result('run', `random pass (${RAND_PAGES} pages), same limit, DRAM tier`, 'mmap of an unlinked file (BigMaac)', cmp('rand', 'bigmaac', 'dram'), dram);
+    }
     yield result('run', 'sequential pass (pages/s)', 'plain malloc, no limit', cmp('seq', 'plain'), common);
     yield result('run', `random pass (${RAND_PAGES} pages)`, 'plain malloc, no limit', cmp('rand', 'plain'), common);
     yield result(

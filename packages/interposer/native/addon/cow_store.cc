@@ -42,7 +42,7 @@ void CowStore::stop() {
 
 int CowStore::drain() {
   std::unique_lock<std::mutex> lk(wq_mu_);
-  wq_idle_.wait(lk, [&] { return (wq_.empty() && !writing_) || stopping_ || failing_; });
+  wq_idle_.wait(lk, [&] { return (wq_.empty() && writing_.empty()) || stopping_ || failing_; });
   int rc = write_error_;
   write_error_ = TS_OK;
   return rc;
@@ -51,32 +51,56 @@ int CowStore::drain() {
 void CowStore::writer_main() {
   std::unique_lock<std::mutex> lk(wq_mu_);
   int failures = 0;
+  const uint32_t ps = store_.page_size;
+  std::vector<uint64_t> pages;
+  std::vector<const void *> bufs;
+  std::unordered_map<uint64_t, size_t> slot;  // page -> position in `pages` (the newest copy wins)
   for (;;) {
     wq_work_.wait(lk, [&] { return stopping_ || !wq_.empty(); });
     if (wq_.empty() && stopping_) break;
     if (wq_.empty()) continue;
-    std::shared_ptr<WBatch> b = wq_.front();
-    wq_.pop_front();
-    writing_ = b;
-    const uint32_t ps = store_.page_size;
-    std::vector<uint64_t> pages;
-    std::vector<const void *> bufs;
-    for (size_t i = 0; i < b->pages.size(); i++) {
-      if (b->cancelled[i]) continue;
-      pages.push_back(b->pages[i]);
-      bufs.push_back(b->data.data() + i * ps);
+    // One put for the head batch and the batches of the same namespace behind it (up to
+    // kMergePages): a backed-up queue costs one trip to the stack (often through JS) per merge.
+    std::vector<std::shared_ptr<WBatch>> &w = writing_;
+    w.clear();
+    pages.clear();
+    bufs.clear();
+    slot.clear();
+    const uint64_t ns = wq_.front()->ns;
+    const uint32_t flags = wq_.front()->flags;
+    size_t total = 0;
+    while (!wq_.empty() && wq_.front()->ns == ns && wq_.front()->flags == flags &&
+           (w.empty() || total + wq_.front()->pages.size() <= kMergePages)) {
+      w.push_back(wq_.front());
+      total += wq_.front()->pages.size();
+      wq_.pop_front();
+    }
+    for (auto &b : w) {
+      for (size_t i = 0; i < b->pages.size(); i++) {
+        if (b->cancelled[i]) continue;
+        const void *src = b->data.data() + i * ps;
+        auto it = slot.find(b->pages[i]);
+        if (it != slot.end()) {
+          bufs[it->second] = src;  // a later put of the same page: only the newest is written
+          continue;
+        }
+        slot.emplace(b->pages[i], pages.size());
+        pages.push_back(b->pages[i]);
+        bufs.push_back(src);
+      }
     }
     lk.unlock();
-    int rc = pages.empty() ? TS_OK : below_->put(b->ns, pages.data(), pages.size(), bufs.data(), b->flags);
+    int rc = pages.empty() ? TS_OK : below_->put(ns, pages.data(), pages.size(), bufs.data(), flags);
     lk.lock();
-    writing_.reset();
+    std::vector<std::shared_ptr<WBatch>> done;
+    done.swap(w);
     if (rc != TS_OK && rc != TS_E_CLOSED && !stopping_) {
-      // Never dropped: back to the head of the queue (reads keep seeing it; a remove may cancel
-      // pages of it meanwhile), tried again after a pause that grows up to a second.
+      // Never dropped: back to the head of the queue, in order (reads keep seeing them; a remove
+      // may cancel pages of them meanwhile), tried again after a pause that grows up to a second.
       stats_.write_retries.fetch_add(1, std::memory_order_relaxed);
       stats_.errors.fetch_add(1, std::memory_order_relaxed);
       write_error_ = rc;
-      wq_.push_front(b);
+      for (auto it = done.rbegin(); it != done.rend(); ++it) wq_.push_front(*it);
       failing_ = true;
       wq_space_.notify_all();
       wq_idle_.notify_all();
@@ -87,18 +111,23 @@ void CowStore::writer_main() {
     failures = 0;
     failing_ = false;
     if (rc != TS_OK) write_error_ = rc;  // closing: the stack is gone
-    for (size_t i = 0; i < b->pages.size(); i++) {
-      auto it = queued_.find({b->ns, b->pages[i]});
-      if (it != queued_.end() && it->second.batch == b) queued_.erase(it);  // unless a newer put replaced it
+    for (auto &b : done) {
+      for (size_t i = 0; i < b->pages.size(); i++) {
+        auto it = queued_.find({b->ns, b->pages[i]});
+        if (it != queued_.end() && it->second.batch == b) queued_.erase(it);  // unless a newer put replaced it
+      }
+      queued_pages_ -= b->pages.size();
     }
     queued_count_.store(queued_.size(), std::memory_order_release);
-    queued_pages_ -= b->pages.size();
-    // Its buffer goes back to the pool once no reader holds the batch (read_queued copies under
-    // this lock, and the map no longer names it).
-    if (pool_.size() < 16 && b.use_count() == 1) {
-      pool_.emplace_back();
-      pool_.back().swap(b->data);
+    // Buffers go back to the pool once no reader holds their batch (read_queued copies under this
+    // lock, and the map no longer names them).
+    for (auto &b : done) {
+      if (pool_.size() < 16 && b.use_count() == 1) {
+        pool_.emplace_back();
+        pool_.back().swap(b->data);
+      }
     }
+    done.clear();
     wq_space_.notify_all();
     if (wq_.empty()) wq_idle_.notify_all();
   }
@@ -169,10 +198,12 @@ void CowStore::cancel_queued(uint64_t ns, const uint64_t *pages, size_t n) {
   // bring the page back after it.
   wq_idle_.wait(lk, [&] {
     if (stopping_) return true;
-    if (!writing_ || writing_->ns != ns) return true;
-    for (size_t i = 0; i < n; i++)
-      for (size_t k = 0; k < writing_->pages.size(); k++)
-        if (writing_->pages[k] == pages[i] && !writing_->cancelled[k]) return false;
+    for (auto &w : writing_) {
+      if (w->ns != ns) continue;
+      for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < w->pages.size(); k++)
+          if (w->pages[k] == pages[i] && !w->cancelled[k]) return false;
+    }
     return true;
   });
   if (queued_count_.load(std::memory_order_relaxed) == 0) return;

@@ -130,7 +130,8 @@ class CowStore {
   std::mutex wq_mu_;
   std::condition_variable wq_work_, wq_space_, wq_idle_;
   std::deque<std::shared_ptr<WBatch>> wq_;
-  std::shared_ptr<WBatch> writing_;
+  std::vector<std::shared_ptr<WBatch>> writing_;  // the batches of the put under way
+  static constexpr size_t kMergePages = 1024;
   std::unordered_map<std::pair<uint64_t, uint64_t>, PendingRef, KeyHash> queued_;
   size_t queued_pages_ = 0;
   std::vector<std::vector<uint8_t>> pool_;  // batch buffers to reuse
