@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { GuestErrorCode, GuestVmError, tail } from './errors.js';
 import { GUEST_JOB_DIR } from './initramfs.js';
-import { jobScript, setupStepsScript } from './job-script.js';
+import { JOB_STARTED_MARKER, jobScript, setupStepsScript } from './job-script.js';
 import { prepareGuest } from './prepare.js';
 import { hostLoopsPerJiffy, qemuArgs, type QemuPlan } from './qemu-args.js';
 import { runQemu } from './qemu-process.js';
@@ -122,6 +122,9 @@ async function sparseFile(path: string, sizeMiB: number): Promise<void> {
   }
 }
 
+/** Boots after a panic that struck before the job started (see runInGuest). */
+const BOOT_RETRIES = 2;
+
 const readOr = (path: string, fallback = ''): Promise<string> => readFile(path, 'utf8').catch(() => fallback);
 
 /**
@@ -191,15 +194,28 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestResul
       }),
     );
     const started = Date.now();
-    const outcome = await runQemu(guest.tools.qemu, qemuArgs(plan), {
-      timeoutMs,
-      consoleLog: plan.consoleLog,
-      follow: [
-        ...(options.onStdout ? [{ path: join(jobDir, 'stdout'), onData: options.onStdout }] : []),
-        ...(options.onStderr ? [{ path: join(jobDir, 'stderr'), onData: options.onStderr }] : []),
-      ],
-      env: { ...process.env, LD_LIBRARY_PATH: guest.tools.libraryPath, QEMU_MODULE_DIR: guest.tools.qemuModuleDir },
-    });
+    const boot = () =>
+      runQemu(guest.tools.qemu, qemuArgs(plan), {
+        timeoutMs,
+        consoleLog: plan.consoleLog,
+        follow: [
+          ...(options.onStdout ? [{ path: join(jobDir, 'stdout'), onData: options.onStdout }] : []),
+          ...(options.onStderr ? [{ path: join(jobDir, 'stderr'), onData: options.onStderr }] : []),
+        ],
+        env: { ...process.env, LD_LIBRARY_PATH: guest.tools.libraryPath, QEMU_MODULE_DIR: guest.tools.qemuModuleDir },
+      });
+    let outcome = await boot();
+    // Multi-threaded TCG occasionally runs a stale translation of kernel text that another vCPU
+    // is live-patching (an int3 from text_poke_bp outlives the patch: "Oops: int3" in
+    // sched_clock_cpu at ~1.3 s, once in dozens of boots). That kills the boot before any of
+    // our code runs; it says nothing about the command, so boot again — never once the job
+    // started (its marker is the first thing the job script writes).
+    for (let retry = 1; retry <= BOOT_RETRIES && outcome.panicked && !existsSync(join(jobDir, JOB_STARTED_MARKER)); retry++) {
+      const reason = /(Oops|BUG|Kernel panic)[^\n]*/.exec(await readOr(plan.consoleLog))?.[0] ?? 'kernel panic';
+      process.stderr.write(`guestvm: guest kernel panicked while booting (${reason.trim()}); booting again (${retry}/${BOOT_RETRIES})\n`);
+      await rm(plan.consoleLog, { force: true });
+      outcome = await boot();
+    }
     const durationMs = Date.now() - started;
     const consoleText = await readOr(plan.consoleLog);
     const stdout = await readOr(join(jobDir, 'stdout'));

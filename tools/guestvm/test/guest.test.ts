@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { guestCapability, runInGuest, type GuestVmError } from '../src/index.js';
 
 const cap = await guestCapability();
@@ -122,6 +122,29 @@ describe.skipIf(!cap.ok)('guestvm: commands in a QEMU guest', () => {
     expect(err.code).toBe('TS_ERR_GUEST_CRASH');
     expect(err.consoleTail).toContain('sysrq triggered crash');
     expect(err.stdout).toBe('partial\n');
+  });
+
+  it('a panic before the job starts is booted again (twice), then TS_ERR_GUEST_CRASH; the command never ran', async () => {
+    // No init in the initramfs: the kernel panics while booting, before the job script runs.
+    const results = join(scratch, 'boot-panic-results');
+    const said: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array, ...rest: unknown[]) => {
+      said.push(String(chunk));
+      return (write as (...a: unknown[]) => boolean)(chunk, ...rest);
+    });
+    try {
+      const err = await expectGuestError(
+        runInGuest({ command: 'touch "$TIERSTACK_GUEST_RESULTS/ran"', kernelArgs: ['rdinit=/no-such-init', 'root=/dev/no-such-disk'], resultsDir: results, timeoutMs: 60_000 }),
+      );
+      expect(err.code).toBe('TS_ERR_GUEST_CRASH');
+      expect(err.consoleTail).toMatch(/Kernel panic/);
+    } finally {
+      spy.mockRestore();
+    }
+    const retries = said.filter((l) => l.includes('panicked while booting'));
+    expect(retries.map((l) => /\((\d)\/2\)/.exec(l)?.[1])).toEqual(['1', '2']);
+    expect(existsSync(join(results, 'ran'))).toBe(false);
   });
 });
 
