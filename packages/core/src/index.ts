@@ -21,3 +21,15 @@ export {
   type NativeChainDescriptor,
 } from './tier-stack.js';
 export { createJsPath, nativeStatusOf, isLayeredStore, JsPathOp, type LayeredStore, type JsPath, type JsPathBatch, type JsPathStats } from './js-path.js';
+export {
+  summarizeTrace,
+  formatTraceSummary,
+  TraceRing,
+  TRACE_OPS,
+  type TraceOp,
+  type TraceRecord,
+  type TraceSummary,
+  type TraceOpSummary,
+  type TraceLatency,
+  type TraceSizeBucket,
+} from './request-trace.js';
