@@ -4,9 +4,12 @@
  * so errexit holds: inside `( ... ) || x` the shell would ignore set -e).
  */
 
-export type GuestSetupStep = 'ublk' | 'cxl-devdax';
+export type GuestSetupStep = 'ublk' | 'cxl-devdax' | 'rxe';
 
-export const SETUP_STEPS: readonly GuestSetupStep[] = ['ublk', 'cxl-devdax'];
+export const SETUP_STEPS: readonly GuestSetupStep[] = ['ublk', 'cxl-devdax', 'rxe'];
+
+/** Where the 'rxe' step puts soft-RoCE: the dummy netdev's name, address and the RDMA device. */
+export const RXE = { netdev: 'dummy0', address: '10.77.0.1', prefix: 24, device: 'rxe0' } as const;
 
 // Waits up to 20 s (guest uptime) for a path: devices appear asynchronously once their driver
 // probes. Counted in seconds, not iterations: under emulation a fork costs ~0.1-0.5 s. Quiet
@@ -36,6 +39,20 @@ cxl create-region -m -d decoder0.0 -t pmem -w 1 -g 256 mem0
 wait_for /sys/bus/nd/devices/region0
 ndctl create-namespace -m devdax -r region0 -a 2M
 wait_for /dev/dax0.0`,
+  // Soft-RoCE (rdma_rxe) on a dummy netdev with an IPv4 address of its own: not on lo, where
+  // rdma_cm cannot resolve a route. The address exists only inside the guest (no traffic leaves
+  // it). Userspace (libibverbs + the rxe provider, ibv_devices, rdma from iproute2) comes from the
+  // host's root: the Debian packages are declared by @tierstack/rdma, whose tests use this step.
+  // Done when ibv_devices lists the device (the uverbs node appears asynchronously).
+  rxe: `modprobe -a rdma_rxe ib_uverbs rdma_ucm dummy
+ip link add ${RXE.netdev} type dummy
+ip addr add ${RXE.address}/${RXE.prefix} dev ${RXE.netdev}
+ip link set ${RXE.netdev} up
+ip link set lo up
+rdma link add ${RXE.device} type rxe netdev ${RXE.netdev}
+wait_for /dev/infiniband/uverbs0
+wait_for /sys/class/infiniband/${RXE.device}
+ibv_devices | grep -qw ${RXE.device}`,
 };
 
 /** The sh text of the given steps, in order. */

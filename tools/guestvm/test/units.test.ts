@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { buildCpio } from '../src/cpio.js';
 import { guestCacheDir, shQuote } from '../src/index.js';
 import { hostLoopsPerJiffy } from '../src/qemu-args.js';
+import { setupScript } from '../src/setup-steps.js';
 
 describe('shQuote', () => {
   it.each([[''], ['plain'], ["it's"], ['$HOME `id` "x" \\ \n tab\t'], ["''"]])('round-trips %j through /bin/sh', (s) => {
@@ -46,5 +47,25 @@ describe('hostLoopsPerJiffy', () => {
     expect(hostLoopsPerJiffy('processor\t: 0\ncpu MHz\t\t: 2096.039\n', 'CONFIG_X=y\nCONFIG_HZ=250\n')).toBe(8384156);
     expect(hostLoopsPerJiffy('processor\t: 0\n', 'CONFIG_HZ=250\n')).toBeUndefined();
     expect(hostLoopsPerJiffy('cpu MHz\t\t: 2096.039\n', '')).toBeUndefined();
+  });
+});
+
+describe("setup step 'rxe'", () => {
+  const script = setupScript(['rxe']);
+  it('is valid sh that brings soft-RoCE up on a dummy netdev (not lo) and waits for the device', () => {
+    execFileSync('/bin/sh', ['-n', '-c', script]);
+    const lines = script.split('\n');
+    const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
+    const order = [
+      /^modprobe -a rdma_rxe ib_uverbs rdma_ucm dummy$/,
+      /^ip link add dummy0 type dummy$/,
+      /^ip addr add 10\.77\.0\.1\/24 dev dummy0$/,
+      /^ip link set dummy0 up$/,
+      /^rdma link add rxe0 type rxe netdev dummy0$/,
+      /^ibv_devices \| grep -qw rxe0$/,
+    ].map(at);
+    expect(order.every((i) => i >= 0)).toBe(true);
+    expect([...order].sort((a, b) => a - b)).toEqual(order);
+    expect(script).not.toMatch(/netdev lo\b/);
   });
 });
