@@ -21,6 +21,7 @@ export {
   type NativeChainDescriptor,
 } from './tier-stack.js';
 export { createJsPath, nativeStatusOf, isLayeredStore, JsPathOp, type LayeredStore, type JsPath, type JsPathBatch, type JsPathStats } from './js-path.js';
+export { SnapshotReader, type SnapshotPagesInfo, type SnapshotReadResult, type SnapshotReaderStats } from './snapshot-reader.js';
 export {
   summarizeTrace,
   formatTraceSummary,
@@ -33,3 +34,5 @@ export {
   type TraceLatency,
   type TraceSizeBucket,
 } from './request-trace.js';
+export { serveMetrics, type MetricsServer, type MetricsServerOptions } from './metrics-server.js';
+export { registerCollectedHistogram, type CollectedSeries, type CollectedHistogramOptions } from './collected-histogram.js';

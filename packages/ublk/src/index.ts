@@ -22,3 +22,4 @@ export {
   type DeviceState,
   type RunningServer,
 } from './server.js';
+export { bindBlockMetrics } from './metrics.js';

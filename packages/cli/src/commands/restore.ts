@@ -15,7 +15,7 @@ import type { Command } from 'commander';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { createTierStack, type Logger, type PageStore } from '@tierstack/core';
+import { bindStackMetrics, createTierStack, type Logger, type PageStore } from '@tierstack/core';
 import {
   SnapshotCatalog,
   serveCriuPages,
@@ -27,10 +27,13 @@ import {
   type CriuHeaderLayout,
   type KeeperMemfd,
   type KeeperOptions,
+  queryKeeperStatus,
 } from '@tierstack/faas';
 import { addStackOptions, openStack, type StackCliOptions } from '../stack-options.js';
+import { addMetricsOptions, startMetrics, type MetricsCliOptions } from '../metrics-options.js';
+import { bindRestoreMetrics, type RestoreFigures } from '../restore-metrics.js';
 
-interface RestoreCliOptions extends StackCliOptions {
+interface RestoreCliOptions extends StackCliOptions, MetricsCliOptions {
   firecracker?: string;
   criuPort?: number;
   host: string;
@@ -57,7 +60,7 @@ const untilSignal = (): Promise<void> =>
 
 function restoreOptions(cmd: Command): Command {
   return addStackOptions(
-    cmd
+    addMetricsOptions(cmd)
       .argument('<id>', 'snapshot id')
       .option('--firecracker <socket>', 'listen on this Unix socket as a Firecracker UFFD handler')
       .option('--criu-port <port>', 'serve CRIU lazy-pages GETs on this TCP port', Number)
@@ -135,9 +138,23 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
       if (o.keeper) return runUnderKeeper(id, o, logger);
       const stack = await openStack(o, { logger });
       const catalog = new SnapshotCatalog(stack, { logger });
+      // What the metrics read: the server this process runs (set below, once it is up).
+      let figures: () => Partial<RestoreFigures> | undefined = () => undefined;
+      const metrics = await startMetrics(o, (registry) => {
+        bindStackMetrics(registry, stack);
+        bindRestoreMetrics(registry, id, () => figures());
+      }).catch(async (err: unknown) => {
+        await stack.close();
+        throw err;
+      });
+      if (metrics) out(`metrics on ${metrics.url}`);
       try {
         if (o.criuPort !== undefined) {
           const server = await serveCriuPages(catalog, { snapshotId: id, port: o.criuPort, host: o.host, ...criuServerOptions(o), logger });
+          figures = () => {
+            const s = server.stats();
+            return { restores: s.connections, instances: s.openConnections, rejected: s.rejectedConnections, pagesInstalled: s.pagesServed, faultsServed: s.gets };
+          };
           out(`serving CRIU pages of ${id} on ${server.host}:${server.port} (layout ${o.criuLayout}); Ctrl-C stops`);
           await untilSignal();
           out(JSON.stringify(server.stats()));
@@ -145,12 +162,23 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
         } else {
           const hook = createRestoreHook(stack, { catalog, logger, prefetch: o.prefetch, recordWorkingSet: o.record });
           const handler = await serveFirecracker(hook, { socketPath: o.firecracker!, snapshotId: id, logger, restore: { eager: o.eager === true } });
+          figures = () => {
+            const levels: number[] = [];
+            let jsPathPages = 0;
+            for (const r of handler.instances()) {
+              const s = r.stats();
+              s.pagesByLevel.forEach((n, i) => (levels[i] = (levels[i] ?? 0) + n));
+              jsPathPages += s.jsPathPages;
+            }
+            return { ...handler.health(), pagesByLevel: levels, jsPathPages };
+          };
           out(`Firecracker UFFD handler for ${id} listening on ${o.firecracker}; Ctrl-C stops`);
           await untilSignal();
           out(JSON.stringify(handler.health()));
           await handler.close();
         }
       } finally {
+        await metrics?.close();
         await stack.close();
       }
     },
@@ -165,7 +193,24 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
       await runRestoreWorker({
         snapshotId: id,
         mode: criu ? 'criu' : 'firecracker',
-        openStack: (memfds) => openWorkerStack(o, memfds, logger),
+        openStack: async (memfds) => {
+          const stack = await openWorkerStack(o, memfds, logger);
+          // Served by the promoted worker (a standby never gets here); its replacement takes the
+          // port over once this one is gone. The restore figures are the worker's own last report
+          // to the keeper, read from the keeper's status socket.
+          const status = o.statusSocket;
+          await startMetrics(
+            o,
+            (registry) => {
+              bindStackMetrics(registry, stack);
+              bindRestoreMetrics(registry, id, async () =>
+                status === undefined ? undefined : ((await queryKeeperStatus(status, 2000)).worker?.stats as Partial<RestoreFigures> | undefined),
+              );
+            },
+            { retryMs: 10_000 },
+          ).catch((err: unknown) => logger.error({ err }, 'restore worker: cannot serve metrics'));
+          return stack;
+        },
         hook: { prefetch: o.prefetch, recordWorkingSet: o.record },
         restore: { eager: o.eager === true },
         criu: criuServerOptions(o),
@@ -202,7 +247,8 @@ async function runUnderKeeper(id: string, o: RestoreCliOptions, logger: Logger):
       standby: o.standby,
       giveUpAfter: 5,
       label: `restore ${id}`,
-      worker: [process.execPath, process.argv[1]!, 'restore-worker', ...args],
+      // The worker reads its figures back from the status socket for --metrics-port: name it.
+      worker: [process.execPath, process.argv[1]!, 'restore-worker', ...args, ...(o.statusSocket === undefined ? ['--status-socket', status] : [])],
     },
     { stdio: ['ignore', 'inherit', 'inherit'] },
   );

@@ -10,7 +10,10 @@
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import pino from 'pino';
+import { Registry } from 'prom-client';
+import { bindStackMetrics, serveMetrics } from '@tierstack/core';
 import { addStackOptions, openStack, type StackCliOptions } from '../stack-options.js';
+import { addMetricsOptions, type MetricsCliOptions } from '../metrics-options.js';
 
 /** "1073741824", "64k", "512M", "4G", "1GiB" (powers of 1024), as the library reads them. */
 export const parseBytes = (v: string): number => {
@@ -22,7 +25,7 @@ export const parseBytes = (v: string): number => {
   return n;
 };
 
-interface RunCliOptions extends StackCliOptions {
+interface RunCliOptions extends StackCliOptions, MetricsCliOptions {
   minSize?: number;
   budget?: number;
   arena?: number;
@@ -49,8 +52,7 @@ const untilSignal = (): Promise<void> =>
 
 export function registerRunCommand(program: Command, out: (l: string) => void = (l) => console.log(l)): void {
   addStackOptions(
-    program
-      .command('run')
+    addMetricsOptions(program.command('run'))
       .description('run a command whose big allocations live in the tier stack under a residency budget (LD_PRELOAD)')
       .argument('[command...]', 'the command and its arguments (after --)')
       .addOption(new Option('--min-size <bytes>', 'allocations of at least this size go to the stack (default 16M)').env('TIERSTACK_RUN_MIN_SIZE').argParser(parseBytes))
@@ -77,6 +79,16 @@ export function registerRunCommand(program: Command, out: (l: string) => void = 
     if (o.serve === undefined && command.length === 0) throw new InvalidArgumentError('give the command to run after --, or --serve <socket>');
     const logger = pino({ level: process.env['TIERSTACK_LOG'] ?? 'warn' }, pino.destination(2));
     const stack = await openStack(o, { logger });
+    // The engine registers its fault metrics in the registry it is given (uffd's bindUffdMetrics).
+    const registry = o.metricsPort !== undefined ? new Registry() : undefined;
+    const metrics = registry
+      ? await serveMetrics(registry, { port: o.metricsPort!, host: o.metricsHost }).catch(async (err: unknown) => {
+          await stack.close();
+          throw err;
+        })
+      : undefined;
+    if (registry) bindStackMetrics(registry, stack);
+    if (metrics) process.stderr.write(`metrics on ${metrics.url}\n`);
     try {
       if (o.serve !== undefined) {
         const server = await RunServer.start({
@@ -86,6 +98,7 @@ export function registerRunCommand(program: Command, out: (l: string) => void = 
           faultAround: o.faultAround,
           faultThreads: o.faultThreads,
           ...(o.cpus ? { cpus: o.cpus } : {}),
+          ...(registry ? { registry } : {}),
           logger,
         });
         out(`tierstack run server on ${server.socketPath}; preload ${preloadLibraryPath()} with TIERSTACK_RUN_SOCKET=${server.socketPath}; Ctrl-C stops`);
@@ -105,6 +118,7 @@ export function registerRunCommand(program: Command, out: (l: string) => void = 
         faultThreads: o.faultThreads,
         ...(o.cpus ? { cpus: o.cpus } : {}),
         debug: o.debug === true,
+        ...(registry ? { registry } : {}),
         logger,
       });
       if (o.stats) {
@@ -112,6 +126,7 @@ export function registerRunCommand(program: Command, out: (l: string) => void = 
       }
       process.exitCode = result.status;
     } finally {
+      await metrics?.close();
       await stack.close();
     }
   });

@@ -17,10 +17,12 @@ import {
   swapOn,
   swapOff,
   DEFAULT_STATE_DIR,
+  bindBlockMetrics,
   type Transport,
 } from '@tierstack/ublk';
-import type { Logger, TierStack } from '@tierstack/core';
+import { bindStackMetrics, type Logger, type TierStack } from '@tierstack/core';
 import { defaultDataDir, openStack } from '../stack-options.js';
+import { addMetricsOptions, startMetrics, type MetricsCliOptions } from '../metrics-options.js';
 
 export const parseSize = (v: string): number => {
   const m = /^(\d+)([KMGT]i?B?|[kmgt])?$/.exec(v.trim());
@@ -39,7 +41,7 @@ const int = (lo: number, hi: number) => (v: string): number => {
 
 const mib = (b: number): string => (b / (1 << 20)).toFixed(1);
 
-interface UblkAddOptions {
+interface UblkAddOptions extends MetricsCliOptions {
   name: string;
   size: number;
   transport?: string;
@@ -85,8 +87,7 @@ async function remoteStack(o: UblkAddOptions, logger: Logger): Promise<TierStack
 export function registerUblkCommands(program: Command): void {
   const ublk = program.command('ublk').description('the tier stack as a block device (ublk, or loop over FUSE on kernels without ublk)');
 
-  ublk
-    .command('add')
+  addMetricsOptions(ublk.command('add'))
     .description('serve a block device in the foreground until SIGINT/SIGTERM (prints a JSON line when it is up)')
     .requiredOption('--name <name>', 'device name (state in --state-dir)')
     .requiredOption('--size <bytes>', 'device size (e.g. 4G)', parseSize)
@@ -124,7 +125,14 @@ export function registerUblkCommands(program: Command): void {
         recovery: o.recovery,
         recover: o.recover === true ? true : 'auto',
       });
-      console.log(JSON.stringify({ event: 'ready', ...server.state }));
+      const metrics = await startMetrics(o, (registry) => {
+        bindStackMetrics(registry, server.stack);
+        bindBlockMetrics(registry, server.device);
+      }).catch(async (err: unknown) => {
+        await server.stop();
+        throw err;
+      });
+      console.log(JSON.stringify({ event: 'ready', ...server.state, ...(metrics ? { metrics: metrics.url } : {}) }));
       await new Promise<void>((resolve) => {
         const stop = (sig: string): void => {
           logger.info({ sig }, 'stopping');
@@ -137,6 +145,7 @@ export function registerUblkCommands(program: Command): void {
         process.once('SIGINT', () => stop('SIGINT'));
         process.once('SIGTERM', () => stop('SIGTERM'));
       });
+      await metrics?.close();
       console.log(JSON.stringify({ event: 'stopped', name: o.name }));
     });
 
