@@ -14,7 +14,8 @@ class PageBackend {
  public:
   virtual ~PageBackend() = default;
   // status[i]: TS_PAGE_FOUND (bufs[i] filled), TS_PAGE_MISS (untouched) or a negative per-page error.
-  virtual int get(const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) = 0;
+  // level[i] (may be null): the stack level that served a found page (StackClient::get).
+  virtual int get(const uint64_t *pages, size_t n, void *const *bufs, int32_t *status, uint8_t *level) = 0;
   virtual int put(const uint64_t *pages, size_t n, const void *const *bufs) = 0;
   virtual int remove(const uint64_t *pages, size_t n) = 0;
   // Makes every write that completed before the call durable in the stack's sense (stack.flush()).

@@ -64,7 +64,10 @@ void BlockHandler::process_rw(BlockRequest *reqs, size_t n, Scratch &s) {
   s.rmw_bad.clear();
   s.puts.clear();
   s.pool_used = 0;
-  for (size_t k = 0; k < n; k++) reqs[k].result = static_cast<int32_t>(reqs[k].length);
+  for (size_t k = 0; k < n; k++) {
+    reqs[k].result = static_cast<int32_t>(reqs[k].length);
+    reqs[k].level = reqs[k].op == BlockOp::Read ? kLevelMiss : kLevelStack;
+  }
 
   // 1. Pages that some write covers only partly need their old contents (read-modify-write).
   for (size_t k = 0; k < n; k++) {
@@ -117,10 +120,16 @@ void BlockHandler::process_rw(BlockRequest *reqs, size_t n, Scratch &s) {
   }
   if (!s.pages.empty()) {
     s.status.assign(s.pages.size(), TS_PAGE_MISS);
-    int rc = backend_->get(s.pages.data(), s.pages.size(), s.bufs.data(), s.status.data());
+    s.levels.assign(s.pages.size(), 0);
+    int rc = backend_->get(s.pages.data(), s.pages.size(), s.bufs.data(), s.status.data(), s.levels.data());
     for (size_t e = 0; e < s.pages.size(); e++) {
       int32_t st = rc == TS_OK ? s.status[e] : rc;
-      if (st == TS_PAGE_FOUND) continue;
+      if (st == TS_PAGE_FOUND) {
+        // A request's level is the deepest one any of its pages came from (what its latency paid).
+        int32_t own = s.owner[e];
+        if (own >= 0 && (reqs[own].level == kLevelMiss || s.levels[e] > reqs[own].level)) reqs[own].level = s.levels[e];
+        continue;
+      }
       if (st == TS_PAGE_MISS) {
         std::memset(s.bufs[e], 0, kPageSize);  // never written (or discarded): zeros
         continue;

@@ -32,6 +32,9 @@ struct BlockRequest {
   uint64_t length;  // bytes
   uint8_t *buf;     // read: filled; write: source; unused otherwise
   int32_t result;   // out: bytes done, or -errno
+  // out (reads): the deepest stack level that served one of its pages (StackClient levels), or
+  // kLevelMiss when no tier held any; kLevelStack for everything else. Only the trace reads it.
+  uint8_t level = kLevelStack;
 };
 
 class BlockHandler {
@@ -49,6 +52,7 @@ class BlockHandler {
     std::vector<void *> bufs;
     std::vector<const void *> cbufs;
     std::vector<int32_t> status;
+    std::vector<uint8_t> levels;  // serving level of each get entry
     std::vector<int32_t> owner;  // request index of each get entry, -1 for RMW slots
     std::vector<std::unique_ptr<uint8_t[]>> pool;  // scratch pages
     size_t pool_used = 0;

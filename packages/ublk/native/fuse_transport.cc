@@ -86,7 +86,9 @@ int serve(FuseTransport *t, BlockOp op, uint64_t off, uint64_t len, uint8_t *buf
   uint64_t t0 = now_ns();
   BlockRequest r{op, off, len, buf, 0};
   t->handler()->process(&r, 1, w->scratch);
-  t->stats()->record(op, len, now_ns() - t0, r.result >= 0);
+  uint64_t dt = now_ns() - t0;
+  t->stats()->record(op, len, dt, r.result >= 0);
+  t->stats()->trace.record(static_cast<uint8_t>(op), t0, off, len, dt, r.level, r.result >= 0);
   return r.result;
 }
 

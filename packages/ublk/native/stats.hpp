@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <sys/mman.h>
 
+#include "trace_ring.hpp"
+
 namespace tsublk {
 
 enum class BlockOp : uint8_t { Read = 0, Write = 1, Flush = 2, Discard = 3, WriteZeroes = 4 };
@@ -43,6 +45,9 @@ class DeviceStats {
   std::atomic<uint64_t> locked_bytes{0};
   std::atomic<int> lock_errno{0};
   void lock(void *p, size_t n);
+
+  // Recent requests, for `tierstack ublk trace` (off until enabled).
+  TraceRing trace;
 
  private:
   OpStats ops_[kOpCount];

@@ -326,7 +326,10 @@ void UblkTransport::queue_main(Queue *q) {
       const BlockRequest &br = reqs[i];
       int32_t res = br.result;
       if (br.op == BlockOp::Flush || br.op == BlockOp::Discard || br.op == BlockOp::WriteZeroes) res = res < 0 ? res : 0;
-      if (static_cast<int>(br.op) < kOpCount) stats_->record(br.op, br.length, t1 - t0s[i], res >= 0);
+      if (static_cast<int>(br.op) < kOpCount) {
+        stats_->record(br.op, br.length, t1 - t0s[i], res >= 0);
+        stats_->trace.record(static_cast<uint8_t>(br.op), t0s[i], br.offset, br.length, t1 - t0s[i], br.level, res >= 0);
+      }
       queue_cmd(tags[i], UBLK_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_COMMIT_AND_FETCH_REQ, res);
     }
   }

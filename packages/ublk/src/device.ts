@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { createJsPath, ErrorCode, TierStackError, badArgument, silentLogger, type Logger, type PageStore } from '@tierstack/core';
 import { nativeAddon, type NativeDevice } from './native.js';
 import { summarize, type DeviceStats } from './stats.js';
+import { DeviceTrace, levelNames } from './trace.js';
 
 export type Transport = 'ublk' | 'fuse-loop';
 
@@ -72,6 +73,12 @@ export interface BlockDevice {
   /** ublk with user recovery: the device outlives this process (see BlockDeviceOptions.recovery). */
   readonly recoverable: boolean;
   stats(): DeviceStats;
+  /**
+   * The request trace (off until started): a bounded native ring the I/O threads fill without
+   * allocating or calling JS; `take()` drains it. Reads name the tier that served them ('zero':
+   * no tier held the page); writes, discards and flushes are 'stack'.
+   */
+  readonly trace: DeviceTrace;
   /** Stops the device (the kernel side first, then the threads) and releases the stack client. */
   close(): Promise<void>;
 }
@@ -187,6 +194,7 @@ export async function createBlockDevice(options: BlockDeviceOptions): Promise<Bl
     memoryLocked,
     recoverable,
     stats: () => summarize(native.stats()),
+    trace: new DeviceTrace(native, levelNames(stack)),
     close() {
       closing ??= (async () => {
         await native.stop();

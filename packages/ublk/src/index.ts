@@ -23,3 +23,5 @@ export {
   type RunningServer,
 } from './server.js';
 export { bindBlockMetrics } from './metrics.js';
+export { DeviceTrace, levelNames, type TraceBatch } from './trace.js';
+export { serveControl, streamTrace, locateRemote, locatePages, type ControlServer, type TraceStreamOptions } from './control.js';

@@ -41,6 +41,11 @@ export interface NativeDevice {
   stop(): Promise<void>;
   stopSync(): void;
   stats(): NativeDeviceStats;
+  /** Starts a fresh request trace; returns the ring's capacity (records). */
+  traceEnable(capacity: number): number;
+  traceDisable(): void;
+  /** Records since the last drain: n x [atNs, offset, length, latencyNs, op, level, ok]. */
+  traceDrain(max: number): { records: Float64Array; lost: number };
 }
 
 export interface UblkAddon {

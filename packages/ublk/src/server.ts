@@ -19,6 +19,7 @@ import { createBlockDevice, defaultTransport, type BlockDevice, type Transport }
 import { swapOn, swapOff, activeSwaps } from './swap.js';
 import type { DeviceStats } from './stats.js';
 import { nativeAddon } from './native.js';
+import { serveControl } from './control.js';
 
 export const DEFAULT_STATE_DIR = '/run/tierstack/ublk';
 
@@ -62,6 +63,8 @@ export interface DeviceState {
   recoverable?: boolean;
   recoveries?: number;
   startedAt: string;
+  /** The control socket (request traces, page locations): see control.ts. */
+  control?: string;
 }
 
 export interface RunningServer {
@@ -152,6 +155,12 @@ export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
   };
   const statePath = join(stateDir, `${o.name}.json`);
   const statsPath = join(stateDir, `${o.name}.stats.json`);
+  const control = await serveControl(join(stateDir, `${o.name}.ctl`), device, stack, log).catch((err: unknown) => {
+    // Tracing and page locations are extras: a device without them still serves.
+    log.warn({ err }, 'no control socket');
+    return undefined;
+  });
+  if (control) state.control = control.path;
   const publishStats = (): void => {
     const tmp = `${statsPath}.tmp`;
     writeFileSync(tmp, JSON.stringify({ at: Date.now(), device: device.stats(), stack: stack.stats() }));
@@ -167,6 +176,7 @@ export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
       await swapOn(device.path, { priority: o.swapPriority });
     } catch (err) {
       clearInterval(timer);
+      await control?.close();
       await device.close();
       await stack.close();
       rmSync(statePath, { force: true });
@@ -184,6 +194,7 @@ export async function serveDevice(o: ServeOptions): Promise<RunningServer> {
     stop() {
       stopping ??= (async () => {
         clearInterval(timer);
+        await control?.close();
         if ((await activeSwaps()).includes(device.path)) await swapOff(device.path);
         await device.close();
         await stack.flush().catch((err: unknown) => log.error({ err }, 'flushing the stack failed'));

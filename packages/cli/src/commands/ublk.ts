@@ -18,9 +18,11 @@ import {
   swapOff,
   DEFAULT_STATE_DIR,
   bindBlockMetrics,
+  streamTrace,
+  type DeviceState,
   type Transport,
 } from '@tierstack/ublk';
-import { bindStackMetrics, type Logger, type TierStack } from '@tierstack/core';
+import { bindStackMetrics, summarizeTrace, formatTraceSummary, TierStackError, ErrorCode, type Logger, type TierStack, type TraceRecord } from '@tierstack/core';
 import { defaultDataDir, openStack } from '../stack-options.js';
 import { addMetricsOptions, startMetrics, type MetricsCliOptions } from '../metrics-options.js';
 
@@ -82,6 +84,15 @@ async function remoteStack(o: UblkAddOptions, logger: Logger): Promise<TierStack
     },
     { logger },
   );
+}
+
+/** The running server of a device named by name or block device path, with a control socket. */
+export function findServed(device: string, stateDir: string): DeviceState {
+  const st = listStates(stateDir).find((s) => s.name === device || s.path === device);
+  if (!st) throw new TierStackError(ErrorCode.NotFound, `no device ${device} is served (state dir ${stateDir})`);
+  if (!st.alive) throw new TierStackError(ErrorCode.Unavailable, `the server of ${device} (pid ${st.pid}) is gone`);
+  if (!st.control) throw new TierStackError(ErrorCode.Unsupported, `the server of ${device} has no control socket (an older server?)`);
+  return st;
 }
 
 export function registerUblkCommands(program: Command): void {
@@ -174,6 +185,46 @@ export function registerUblkCommands(program: Command): void {
       for (const s of states) rows.push([s.name, s.transport, s.path, mib(s.sizeBytes), String(s.pid), s.alive ? 'yes' : 'NO', s.swap ? 'yes' : '']);
       const w = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
       console.log(rows.map((r) => r.map((x, c) => x.padEnd(w[c]!)).join('  ')).join('\n'));
+    });
+
+  ublk
+    .command('trace')
+    .description("stream a served device's request trace (op, size, position, latency, serving tier) and print its summary")
+    .argument('<device>', 'device name, or its block device path (/dev/loopN, /dev/ublkbN)')
+    .option('--seconds <n>', 'trace this long (default: until Ctrl-C)', Number)
+    .option('--capacity <n>', 'records the server keeps between reads (its ring)', int(1, 1 << 24))
+    .option('--json', 'print the summary (and how many records were lost) as JSON')
+    .option('--records', 'with --json: include every record')
+    .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
+    .action(async (device: string, o: { seconds?: number; capacity?: number; json?: boolean; records?: boolean; stateDir: string }) => {
+      if (o.seconds !== undefined && !(o.seconds > 0)) throw new InvalidArgumentError('--seconds must be positive');
+      const st = findServed(device, o.stateDir);
+      const records: TraceRecord[] = [];
+      let lost = 0;
+      let interrupted = false;
+      const onSig = (): void => {
+        interrupted = true;
+      };
+      process.once('SIGINT', onSig);
+      process.once('SIGTERM', onSig);
+      try {
+        await streamTrace(st.control!, {
+          ...(o.seconds ? { seconds: o.seconds } : {}),
+          ...(o.capacity ? { capacity: o.capacity } : {}),
+          onStart: () => process.stderr.write(`tracing ${st.name} (${st.path})${o.seconds ? ` for ${o.seconds} s` : '; Ctrl-C ends'}\n`),
+          onBatch(batch, l) {
+            records.push(...batch);
+            lost += l;
+            return !interrupted;
+          },
+        });
+      } finally {
+        process.off('SIGINT', onSig);
+        process.off('SIGTERM', onSig);
+      }
+      const summary = summarizeTrace(records);
+      if (o.json) console.log(JSON.stringify({ device: st.name, path: st.path, lost, summary, ...(o.records ? { records } : {}) }));
+      else console.log(`${st.name} (${st.path})${lost ? `, ${lost} records lost (raise --capacity)` : ''}\n${formatTraceSummary(summary)}`);
     });
 
   const swap = program.command('swap').description('make a block device a swap area, or remove it');
