@@ -7,6 +7,7 @@ import { registerRestoreCommand } from './commands/restore.js';
 import { registerCxlCommands } from './commands/cxl.js';
 import { registerUblkCommands } from './commands/ublk.js';
 import { registerRunCommand } from './commands/run.js';
+import { registerPagemapCommand } from './commands/pagemap.js';
 
 export const positiveInt = (v: string): number => {
   const n = Number(v);
@@ -60,6 +61,7 @@ export function buildProgram(): Command {
 
   registerUblkCommands(program);
   registerRunCommand(program);
+  registerPagemapCommand(program);
 
   return program;
 }
