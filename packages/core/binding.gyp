@@ -11,7 +11,7 @@
   "targets": [
     {
       "target_name": "tierstack_core",
-      "sources": ["native/file_store.cc", "native/addon.cc"]
+      "sources": ["native/file_store.cc", "native/snapshot_reader.cc", "native/addon.cc"]
     },
     {
       "target_name": "tierstack_core_testing",

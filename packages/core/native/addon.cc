@@ -17,6 +17,7 @@
 #include <tierstack/run_on_thread.hpp>
 
 #include "file_store.hpp"
+#include "snapshot_reader.hpp"
 
 namespace tscore {
 namespace {
@@ -50,10 +51,14 @@ class CoreAddon : public Napi::Addon<CoreAddon> {
                              InstanceMethod("fileStoreStats", &CoreAddon::Stats),
                              InstanceMethod("punchHoles", &CoreAddon::PunchHoles),
                              InstanceMethod("crc32Pages", &CoreAddon::Crc32Pages),
+                             InstanceValue("SnapshotReader", define_snapshot_reader(env, &jobs_)),
                          });
   }
 
  private:
+  // Threads of the snapshot readers' batches (each read a job of its own; threads reused).
+  tierstack::JobThreads jobs_;
+
   // The FileStore inside a handle (a tagged page-store external made by fileStoreCreate).
   static FileStore *store_of(Napi::Env env, const Napi::Value &v) {
     tierstack::StoreRef ref = tierstack::unwrap_page_store(env, v);

@@ -40,6 +40,16 @@ export interface CoreAddon {
   punchHoles(fd: number, ranges: Float64Array): Promise<void>;
   /** out[i] = CRC-32 (zlib polynomial) of page i of `data`, computed natively in one call. */
   crc32Pages(data: Uint8Array, pageSize: number, out: Uint32Array): void;
+  /** Snapshot pages read in batches on job threads, verified (see snapshot-reader.ts). */
+  SnapshotReader: new (
+    jsPath: object,
+    nsId: bigint,
+    info: { pageCount: number; zeroBitmap: Uint8Array; checksums: Uint32Array },
+  ) => {
+    read(pages: Float64Array, out: Uint8Array, status: Int32Array, level: Uint8Array): Promise<void>;
+    stats(): { zeroServed: number; verified: number; badCopies: number; repaired: number; unrecoverable: number };
+    close(): void;
+  };
 }
 
 export const corePackageDir = join(dirname(fileURLToPath(import.meta.url)), '..');

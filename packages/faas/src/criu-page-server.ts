@@ -25,7 +25,7 @@
  * `idleTimeoutMs` is closed.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { TierStackError, ErrorCode, silentLogger, pageChecksum, type Logger, type PageStore } from '@tierstack/core';
+import { TierStackError, ErrorCode, silentLogger, pageChecksum, SnapshotReader, type Logger, type PageStore } from '@tierstack/core';
 import type { SnapshotCatalog } from './catalog.js';
 import type { SnapshotManifest, RegionInfo } from './manifest.js';
 import { fetchSnapshotPages } from './reader.js';
@@ -53,6 +53,8 @@ export const CRIU_SERVER_DEFAULTS = {
 } as const;
 
 const MAX_RETRY_MS = 30_000;
+/** Reply buffers kept for reuse (each one chunk: 1 MiB by default). */
+const MAX_SPARE_BUFFERS = 8;
 
 export interface CriuPageServerOptions {
   snapshotId: string;
@@ -111,6 +113,10 @@ export interface CriuPageServerStats {
   stuckConnections: number;
   /** Attempts to read such a page that found no good copy (the first and every retry). */
   unservableReads: number;
+  /** Whether GETs are read by core's native SnapshotReader (job threads) or in JavaScript. */
+  nativeReads: boolean;
+  /** Pages read through the stack's JavaScript path (0 when native tiers held every page). */
+  jsPathPages: number;
   lastError: string | undefined;
   lastErrorCode: string | undefined;
 }
@@ -450,10 +456,13 @@ class Connection {
       if (g) await g;
       this.server.noteConnectionPeak(this.local.used);
       let released = false;
+      // The reply's bytes live in a buffer of the server's pool until the kernel took them.
+      const out = this.server.takeBuffer(bytes);
       const release = (): void => {
         if (released) return;
         released = true;
         this.held.delete(release);
+        this.server.giveBack(out);
         this.local.release(bytes);
         this.server.budget.release(bytes);
       };
@@ -466,7 +475,7 @@ class Connection {
       for (const s of batch) for (let i = 0; i < s.count; i++) wanted.push(s.plan.first + s.from + i);
       let r: { data: Buffer; bad: number[] };
       try {
-        r = await this.server.fetch(wanted);
+        r = await this.server.fetch(wanted, out);
       } catch (err) {
         release();
         throw err;
@@ -591,6 +600,10 @@ class PageServer implements CriuPageServer {
   readonly pids: Set<number>;
   readonly budget: ByteBudget;
   readonly chunkPages: number;
+  /** Native batch reads (core's addon); undefined without it (JS fetch + tier-by-tier repair). */
+  private readonly reader: SnapshotReader | undefined;
+  /** Reply buffers the kernel is done with (see takeBuffer). */
+  private readonly spare: Buffer[] = [];
   peakConnectionBytes = 0;
 
   constructor(
@@ -608,6 +621,7 @@ class PageServer implements CriuPageServer {
     private readonly listening = true,
   ) {
     this.pids = new Set(manifest.regions.map((r) => r.pid));
+    this.reader = SnapshotReader.open(catalog.stack, manifest.namespace, manifest, { logger: log });
     this.budget = new ByteBudget(limits.maxTotalBytes);
     const fit = Math.floor(Math.min(limits.maxConnectionBytes, limits.maxTotalBytes) / manifest.pageSize);
     this.chunkPages = Math.max(1, Math.min(chunkPages, fit));
@@ -644,33 +658,49 @@ class PageServer implements CriuPageServer {
    * bottom, and the first copy that matches its checksum is served. `bad`: indexes (ascending)
    * of pages no tier has a good copy of; their bytes in `data` are zeros.
    */
-  async fetch(pages: number[]): Promise<{ data: Buffer; bad: number[] }> {
+  async fetch(pages: number[], out?: Buffer): Promise<{ data: Buffer; bad: number[] }> {
     const m = this.manifest;
     const ps = m.pageSize;
-    const data = Buffer.allocUnsafe(pages.length * ps);
+    const data = out ? out.subarray(0, pages.length * ps) : Buffer.allocUnsafe(pages.length * ps);
     let bad: number[];
-    try {
-      const r = await fetchSnapshotPages(this.catalog.stack, m, pages, data);
-      if (r.bad.length === 0) return { data, bad: [] };
-      const badPages = new Set(r.bad.map((b) => b.page));
-      bad = [];
-      pages.forEach((p, i) => badPages.has(p) && bad.push(i));
-    } catch (err) {
-      this.log.warn({ snapshot: m.id, err: (err as Error).message, code: (err as { code?: string }).code }, 'criu page server: the stack failed a read; reading tier by tier');
-      bad = [];
-      pages.forEach((p, i) => {
-        if (m.isZero(p)) data.fill(0, i * ps, (i + 1) * ps);
-        else bad.push(i);
-      });
+    let recovered = 0;
+    if (this.reader) {
+      // One native batch on a job thread: zero pages, native tiers, the JS path below them,
+      // checksums, and repairs level by level. The JS path is one level to it, so a page it
+      // could not serve is still worth a walk through the JS tiers one by one (below).
+      const repairedBefore = this.reader.stats().repaired;
+      bad = (await this.reader.read(pages, data)).bad;
+      recovered = this.reader.stats().repaired - repairedBefore;
+      if (bad.length === 0) {
+        this.noteRecovered(recovered);
+        return { data, bad };
+      }
+    } else {
+      try {
+        const r = await fetchSnapshotPages(this.catalog.stack, m, pages, data);
+        if (r.bad.length === 0) return { data, bad: [] };
+        const badPages = new Set(r.bad.map((b) => b.page));
+        bad = [];
+        pages.forEach((p, i) => badPages.has(p) && bad.push(i));
+      } catch (err) {
+        this.log.warn({ snapshot: m.id, err: (err as Error).message, code: (err as { code?: string }).code }, 'criu page server: the stack failed a read; reading tier by tier');
+        bad = [];
+        pages.forEach((p, i) => {
+          if (m.isZero(p)) data.fill(0, i * ps, (i + 1) * ps);
+          else bad.push(i);
+        });
+      }
     }
     const before = bad.length;
     bad = await this.fromTiers(pages, bad, data);
-    const recovered = before - bad.length;
-    if (recovered > 0) {
-      this.counters.recoveredPages += recovered;
-      this.log.warn({ snapshot: m.id, recovered }, 'criu page server: served pages from a lower tier (the copy above was bad or unreadable)');
-    }
+    this.noteRecovered(recovered + before - bad.length);
     return { data, bad };
+  }
+
+  private noteRecovered(recovered: number): void {
+    if (recovered <= 0) return;
+    this.counters.recoveredPages += recovered;
+    this.log.warn({ snapshot: this.manifest.id, recovered }, 'criu page server: served pages from a lower tier (the copy above was bad or unreadable)');
   }
 
   /** Reads the `idx` pages from each tier in turn; returns those no tier had a good copy of. */
@@ -710,6 +740,21 @@ class PageServer implements CriuPageServer {
     return left;
   }
 
+  /**
+   * A reply buffer of at least `bytes`. Replies are at most one chunk, so chunk-sized buffers are
+   * kept for reuse: a fresh 1 MiB allocation per batch costs a page fault per page on first touch
+   * and keeps the garbage collector busy. The budgets bound how many are out at once.
+   */
+  takeBuffer(bytes: number): Buffer {
+    const chunkBytes = this.chunkPages * this.pageSize;
+    if (bytes > chunkBytes) return Buffer.allocUnsafeSlow(bytes);
+    return this.spare.pop() ?? Buffer.allocUnsafeSlow(chunkBytes);
+  }
+
+  giveBack(buf: Buffer): void {
+    if (buf.length === this.chunkPages * this.pageSize && this.spare.length < MAX_SPARE_BUFFERS) this.spare.push(buf);
+  }
+
   noteConnectionPeak(bytes: number): void {
     if (bytes > this.peakConnectionBytes) this.peakConnectionBytes = bytes;
   }
@@ -729,6 +774,8 @@ class PageServer implements CriuPageServer {
       peakBytesInFlight: this.budget.peak,
       peakConnectionBytes: this.peakConnectionBytes,
       stuckConnections: this.stuck.size,
+      nativeReads: this.reader !== undefined,
+      jsPathPages: this.reader ? this.reader.stats().jsPathPages : this.counters.pagesServed,
       lastError: this.lastError,
       lastErrorCode: this.lastErrorCode,
     };
@@ -748,6 +795,7 @@ class PageServer implements CriuPageServer {
   close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     this.accept = undefined;
+    this.reader?.close();
     if (!this.listening) return Promise.resolve();
     return new Promise((resolve) => this.net.close(() => resolve()));
   }

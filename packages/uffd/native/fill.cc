@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include <tierstack/crc32.hpp>
+#include <tierstack/snapshot_read.hpp>
 
 #include "engine.hpp"
 #include "engine_internal.hpp"
@@ -316,39 +317,12 @@ void Engine::verify_snapshot_pages(Region &r, std::vector<Want> &wants, Scratch 
       m.verified.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
-    // A bad copy. Drop it from the native tier that served it (a clean cached copy that is
-    // wrong is worth nothing; the bottom tier keeps its copy) and look below that tier.
-    size_t level = sc.level[k];
-    int32_t st = TS_E_CHECKSUM;
-    for (;;) {
-      m.bad_copies.fetch_add(1, std::memory_order_relaxed);
-      const auto &chain = client_->chain();
-      if (level < chain.size() && level + 1 < client_->levels()) chain.tier(level).remove_pages(r.cfg.ns, &page, 1);
-      size_t next = level + 1;
-      if (next >= client_->levels()) break;
-      int32_t one = TS_PAGE_MISS;
-      uint8_t lv = 0;
-      if (wants[k].js_thread) {
-        client_->get_native(r.cfg.ns, &page, 1, &sc.bufs[k], &one, &lv, next);
-      } else if (client_->get(r.cfg.ns, &page, 1, &sc.bufs[k], &one, &lv, next) != TS_OK) {
-        one = TS_E_IO;
-      }
-      if (one != TS_PAGE_FOUND) {
-        if (one < 0 && one != TS_E_DEADLOCK) st = one == TS_E_NOT_FOUND ? TS_E_CHECKSUM : st;
-        if (one == TS_E_DEADLOCK) st = TS_E_DEADLOCK;
-        break;
-      }
-      if (tierstack::crc32(sc.bufs[k], page_size_) == m.crc(page)) {
-        m.verified.fetch_add(1, std::memory_order_relaxed);
-        m.repaired.fetch_add(1, std::memory_order_relaxed);
-        sc.level[k] = lv;
-        st = TS_PAGE_FOUND;
-        break;
-      }
-      level = lv;
-    }
+    // A bad copy: the kit drops it from the cache tier that served it and reads below. A
+    // JS-thread fault may only use the native tiers (JavaScript cannot answer while it waits).
+    uint8_t lv = sc.level[k];
+    int32_t st = tierstack::reread_bad_copy(*client_, m, r.cfg.ns, page, sc.bufs[k], &lv, wants[k].js_thread);
+    if (st == TS_PAGE_FOUND) sc.level[k] = lv;
     if (st != TS_PAGE_FOUND) {
-      m.unrecoverable.fetch_add(1, std::memory_order_relaxed);
       sc.status[k] = st;
       sc.action[k] = kFetch;  // step 3 treats it as a failure (poison if waited on)
     }

@@ -2,7 +2,7 @@
  * Time for a restored function to serve its first request (@tierstack/faas over @tierstack/uffd).
  *
  * 1. In-process (kept from before): eager (install every page, then run) vs lazy (first-touch
- *    faults) vs lazy + working-set prefetch, stack [DRAM 32 MiB, FileTier]. The "function" is a
+ *    faults) vs lazy + working-set prefetch, stack [DRAM (CxlTier memfd) 32 MiB, FileTier]. The "function" is a
  *    native toucher thread reading its working set (10% of the snapshot, clusters of 16 pages, a
  *    fixed order); one op = restore + request + close, its figure is pages touched per second.
  *
@@ -71,11 +71,14 @@ export async function* restoreUffdCases(ctx: SuiteContext, _criuCatalog: Snapsho
   }
   const file = join(ctx.tmpDir, 'function.mem');
   writeFileSync(file, img);
-  const stack = createTierStack({ tiers: [new MemoryTier({ maxSize: 32 << 20 }), await FileTier.open({ dir: join(ctx.tmpDir, 'restore-file') })] });
+  // The default native stack (tierstack restore's): a DRAM cache (CxlTier over a memfd) over a FileTier.
+  const { CxlTier } = await import('@tierstack/cxl');
+  const dram = await CxlTier.open({ backing: { kind: 'memfd', size: 32 << 20 }, name: 'dram' });
+  const stack = createTierStack({ tiers: [dram as PageStore, await FileTier.open({ dir: join(ctx.tmpDir, 'restore-file') })] });
   const catalog = new faas.SnapshotCatalog(stack);
   ctx.log(`importing a ${mib} MiB function snapshot`);
   await faas.importRawFile(catalog, 'fn', file);
-  const hook = faas.createRestoreHook(stack, { catalog, faultAround: 8 });
+  const hook = faas.createRestoreHook(stack, { catalog }); // the hook's defaults (fault-around 16)
   // One lazy restore records the working set the prefetch cases use.
   {
     const h = await hook.restore('fn', { kind: 'in-process' }, { prefetch: 'none', recordWorkingSet: true });
@@ -92,7 +95,7 @@ export async function* restoreUffdCases(ctx: SuiteContext, _criuCatalog: Snapsho
   const lazy = request({ prefetch: 'none' });
   const prefetch = request({ prefetch: 'latest' });
   const measure = { ...ctx.measure, roundMs: Math.max(ctx.measure.roundMs, 300) };
-  const note = `${mib} MiB snapshot, ${working.length}-page working set (10%), stack [DRAM 32 MiB, FileTier]`;
+  const note = `${mib} MiB snapshot, ${working.length}-page working set (10%), stack [DRAM (CxlTier memfd) 32 MiB, FileTier]`;
   ctx.log('restore: lazy vs eager');
   yield result('restore', 'first request: lazy (pages/s)', 'eager restore', await compare(lazy, eager, measure), `${note}; bar >= 5x`);
   ctx.log('restore: lazy + prefetch vs lazy');
