@@ -8,6 +8,7 @@ import { registerCxlCommands } from './commands/cxl.js';
 import { registerUblkCommands } from './commands/ublk.js';
 import { registerRunCommand } from './commands/run.js';
 import { registerPagemapCommand } from './commands/pagemap.js';
+import { registerMonitorCommand } from './commands/monitor.js';
 
 export const positiveInt = (v: string): number => {
   const n = Number(v);
@@ -62,6 +63,7 @@ export function buildProgram(): Command {
   registerUblkCommands(program);
   registerRunCommand(program);
   registerPagemapCommand(program);
+  registerMonitorCommand(program);
 
   return program;
 }

@@ -1,5 +1,5 @@
 /**
- * `tierstack ublk add|del|list`, `tierstack swap on|off`, `tierstack monitor <cgroup>`.
+ * `tierstack ublk add|del|list|trace`, `tierstack swap on|off` (`tierstack monitor`: monitor.ts).
  *
  * `ublk add` serves the device in the foreground (the device lives as long as this process:
  * run it under systemd, tmux or `&`); it prints one JSON line when the device is up and tears
@@ -12,8 +12,6 @@ import {
   serveDevice,
   deleteDevice,
   listStates,
-  readDeviceStats,
-  readCgroupMemory,
   swapOn,
   swapOff,
   DEFAULT_STATE_DIR,
@@ -242,36 +240,5 @@ export function registerUblkCommands(program: Command): void {
     .action(async (device: string) => {
       await swapOff(device);
       console.log(`swap off ${device}`);
-    });
-
-  program
-    .command('monitor')
-    .description("a cgroup's RAM and swap use, live, next to a served device's request and tier stats")
-    .argument('<cgroup>', 'a memory cgroup: a path, or a name under /sys/fs/cgroup/memory (v1) or the v2 root')
-    .option('--device <name>', 'a device served by `tierstack ublk add`')
-    .option('--interval <ms>', 'refresh period', int(100, 3_600_000), 1000)
-    .option('--count <n>', 'stop after n samples', int(1, 1 << 30))
-    .option('--state-dir <dir>', 'where running devices are recorded', DEFAULT_STATE_DIR)
-    .action(async (cgroup: string, o: { device?: string; interval: number; count?: number; stateDir: string }) => {
-      for (let i = 0; o.count === undefined || i < o.count; i++) {
-        if (i > 0) await new Promise((r) => setTimeout(r, o.interval));
-        const cg = await readCgroupMemory(cgroup);
-        const parts = [
-          new Date().toISOString().slice(11, 19),
-          `cgroup ram ${mib(cg.ramBytes)} MiB${Number.isFinite(cg.limitBytes) ? ` / ${mib(cg.limitBytes)}` : ''}`,
-          `swap ${mib(cg.swapBytes)} MiB`,
-        ];
-        const s = o.device ? readDeviceStats(o.device, o.stateDir) : undefined;
-        if (s) {
-          const d = s.device;
-          parts.push(
-            `dev r ${d.read.requests} (${mib(d.read.bytes)} MiB, p99 ${d.read.latency.p99Us.toFixed(0)} us)`,
-            `w ${d.write.requests} (${mib(d.write.bytes)} MiB, p99 ${d.write.latency.p99Us.toFixed(0)} us)`,
-            `discard ${d.discard.requests}`,
-            ...s.stack.tiers.map((t) => `${t.name}: get ${t.ops.get.pages} hit ${t.ops.get.hits} put ${t.ops.put.pages}`),
-          );
-        } else if (o.device) parts.push(`(no stats for device ${o.device})`);
-        console.log(parts.join(' | '));
-      }
     });
 }
