@@ -1,4 +1,5 @@
 /** The `tierstack` command line. Each subcommand lives in commands/ and is added here. */
+import { writeFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { runDemo, runRestoreDemo } from './commands/demo.js';
 import { registerMemdCommand } from './commands/memd.js';
@@ -54,10 +55,19 @@ export function buildProgram(): Command {
     .option('--json', 'one JSON object per case and line')
     .option('--round-ms <n>', 'milliseconds per measured round', positiveInt)
     .option('--rounds <n>', 'rounds per side', positiveInt)
-    .action(async (suites: string[], o: { json?: boolean; roundMs?: number; rounds?: number }) => {
-      const { runBenchmarks } = await import('@tierstack/bench');
+    .option('--report <file.html>', 'also write a self-contained HTML report (charts against each case\'s bar, raw figures, machine, command)')
+    .action(async (suites: string[], o: { json?: boolean; roundMs?: number; rounds?: number; report?: string }) => {
+      const { runBenchmarks, renderReport, loadSuite } = await import('@tierstack/bench');
       const measure = { ...(o.roundMs ? { roundMs: o.roundMs } : {}), ...(o.rounds ? { rounds: o.rounds } : {}) };
-      await runBenchmarks({ suites, json: o.json === true, measure });
+      const startedAt = new Date();
+      const results = await runBenchmarks({ suites, json: o.json === true, measure });
+      if (o.report) {
+        const names = [...new Set(results.map((r) => r.suite))];
+        const descriptions = Object.fromEntries(await Promise.all(names.map(async (n) => [n, (await loadSuite(n)).description])));
+        const command = ['tierstack', ...process.argv.slice(process.argv.indexOf('bench'))].join(' ');
+        writeFileSync(o.report, renderReport(results, { command, startedAt, finishedAt: new Date() }, descriptions));
+        process.stderr.write(`report: ${o.report}\n`);
+      }
     });
 
   registerUblkCommands(program);
