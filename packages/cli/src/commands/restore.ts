@@ -208,7 +208,10 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
               );
             },
             { retryMs: 10_000 },
-          ).catch((err: unknown) => logger.error({ err }, 'restore worker: cannot serve metrics'));
+          ).then(
+            (m) => m && logger.info({ url: m.url }, 'restore worker: serving metrics'),
+            (err: unknown) => logger.error({ err }, 'restore worker: cannot serve metrics'),
+          );
           return stack;
         },
         hook: { prefetch: o.prefetch, recordWorkingSet: o.record },
