@@ -4,7 +4,8 @@
  * in-process Firecracker handler, or (under the keeper) the worker's last report in the keeper's
  * status — because each restore's uffd engine is private to the restore hook.
  */
-import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
+import { registerCollected } from '@tierstack/core';
 
 export interface RestoreFigures {
   restores: number;
@@ -30,17 +31,14 @@ export function bindRestoreMetrics(registry: Registry, snapshotId: string, sourc
     return pending;
   };
   const series = (kind: 'counter' | 'gauge', name: string, help: string, pick: (f: Partial<RestoreFigures>) => number | undefined): void => {
-    const Ctor = kind === 'counter' ? Counter : Gauge;
-    new Ctor({
+    registerCollected(registry, kind, {
       name: prefix + name,
       help,
       labelNames: ['snapshot'],
-      registers: [registry],
-      async collect() {
+      collect: async () => {
         const f = await figures();
         const v = f ? pick(f) : undefined;
-        this.reset();
-        if (v !== undefined) (this as Counter).inc({ snapshot: snapshotId }, v);
+        return v === undefined ? [] : [[{ snapshot: snapshotId }, v]];
       },
     });
   };
@@ -51,15 +49,10 @@ export function bindRestoreMetrics(registry: Registry, snapshotId: string, sourc
   series('counter', 'restores_total', 'Restores started', (f) => f.restores);
   series('counter', 'rejected_total', 'Handshakes rejected', (f) => f.rejected);
   series('gauge', 'instances', 'VMs or processes being served now', (f) => f.instances);
-  new Counter({
+  registerCollected(registry, 'counter', {
     name: prefix + 'pages_by_level_total',
     help: 'Pages served per stack level (0: the top tier)',
     labelNames: ['snapshot', 'level'],
-    registers: [registry],
-    async collect() {
-      const f = await figures();
-      this.reset();
-      f?.pagesByLevel?.forEach((n, level) => this.inc({ snapshot: snapshotId, level: String(level) }, n));
-    },
+    collect: async () => ((await figures())?.pagesByLevel ?? []).map((n, level) => [{ snapshot: snapshotId, level: String(level) }, n]),
   });
 }

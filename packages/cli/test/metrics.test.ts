@@ -8,10 +8,10 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { createRequire } from 'node:module';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sample, scrape, scrapeUntil, freePort } from './helpers/prom.js';
+import { prepareFirecrackerClient } from './helpers/firecracker.js';
 
 const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 const cli = (args: string[]): string => execFileSync(process.execPath, [bin, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -90,15 +90,12 @@ describe.skipIf(!existsSync('/dev/userfaultfd'))('tierstack restore --metrics-po
   let client: string;
   let dd: string[];
   beforeAll(() => {
-    const faasDir = dirname(createRequire(import.meta.url).resolve('@tierstack/faas/package.json'));
     dd = ['--data-dir', join(dir, 'restore-data')];
     const img = Buffer.alloc(PAGES * 4096);
     for (let p = 0; p < PAGES; p++) img.writeUInt32LE(p + 1, p * 4096);
     writeFileSync(join(dir, 'mem'), img);
     cli(['snapshot', 'import', ...dd, 'fn', join(dir, 'mem')]);
-    execFileSync(process.execPath, [join(faasDir, 'scripts', 'build-keeper.mjs')], { stdio: 'inherit' });
-    client = join(dir, 'fc_client');
-    execFileSync('gcc', ['-O2', '-pthread', '-o', client, join(faasDir, 'native-test', 'fc_client.c')]);
+    client = prepareFirecrackerClient(dir);
   }, 120_000);
 
   it('the worker serves fault and stack series; a VM faulting pages in moves them', async () => {

@@ -10,13 +10,12 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { createRequire } from 'node:module';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { prepareFirecrackerClient } from './helpers/firecracker.js';
 
 const bin = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 const cli = (args: string[]): string => execFileSync(process.execPath, [bin, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-const faasDir = dirname(createRequire(import.meta.url).resolve('@tierstack/faas/package.json'));
 const PAGES = 4096;
 
 let dir: string;
@@ -30,9 +29,7 @@ beforeAll(() => {
   for (let p = 0; p < PAGES; p++) if (p % 7 !== 2) for (let w = 0; w < 1024; w++) img.writeUInt32LE((Math.imul(p + 1, 2654435761) ^ Math.imul(w, 40503)) >>> 0, p * 4096 + w * 4);
   writeFileSync(join(dir, 'mem'), img);
   cli(['snapshot', 'import', ...dd, 'fn', join(dir, 'mem')]);
-  execFileSync(process.execPath, [join(faasDir, 'scripts', 'build-keeper.mjs')], { stdio: 'inherit' });
-  client = join(dir, 'fc_client');
-  execFileSync('gcc', ['-O2', '-pthread', '-o', client, join(faasDir, 'native-test', 'fc_client.c')]);
+  client = prepareFirecrackerClient(dir);
 }, 120_000);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

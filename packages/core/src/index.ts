@@ -35,4 +35,4 @@ export {
   type TraceSizeBucket,
 } from './request-trace.js';
 export { serveMetrics, type MetricsServer, type MetricsServerOptions } from './metrics-server.js';
-export { registerCollectedHistogram, type CollectedSeries, type CollectedHistogramOptions } from './collected-histogram.js';
+export { registerCollected, registerCollectedHistogram, type CollectedOptions, type CollectedSeries, type CollectedHistogramOptions } from './collected-metrics.js';

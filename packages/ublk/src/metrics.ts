@@ -3,8 +3,8 @@
  * scrape time (core's bindStackMetrics pattern): the IO threads keep their own counters and log2
  * latency buckets; nothing touches prom-client per request and nothing is registered globally.
  */
-import { Counter, Gauge, type Registry } from 'prom-client';
-import { registerCollectedHistogram } from '@tierstack/core';
+import type { Registry } from 'prom-client';
+import { registerCollected, registerCollectedHistogram } from '@tierstack/core';
 import type { DeviceOp, DeviceStats } from './stats.js';
 
 interface DeviceSource {
@@ -15,35 +15,31 @@ interface DeviceSource {
 const OPS: DeviceOp[] = ['read', 'write', 'flush', 'discard', 'writeZeroes'];
 
 export function bindBlockMetrics(registry: Registry, device: DeviceSource, prefix = 'tierstack_ublk_'): () => void {
-  const labelNames = ['device', 'op'] as const;
   const unbind: Array<() => void> = [];
-  const counter = (name: string, help: string, pick: (s: DeviceStats, op: DeviceOp) => number): void => {
-    new Counter({
-      name: prefix + name,
-      help,
-      labelNames,
-      registers: [registry],
-      collect() {
-        this.reset();
-        const s = device.stats();
-        for (const op of OPS) this.inc({ device: device.name, op }, pick(s, op));
-      },
-    });
-    unbind.push(() => registry.removeSingleMetric(prefix + name));
+  const perOp = (name: string, help: string, pick: (s: DeviceStats, op: DeviceOp) => number): void => {
+    unbind.push(
+      registerCollected(registry, 'counter', {
+        name: prefix + name,
+        help,
+        labelNames: ['device', 'op'],
+        collect: () => {
+          const s = device.stats();
+          return OPS.map((op) => [{ device: device.name, op }, pick(s, op)]);
+        },
+      }),
+    );
   };
-  counter('requests_total', 'Block requests completed per operation', (s, op) => s[op].requests);
-  counter('bytes_total', 'Bytes moved per operation', (s, op) => s[op].bytes);
-  counter('errors_total', 'Block requests answered with an error', (s, op) => s[op].errors);
-  new Gauge({
-    name: prefix + 'locked_bytes',
-    help: 'Server memory locked (mlock) so that swapping to the device cannot deadlock',
-    labelNames: ['device'],
-    registers: [registry],
-    collect() {
-      this.set({ device: device.name }, device.stats().lockedBytes);
-    },
-  });
-  unbind.push(() => registry.removeSingleMetric(prefix + 'locked_bytes'));
+  perOp('requests_total', 'Block requests completed per operation', (s, op) => s[op].requests);
+  perOp('bytes_total', 'Bytes moved per operation', (s, op) => s[op].bytes);
+  perOp('errors_total', 'Block requests answered with an error', (s, op) => s[op].errors);
+  unbind.push(
+    registerCollected(registry, 'gauge', {
+      name: prefix + 'locked_bytes',
+      help: 'Server memory locked (mlock) so that swapping to the device cannot deadlock',
+      labelNames: ['device'],
+      collect: () => [[{ device: device.name }, device.stats().lockedBytes]],
+    }),
+  );
   // The native histogram: bucket b counts requests that took [2^b, 2^(b+1)) ns.
   unbind.push(
     registerCollectedHistogram(registry, {
