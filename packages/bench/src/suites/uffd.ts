@@ -9,7 +9,9 @@
  * Cases (bars from issues 7 and 14):
  *   - native tier, single page: pages in CxlTier(memfd) served on the fault thread via the C ABI
  *     (>= 0.95x the C handler), sequential and random;
- *   - native tier, fault-around 64, sequential (>= 5x the single-page C handler in pages/s);
+ *   - native tier, fault-around 64, sequential (>= 5x the single-page C handler in pages/s), and
+ *     the same touch phase against the first-touch limit (first_touch.c: what a thread pays to
+ *     touch pages already installed for it — on this VM's paging, ~7-9 us per page);
  *   - JS path (MemoryTier, batched hand-off) with 8 concurrent touchers (>= 0.5x the C handler
  *     serving the same 8 touchers).
  */
@@ -18,7 +20,7 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { randomFillSync } from 'node:crypto';
 import { createTierStack, MemoryTier, type PageStore } from '@tierstack/core';
-import { compare, result, type Suite } from '../harness.js';
+import { compare, compareTimed, result, type Suite, type TimedOp } from '../harness.js';
 import { uffdBenchDir } from '../ondemand.js';
 
 const PAGE = 4096;
@@ -86,6 +88,8 @@ export const uffdSuite: Suite = {
     const exe = join(ctx.tmpDir, 'uffd_baseline');
     execFileSync('gcc', ['-O2', '-pthread', '-o', exe, join(uffdBenchDir, 'uffd_baseline.c')]);
     const c = await CBaseline.start(exe);
+    const firstTouchExe = join(ctx.tmpDir, 'first_touch');
+    execFileSync('gcc', ['-O2', '-o', firstTouchExe, join(uffdBenchDir, 'first_touch.c')]);
 
     // The native tier: CxlTier on a memfd when @tierstack/cxl is built (4x the pages, so the
     // set-associative index keeps nearly all of them), backed by a MemoryTier for the rest.
@@ -148,6 +152,25 @@ export const uffdSuite: Suite = {
         ctx.log('uffd native seq fault-around 64');
         const m = await compare(op, cOp('seq', 1), measure);
         yield result('uffd', 'native seq fa=64', 'C 1-page UFFDIO_COPY', m, `${nativeName}; ${placement}; ${region.stats().faults} faults; bar >= 5`);
+        // What bounds it: a thread's first access to each page installed for it (no fault, no
+        // handler: the kernel populated them). On a VM with shadow/paravirtual paging this traps
+        // into the hypervisor per page; no handler delivers pages faster than that.
+        ctx.log('uffd native seq fault-around 64 vs the first-touch limit');
+        let next = 0;
+        const touchOnly: TimedOp = async () => {
+          const first = next;
+          next = (next + CHUNK) % REGION_PAGES;
+          region.discard(first, CHUNK);
+          const t0 = process.hrtime.bigint();
+          await touchPages(region.address, seqOrder.map((i) => first + i), PAGE, { cpu: TOUCHER_CPU });
+          return { ops: CHUNK, ns: Number(process.hrtime.bigint() - t0) };
+        };
+        const limit: TimedOp = async () => {
+          const [pages, ns] = execFileSync(firstTouchExe, [String(CHUNK), String(TOUCHER_CPU), '1'], { encoding: 'utf8' }).trim().split(' ').map(Number);
+          return { ops: pages!, ns: ns! };
+        };
+        const lim = await compareTimed(touchOnly, limit, measure);
+        yield result('uffd', 'native seq fa=64 vs first-touch limit', 'first touch of installed pages (C)', lim, `touch phase only; ${placement}; the ceiling of any handler here (1.0 = at the limit)`);
         await region.close();
       }
       for (const fa of [1, 16]) {
