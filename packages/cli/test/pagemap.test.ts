@@ -96,6 +96,12 @@ describe.skipIf(!canRun)('tierstack pagemap', () => {
         for (let w = 0; w < 512; w += 37) expect(page.readBigUInt64LE(w * 8)).toBe(mix(BigInt(first + w)));
       }
 
+      // The text summary says the same, per area and per tier.
+      const text = execFileSync(process.execPath, [bin, 'pagemap', String(hold.pid), '--summary', '--state-dir', stateDir], { encoding: 'utf8' });
+      const m = new RegExp(`^pid ${hold.pid}: (\\d+) pages swapped out\\n  area ${ready.path}: (\\d+) pages of \\d+ used — tierstack device pm \\(${ready.namespace}\\)\\n  tier file: (\\d+) pages\\n$`).exec(text);
+      expect(m, text).not.toBeNull();
+      expect(new Set([m![1], m![2], m![3]]).size).toBe(1);
+
       // Nothing was changed: the process still has every byte.
       hold.stdin!.write('check\n');
       expect(JSON.parse(await holdOut(/^\{"badWords".*$/m))).toEqual({ badWords: 0 });
