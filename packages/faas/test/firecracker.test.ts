@@ -35,7 +35,7 @@ function run(args: string[], opts: { waitSignal?: boolean } = {}): { child: Chil
   const child = spawn(client, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
-  const result = new Promise<ClientResult>((resolve) => child.on('exit', () => resolve(JSON.parse(out.trim().split('\n').pop() || '{}'))));
+  const result = new Promise<ClientResult>((resolve) => child.on('close', () => resolve(JSON.parse(out.trim().split('\n').pop() || '{}'))));
   void opts;
   return { child, result };
 }

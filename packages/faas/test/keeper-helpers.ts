@@ -131,7 +131,7 @@ export function startClient(client: string, socket: string, memfile: string, arg
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   const result = new Promise<{ code: number | null; signal: NodeJS.Signals | null; out: ClientResult }>((resolve) =>
-    proc.on('exit', (code, signal) => resolve({ code, signal, out: JSON.parse(out.trim().split('\n').pop() || '{}') as ClientResult })),
+    proc.on('close', (code, signal) => resolve({ code, signal, out: JSON.parse(out.trim().split('\n').pop() || '{}') as ClientResult })),
   );
   return { proc, result, running: () => proc.exitCode === null && proc.signalCode === null };
 }

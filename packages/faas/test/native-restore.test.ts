@@ -48,7 +48,7 @@ function runClient(args: string[]): Promise<ClientResult> {
   const child = spawn(client, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
-  return new Promise((resolve) => child.on('exit', () => resolve(JSON.parse(out.trim().split('\n').pop() || '{}') as ClientResult)));
+  return new Promise((resolve) => child.on('close', () => resolve(JSON.parse(out.trim().split('\n').pop() || '{}') as ClientResult)));
 }
 
 beforeAll(() => {
