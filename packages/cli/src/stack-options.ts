@@ -102,3 +102,14 @@ export async function openStack(o: StackCliOptions, options: { logger?: Logger }
     throw err;
   }
 }
+
+/**
+ * The default stack, for library users: what `tierstack restore` and `tierstack demo` open with
+ * no tier flags — a native DRAM cache (CxlTier over a memfd) over a FileTier with a native read
+ * path in `<dataDir>/pages`, so restores are served by native threads end to end:
+ *
+ *   const hook = createRestoreHook(await openDefaultStack({ dataDir: '/var/lib/fn' }));
+ */
+export function openDefaultStack(o: Partial<StackCliOptions> = {}, options: { logger?: Logger } = {}): Promise<TierStack> {
+  return openStack({ dataDir: defaultDataDir(), memoryMib: 64, dram: 'native', fileTier: true, ...o }, options);
+}
