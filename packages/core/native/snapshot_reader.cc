@@ -12,6 +12,7 @@
 
 #include <tierstack/napi_args.hpp>
 #include <tierstack/napi_error.hpp>
+#include <tierstack/snapshot_meta_napi.hpp>
 #include <tierstack/snapshot_read.hpp>
 
 #include <memory>
@@ -33,27 +34,8 @@ class SnapshotReaderWrap : public Napi::ObjectWrap<SnapshotReaderWrap> {
     }
     bool lossless = false;
     ns_ = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
-    Napi::Object o = info[2].As<Napi::Object>();
-    Napi::Value zb = o.Get("zeroBitmap"), cs = o.Get("checksums");
-    if (!zb.IsTypedArray() || zb.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !cs.IsTypedArray() ||
-        cs.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
-      throw_error(env, "TS_ERR_BAD_ARGUMENT", "SnapshotReader needs zeroBitmap (Uint8Array) and checksums (Uint32Array)");
-      return;
-    }
-    double pages = o.Get("pageCount").ToNumber().DoubleValue();
-    if (!(pages >= 0) || pages > 4294967295.0) {
-      throw_error(env, "TS_ERR_BAD_ARGUMENT", "pageCount out of range");
-      return;
-    }
-    auto bits = zb.As<Napi::Uint8Array>();
-    auto crcs = cs.As<Napi::Uint32Array>();
-    const char *err = nullptr;
-    meta_ = tierstack::SnapshotMeta::create(static_cast<uint64_t>(pages), bits.Data(), bits.ElementLength(), crcs.Data(),
-                                            crcs.ElementLength(), false, 0, &err);
-    if (!meta_) {
-      throw_error(env, "TS_ERR_CORRUPT", std::string("snapshot manifest: ") + err);
-      return;
-    }
+    meta_ = tierstack::snapshot_meta_from(env, info[2].As<Napi::Object>(), false);
+    if (!meta_) return;  // exception pending
     client_ = tierstack::StackClient::create(env, info[0].As<Napi::Object>());
     if (!client_) return;  // exception pending
     // Only reads in flight keep the event loop alive (they hold the job's own reference).
@@ -109,17 +91,7 @@ class SnapshotReaderWrap : public Napi::ObjectWrap<SnapshotReaderWrap> {
 
   Napi::Value Stats(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    Napi::Object o = Napi::Object::New(env);
-    if (!meta_) return o;
-    auto num = [&](const char *k, const std::atomic<uint64_t> &v) {
-      o.Set(k, Napi::Number::New(env, static_cast<double>(v.load(std::memory_order_relaxed))));
-    };
-    num("zeroServed", meta_->zero_served);
-    num("verified", meta_->verified);
-    num("badCopies", meta_->bad_copies);
-    num("repaired", meta_->repaired);
-    num("unrecoverable", meta_->unrecoverable);
-    return o;
+    return meta_ ? tierstack::snapshot_counters(env, *meta_) : Napi::Object::New(env);
   }
 
   // Reads still running finish (JS-path requests fail with TS_E_CLOSED); later reads throw.

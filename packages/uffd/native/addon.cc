@@ -10,6 +10,7 @@
 
 #include <tierstack/napi_args.hpp>
 #include <tierstack/page_store_napi.hpp>
+#include <tierstack/snapshot_meta_napi.hpp>
 #include <tierstack/stack_client.hpp>
 
 #include "engine.hpp"
@@ -45,25 +46,7 @@ class SnapshotWrap : public Napi::ObjectWrap<SnapshotWrap> {
       throw_error(env, "TS_ERR_BAD_ARGUMENT", "NativeSnapshot(options)");
       return;
     }
-    Napi::Object o = info[0].As<Napi::Object>();
-    Napi::Value zb = o.Get("zeroBitmap"), cs = o.Get("checksums");
-    if (!zb.IsTypedArray() || zb.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !cs.IsTypedArray() ||
-        cs.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
-      throw_error(env, "TS_ERR_BAD_ARGUMENT", "NativeSnapshot needs zeroBitmap (Uint8Array) and checksums (Uint32Array)");
-      return;
-    }
-    auto bits = zb.As<Napi::Uint8Array>();
-    auto crcs = cs.As<Napi::Uint32Array>();
-    double pages = o.Get("pageCount").ToNumber().DoubleValue();
-    if (!(pages >= 0) || pages > 4294967295.0) {
-      throw_error(env, "TS_ERR_BAD_ARGUMENT", "pageCount out of range");
-      return;
-    }
-    const char *err = nullptr;
-    meta_ = SnapshotMeta::create(static_cast<uint64_t>(pages), bits.Data(), bits.ElementLength(), crcs.Data(),
-                                 crcs.ElementLength(), o.Get("record").ToBoolean().Value(),
-                                 static_cast<size_t>(o.Get("maxRecordPages").ToNumber().Int64Value()), &err);
-    if (!meta_) throw_error(env, "TS_ERR_CORRUPT", std::string("snapshot manifest: ") + err);
+    meta_ = tierstack::snapshot_meta_from(env, info[0].As<Napi::Object>(), true);
   }
   std::shared_ptr<SnapshotMeta> meta() const { return meta_; }
 
@@ -78,16 +61,8 @@ class SnapshotWrap : public Napi::ObjectWrap<SnapshotWrap> {
   }
   Napi::Value Stats(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    Napi::Object o = Napi::Object::New(env);
-    if (!meta_) return o;
-    auto num = [&](const char *k, const std::atomic<uint64_t> &v) {
-      o.Set(k, Napi::Number::New(env, static_cast<double>(v.load(std::memory_order_relaxed))));
-    };
-    num("zeroServed", meta_->zero_served);
-    num("verified", meta_->verified);
-    num("badCopies", meta_->bad_copies);
-    num("repaired", meta_->repaired);
-    num("unrecoverable", meta_->unrecoverable);
+    if (!meta_) return Napi::Object::New(env);
+    Napi::Object o = tierstack::snapshot_counters(env, *meta_);
     o.Set("recorded", Napi::Number::New(env, static_cast<double>(meta_->working_set().size())));
     return o;
   }
