@@ -135,3 +135,32 @@ describe('tierstack restore --firecracker (keeper)', () => {
     expect(() => cli(['restore', ...dd, '--firecracker', join(dir, 'x.sock'), 'nope'])).toThrow(/TS_ERR_NOT_FOUND/);
   }, 60_000);
 });
+
+describe('tierstack restore --trace', () => {
+  it('under the keeper: each VM that ends leaves its fault records (page, tier, latency) in the file and a summary on stderr', async () => {
+    const sock = join(dir, 'trace.sock');
+    const file = join(dir, 'faults.jsonl');
+    const r = start(['--firecracker', sock, '--trace', file, '--prefetch', 'none', '--no-record', 'fn']);
+    await r.line(1);
+    const vm = spawn(client, [sock, join(dir, 'mem'), '--touch', '100:300'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let vmOut = '';
+    vm.stdout!.on('data', (d) => (vmOut += d));
+    await new Promise((res) => vm.on('close', res));
+    expect(JSON.parse(vmOut.trim().split('\n').pop()!)).toMatchObject({ pages: 300, mismatches: 0 });
+    for (let t = 0; t < 100 && !/fault trace of VM/.test(r.stderr()); t++) await new Promise((res) => setTimeout(res, 100));
+    expect(r.stderr()).toMatch(/fault trace of VM \d+ \(\d+ records\)/);
+    const recs = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { vm: number; op: string; offset: number; tier: string; latencyUs: number });
+    const faults = recs.filter((x) => x.op === 'fault');
+    expect(faults.length).toBeGreaterThan(0);
+    // Every fault is in the touched range; zero pages (p % 7 === 2 in this image) are answered as 'zero', the rest by a tier.
+    for (const f of faults) {
+      const p = f.offset / 4096;
+      expect(p).toBeGreaterThanOrEqual(100);
+      expect(p).toBeLessThan(400);
+      expect(f.tier === 'zero').toBe(p % 7 === 2);
+      expect(f.latencyUs).toBeGreaterThan(0);
+    }
+    r.proc.kill('SIGINT');
+    expect(await r.exit).toBe(0);
+  });
+});

@@ -17,7 +17,7 @@
  * installed without waking, one wake at the end — while other faults are served on demand.
  * `eager: true` installs every page before the restore returns (the baseline lazy restore beats).
  */
-import { TierStackError, ErrorCode, silentLogger, type Logger, type PageStore, type StoreStats } from '@tierstack/core';
+import { TierStackError, ErrorCode, silentLogger, type Logger, type PageStore, type StoreStats, type TraceRecord } from '@tierstack/core';
 import {
   createUffdEngine,
   SnapshotView,
@@ -41,6 +41,9 @@ export interface RestoreHookOptions {
   catalog?: SnapshotCatalog;
   /** Record the first-touch order on restores that prefetch nothing (default true). */
   recordWorkingSet?: boolean;
+  /** Trace every fault (latency, tier) of each restore into RestoreStats.trace at close: true,
+   *  or the ring's capacity in records (default 65536). Off by default. */
+  trace?: boolean | number;
   /** Which recorded working set later restores prefetch (default 'latest'). */
   prefetch?: PrefetchMode;
   /** Working sets kept in the manifest (default 4). */
@@ -67,6 +70,8 @@ export interface RestoreOptions {
   prefetch?: PrefetchMode;
   /** Override the hook's recording for this restore. */
   recordWorkingSet?: boolean;
+  /** Override the hook's fault trace for this restore (see RestoreHookOptions.trace). */
+  trace?: boolean | number;
 }
 
 export type RestoreTarget =
@@ -107,6 +112,10 @@ export interface RestoreStats {
   tiers: TierFetchStats[];
   /** Pages in the working set saved on close (0 when nothing was recorded). */
   workingSetRecorded: number;
+  /** With `trace`: one record per demand fault and per prefetch batch (core's TraceRecord shape,
+   *  offsets in snapshot bytes, tier that served the page); `lost`: records the ring dropped.
+   *  Filled in by close(). Summarize with summarizeTrace / formatTraceSummary (@tierstack/core). */
+  trace?: { records: TraceRecord[]; lost: number };
 }
 
 export interface RestoreHandle {
@@ -174,6 +183,8 @@ export class RestoreHook {
       maxRecordPages: o.maxWorkingSetPages ?? 1 << 20,
     });
     const engine = createUffdEngine({ stack: this.stack, faultThreads: o.faultThreads ?? 1, logger: this.log });
+    const trace = ro.trace ?? o.trace ?? false;
+    if (trace !== false) engine.startTrace(trace === true ? undefined : trace);
     const before = tierSnapshot(this.stack);
     const regionOpts = {
       namespace: m.namespace,
@@ -287,9 +298,11 @@ export class RestoreHook {
       (closing ??= (async () => {
         await prefetched.catch(() => undefined);
         const final = stats();
+        let traced: RestoreStats['trace'];
         try {
           if (region) await region.close();
           if (adopted) await adopted.close();
+          if (trace !== false) traced = engine.drainTrace();
         } finally {
           await engine.close();
         }
@@ -303,7 +316,7 @@ export class RestoreHook {
             this.log.warn({ err, id: m.id }, 'could not save the recorded working set');
           }
         }
-        closed = { ...final, snapshot: view.stats(), workingSetRecorded };
+        closed = { ...final, snapshot: view.stats(), workingSetRecorded, ...(traced ? { trace: traced } : {}) };
         return closed;
       })());
     return { snapshotId: m.id, manifest: m, region, adopted, prefetched, stats, close };

@@ -111,6 +111,39 @@ describe('restore on a native stack [CxlTier(memfd), FileTier]', () => {
     expect(warm.pagesByLevel[0]).toBeGreaterThan(0);
   });
 
+  it('traces every fault (page, tier, latency) and every prefetch batch natively when asked; nothing when not', async () => {
+    const hook = createRestoreHook(stack, { catalog, faultAround: 1, recordWorkingSet: false, trace: true });
+    const pages = working.slice(0, 60);
+    const h = await hook.restore('fn', { kind: 'in-process' }, { prefetch: 'none' });
+    const out = Buffer.alloc(pages.length * PS);
+    await touchPages(h.region!.address, pages, PS, { out });
+    expectPages(out, pages);
+    const s = await h.close();
+    const faults = s.trace!.records.filter((r) => r.op === 'fault');
+    expect(s.trace!.lost).toBe(0);
+    // fault-around 1: one record per touched page, at its offset, served by a tier or as a zero page.
+    expect(faults.map((r) => r.offset / PS).sort((a, b) => a - b)).toEqual([...pages].sort((a, b) => a - b));
+    for (const r of faults) {
+      expect(r.length).toBe(PS);
+      expect(r.latencyUs).toBeGreaterThan(0);
+      if (isZero(r.offset / PS)) expect(r.tier).toBe('zero');
+      else expect(stack.tiers.map((t) => t.name)).toContain(r.tier);
+    }
+    expect(faults.filter((r) => r.tier === 'zero')).toHaveLength(pages.filter(isZero).length);
+    expect(faults.filter((r) => r.tier !== 'zero')).toHaveLength(s.pagesByLevel.reduce((a, b) => a + b, 0));
+
+    // A prefetch: its batches' bytes add up to the pages it installed.
+    const h2 = await hook.restore('fn', { kind: 'in-process' }, { eager: true, trace: 4096 });
+    await h2.prefetched;
+    const s2 = await h2.close();
+    const batches = s2.trace!.records.filter((r) => r.op === 'prefetch');
+    expect(batches.length).toBeGreaterThan(0);
+    expect(batches.reduce((n, r) => n + r.length, 0)).toBe(s2.prefetched * PS);
+
+    const quiet = await (await hook.restore('fn', { kind: 'in-process' }, { prefetch: 'none', trace: false })).close();
+    expect(quiet.trace).toBeUndefined();
+  });
+
   it('records the working set natively, in first-touch order, and prefetches it natively', async () => {
     const hook = createRestoreHook(stack, { catalog, faultAround: 1 });
     const h = await hook.restore('fn', { kind: 'in-process' }, { prefetch: 'none', recordWorkingSet: true });

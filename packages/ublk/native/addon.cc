@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <tierstack/trace_ring_napi.hpp>
 #include <tierstack/napi_error.hpp>
 #include <tierstack/run_on_thread.hpp>
 #include <tierstack/stack_client.hpp>
@@ -218,44 +219,13 @@ class Device : public Napi::ObjectWrap<Device> {
     return out;
   }
 
-  // traceEnable(capacity): starts a fresh request trace (the ring is allocated on the first call).
-  Napi::Value TraceEnable(const Napi::CallbackInfo &info) {
-    double cap = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 65536;
-    if (!(cap >= 1 && cap <= (1 << 24))) {
-      make_error(info.Env(), "TS_ERR_BAD_ARGUMENT", "trace capacity must be 1..16777216 records", EINVAL).ThrowAsJavaScriptException();
-      return info.Env().Undefined();
-    }
-    core_->stats.trace.enable(static_cast<size_t>(cap));
-    return Napi::Number::New(info.Env(), static_cast<double>(core_->stats.trace.capacity()));
-  }
+  // traceEnable(capacity) / traceDisable() / traceDrain(max): the kit's shape (trace_ring_napi.hpp).
+  Napi::Value TraceEnable(const Napi::CallbackInfo &info) { return tierstack::trace_enable(info, core_->stats.trace); }
   Napi::Value TraceDisable(const Napi::CallbackInfo &info) {
     core_->stats.trace.disable();
     return info.Env().Undefined();
   }
-  // traceDrain(max) -> { records: Float64Array of n x [atNs, offset, length, latencyNs, op, level, ok], lost }
-  Napi::Value TraceDrain(const Napi::CallbackInfo &info) {
-    Napi::Env env = info.Env();
-    size_t max = info.Length() > 0 && info[0].IsNumber() ? static_cast<size_t>(info[0].As<Napi::Number>().Int64Value()) : 65536;
-    drained_.clear();
-    uint64_t lost = core_->stats.trace.drain(drained_, max);
-    constexpr size_t kFields = 7;
-    Napi::Float64Array a = Napi::Float64Array::New(env, drained_.size() * kFields);
-    for (size_t i = 0; i < drained_.size(); i++) {
-      const TraceRing::Record &r = drained_[i];
-      double *d = a.Data() + i * kFields;
-      d[0] = static_cast<double>(r.at_ns);
-      d[1] = static_cast<double>(r.offset);
-      d[2] = static_cast<double>(r.length);
-      d[3] = static_cast<double>(r.latency_ns);
-      d[4] = r.op;
-      d[5] = r.level;
-      d[6] = r.ok ? 1 : 0;
-    }
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("records", a);
-    out.Set("lost", static_cast<double>(lost));
-    return out;
-  }
+  Napi::Value TraceDrain(const Napi::CallbackInfo &info) { return tierstack::trace_drain(info, core_->stats.trace, drained_); }
 
   std::shared_ptr<DeviceCore> core_;
   std::vector<TraceRing::Record> drained_;  // reused by traceDrain (JS thread only)

@@ -7,9 +7,13 @@
 #include <cstddef>
 #include <sys/mman.h>
 
-#include "trace_ring.hpp"
+#include <tierstack/trace_ring.hpp>
 
 namespace tsublk {
+
+using tierstack::kLevelMiss;
+using tierstack::kLevelStack;
+using tierstack::TraceRing;
 
 enum class BlockOp : uint8_t { Read = 0, Write = 1, Flush = 2, Discard = 3, WriteZeroes = 4 };
 constexpr int kOpCount = 5;

@@ -11,6 +11,7 @@
 #include <tierstack/napi_args.hpp>
 #include <tierstack/page_store_napi.hpp>
 #include <tierstack/snapshot_meta_napi.hpp>
+#include <tierstack/trace_ring_napi.hpp>
 #include <tierstack/stack_client.hpp>
 
 #include "engine.hpp"
@@ -118,7 +119,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod("adopt", &EngineWrap::Adopt), InstanceMethod("close", &EngineWrap::Close),
                         InstanceMethod("adoptShared", &EngineWrap::AdoptShared),
                         InstanceMethod("features", &EngineWrap::Features),
-                        InstanceMethod("takeEvents", &EngineWrap::TakeEvents)});
+                        InstanceMethod("takeEvents", &EngineWrap::TakeEvents),
+                        InstanceMethod("traceEnable", &EngineWrap::TraceEnable),
+                        InstanceMethod("traceDisable", &EngineWrap::TraceDisable),
+                        InstanceMethod("traceDrain", &EngineWrap::TraceDrain)});
   }
 
   // new NativeEngine(jsPath, { faultThreads, cpus, maxBatchPages, maxQueuedPages }, onEvents)
@@ -221,6 +225,21 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Adopt(const Napi::CallbackInfo &info);
   Napi::Value AdoptShared(const Napi::CallbackInfo &info);
 
+  // The fault trace (Engine::trace()), in the kit's shape (trace_ring_napi.hpp).
+  Napi::Value TraceEnable(const Napi::CallbackInfo &info) {
+    if (!engine_) return throw_error(info.Env(), "TS_ERR_CLOSED", "the engine is closed");
+    return tierstack::trace_enable(info, engine_->trace());
+  }
+  Napi::Value TraceDisable(const Napi::CallbackInfo &info) {
+    if (engine_) engine_->trace().disable();
+    return info.Env().Undefined();
+  }
+  Napi::Value TraceDrain(const Napi::CallbackInfo &info) {
+    if (!engine_) return throw_error(info.Env(), "TS_ERR_CLOSED", "the engine is closed");
+    return tierstack::trace_drain(info, engine_->trace(), drained_);
+  }
+
+  std::vector<tierstack::TraceRing::Record> drained_;  // reused by traceDrain (JS thread only)
   std::shared_ptr<Engine> engine_;
   std::shared_ptr<tierstack::StackClient> client_;
   Napi::ThreadSafeFunction events_;

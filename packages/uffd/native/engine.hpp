@@ -10,6 +10,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <tierstack/trace_ring.hpp>
 #include <tierstack/clock.hpp>
 #include <tierstack/stack_client.hpp>
 
@@ -171,6 +172,13 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
   uint32_t next_region_id() { return next_region_id_.fetch_add(1); }
 
+  // Per-fault trace (off by default): one record per demand fault (op kTraceFault: the faulting
+  // page, read-to-answer latency, the level that served it) and per prefetch batch (kTracePrefetch:
+  // first page, bytes installed, batch time, deepest level). Offsets are snapshot/stack bytes.
+  static constexpr uint8_t kTraceFault = 0;
+  static constexpr uint8_t kTracePrefetch = 1;
+  tierstack::TraceRing &trace() { return trace_; }
+
  private:
   struct Scratch;
   enum class Mode { kFault, kPrefetch, kEnsure };
@@ -203,6 +211,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void drain_events(Source &s, Scratch &sc);
   // Snapshot regions: checks fetched pages against the snapshot's checksums; a bad copy is
   // dropped from its tier and the page read again from the levels below it.
+  void trace_fill(const Region &r, const std::vector<Want> &wants, const std::vector<Fault> *faults, Mode mode,
+                  const Scratch &sc, int64_t installed, uint64_t started);
   void verify_snapshot_pages(Region &r, std::vector<Want> &wants, Scratch &sc);
   void evict_if_needed(Source &s, Region &r, Scratch &sc);
   int write_back(Source &s, Region &r, std::vector<uint64_t> &pages, std::vector<std::shared_ptr<std::vector<uint8_t>>> &data);
@@ -225,6 +235,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::unordered_map<uint64_t, std::shared_ptr<Source>> sources_;
   uint64_t next_source_id_ = 1;
   std::atomic<uint32_t> next_region_id_{1};
+  tierstack::TraceRing trace_;
 
   std::mutex ev_mu_;
   std::vector<EngineEvent> events_;

@@ -130,6 +130,7 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
   if (n == 0) return 0;
   const uint64_t ps = page_size_;
   sc.reserve(n, ps);
+  const uint64_t traced_from = trace_.enabled() ? now_ns() : 0;
   const bool managed = r.cfg.managed;
   const bool zero_policy = r.cfg.missing == MissingPolicy::kZero;
 
@@ -292,6 +293,7 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
     }
   }
   if (lk.owns_lock()) lk.unlock();
+  if (traced_from != 0) trace_fill(r, wants, faults, mode, sc, installed, traced_from);
   RegionStats::add(r.stats.pages_installed, static_cast<uint64_t>(installed));
   if (mode == Mode::kPrefetch) RegionStats::add(r.stats.prefetched, static_cast<uint64_t>(installed));
   // 6. Wake threads whose page we did not install with a waking ioctl (already present, lost).
@@ -300,6 +302,31 @@ int64_t Engine::fill(Source &s, Region &r, std::vector<Want> &wants, std::vector
       if (wants[k].fault >= 0 && sc.result[k] != 1 && sc.result[k] != 2) wake(s.fd, r.addr_of(wants[k].idx), ps);
   }
   return installed;
+}
+
+// The trace records of one fill (see Engine::trace()). Levels: the stack level that served the
+// page, kLevelZero for a zero page, kLevelMiss when nothing served it.
+void Engine::trace_fill(const Region &r, const std::vector<Want> &wants, const std::vector<Fault> *faults, Mode mode,
+                        const Scratch &sc, int64_t installed, uint64_t started) {
+  const uint64_t now = now_ns(), ps = page_size_;
+  auto level_of = [&](size_t k) -> uint8_t {
+    if (sc.action[k] == kZero) return tierstack::kLevelZero;
+    if (sc.status[k] != TS_PAGE_FOUND) return tierstack::kLevelMiss;
+    return sc.level[k];
+  };
+  if (mode == Mode::kFault && faults) {
+    for (size_t k = 0; k < wants.size(); k++) {
+      if (wants[k].fault < 0) continue;
+      const Fault &f = (*faults)[static_cast<size_t>(wants[k].fault)];
+      trace_.record(kTraceFault, f.t0, (r.cfg.page_offset + wants[k].idx) * ps, ps, now - f.t0, level_of(k), sc.result[k] == 1 || sc.result[k] == 0);
+    }
+  } else if (mode == Mode::kPrefetch) {
+    uint8_t deepest = 0;
+    for (size_t k = 0; k < wants.size(); k++)
+      if (sc.action[k] == kCopy && sc.level[k] > deepest) deepest = sc.level[k];
+    trace_.record(kTracePrefetch, started, (r.cfg.page_offset + wants.front().idx) * ps, static_cast<uint64_t>(std::max<int64_t>(installed, 0)) * ps,
+                  now - started, deepest, installed >= 0);
+  }
 }
 
 void Engine::verify_snapshot_pages(Region &r, std::vector<Want> &wants, Scratch &sc) {

@@ -10,6 +10,8 @@ import {
   badArgument,
   closedError,
   createJsPath,
+  isLayeredStore,
+  type TraceRecord,
   assertNamespace,
   silentLogger,
   type JsPath,
@@ -245,6 +247,46 @@ export class UffdEngine extends EventEmitter {
     if (options.registry) this.unbindMetrics = bindUffdMetrics(options.registry, this);
   }
 
+  /**
+   * Starts recording one record per demand fault (the faulting page, read-to-answer latency, the
+   * tier that served it) and per prefetch batch, in a bounded native ring (`capacity` records,
+   * default 65536; the oldest are dropped, and counted, when it is not drained in time). Off by
+   * default; costs a few stores per fault when on. Returns the capacity.
+   */
+  startTrace(capacity = 65536): number {
+    return this.engine().traceEnable(capacity);
+  }
+
+  stopTrace(): void {
+    this.native?.traceDisable();
+  }
+
+  /** The records since the last drain (core's TraceRecord shape, offsets in stack bytes), and how many were lost. */
+  drainTrace(max = 1 << 20): { records: TraceRecord[]; lost: number } {
+    const { records: raw, lost } = this.engine().traceDrain(max);
+    const names = this.levelNames();
+    const records: TraceRecord[] = [];
+    for (let i = 0; i + 7 <= raw.length; i += 7) {
+      const level = raw[i + 5]!;
+      records.push({
+        op: raw[i + 4] === 1 ? 'prefetch' : 'fault',
+        offset: raw[i + 1]!,
+        length: raw[i + 2]!,
+        latencyUs: raw[i + 3]! / 1000,
+        tier: level === LEVEL_ZERO ? 'zero' : level === LEVEL_MISS ? 'miss' : (names[level] ?? `level ${level}`),
+        atUs: raw[i]! / 1000,
+      });
+    }
+    return { records, lost };
+  }
+
+  /** Stack level → tier name: the native tiers, then the JS path. */
+  private levelNames(): string[] {
+    const tiers = isLayeredStore(this.stack) ? this.stack.tiers : [this.stack];
+    const native = this.jsPath.chain.length;
+    return [...tiers.slice(0, native).map((t) => t.name), ...(this.jsPath.hasJsTiers ? ['js'] : [])];
+  }
+
   /** What the kernel's userfaultfd offers, and the JS thread id the engine guards. */
   features(): NativeFeatures {
     return this.engine().features();
@@ -402,6 +444,10 @@ export class UffdEngine extends EventEmitter {
     }
   }
 }
+
+/** Trace levels of pages answered without a tier (kit trace_ring.hpp). */
+const LEVEL_ZERO = 253;
+const LEVEL_MISS = 254;
 
 export function createUffdEngine(options: UffdEngineOptions): UffdEngine {
   return new UffdEngine(options);

@@ -109,6 +109,11 @@ export interface NativeEngine {
   close(): void;
   features(): NativeFeatures;
   takeEvents(): NativeEvent[];
+  /** Starts a fresh fault trace; returns the ring's capacity (records). */
+  traceEnable(capacity: number): number;
+  traceDisable(): void;
+  /** n x [atNs, offset, length, latencyNs, op (0 fault, 1 prefetch), level, ok]. */
+  traceDrain(max: number): { records: Float64Array; lost: number };
 }
 
 export interface ReceivedFd {

@@ -15,7 +15,8 @@ import type { Command } from 'commander';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { bindStackMetrics, createTierStack, type Logger, type PageStore } from '@tierstack/core';
+import { appendFileSync } from 'node:fs';
+import { bindStackMetrics, createTierStack, formatTraceSummary, summarizeTrace, type Logger, type PageStore } from '@tierstack/core';
 import {
   SnapshotCatalog,
   serveCriuPages,
@@ -27,6 +28,7 @@ import {
   type CriuHeaderLayout,
   type KeeperMemfd,
   type KeeperOptions,
+  type RestoreStats,
   queryKeeperStatus,
 } from '@tierstack/faas';
 import { addStackOptions, openStack, type StackCliOptions } from '../stack-options.js';
@@ -45,6 +47,8 @@ interface RestoreCliOptions extends StackCliOptions, MetricsCliOptions {
   prefetch: 'latest' | 'union' | 'none';
   eager?: boolean;
   record: boolean;
+  /** --trace [file]: true without a file. */
+  trace?: string | true;
   keeper: boolean;
   standby: boolean;
   statusSocket?: string;
@@ -73,6 +77,7 @@ function restoreOptions(cmd: Command): Command {
       .option('--prefetch <mode>', 'Firecracker: prefetch the latest recorded working set, the union of the kept ones, or none', 'latest')
       .option('--eager', 'Firecracker: install every page before the VM runs')
       .option('--no-record', 'Firecracker: do not record working sets')
+      .option('--trace [file]', 'Firecracker: trace every fault (latency, tier) of each VM; a summary is printed when the VM ends, the records appended to <file> as JSON lines')
       .option('--no-keeper', 'serve in this process, without the keeper (if it dies, its VMs hang)')
       .option('--no-standby', 'keeper: no warm spare worker (a replacement starts cold)')
       .option('--status-socket <path>', 'keeper: Unix socket answering one JSON status line (default <socket>.status)')
@@ -88,6 +93,14 @@ function criuServerOptions(o: RestoreCliOptions) {
     maxConnectionBytes: Math.round(o.criuConnBufferMib * 2 ** 20),
     maxTotalBytes: Math.round(o.criuTotalBufferMib * 2 ** 20),
   };
+}
+
+/** --trace: the summary of one VM's faults (the blktrace-style view), and its records as JSON lines. */
+function reportTrace(s: RestoreStats, pid: number, file: string | true | undefined, out: (l: string) => void): void {
+  if (!s.trace) return;
+  out(`fault trace of VM ${pid} (${s.trace.records.length} records${s.trace.lost ? `, ${s.trace.lost} lost` : ''}):`);
+  out(formatTraceSummary(summarizeTrace(s.trace.records)));
+  if (typeof file === 'string') appendFileSync(file, s.trace.records.map((r) => JSON.stringify({ vm: pid, ...r })).join('\n') + '\n');
 }
 
 function checkFlags(o: RestoreCliOptions): void {
@@ -160,8 +173,14 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
           out(JSON.stringify(server.stats()));
           await server.close();
         } else {
-          const hook = createRestoreHook(stack, { catalog, logger, prefetch: o.prefetch, recordWorkingSet: o.record });
-          const handler = await serveFirecracker(hook, { socketPath: o.firecracker!, snapshotId: id, logger, restore: { eager: o.eager === true } });
+          const hook = createRestoreHook(stack, { catalog, logger, prefetch: o.prefetch, recordWorkingSet: o.record, trace: o.trace !== undefined });
+          const handler = await serveFirecracker(hook, {
+            socketPath: o.firecracker!,
+            snapshotId: id,
+            logger,
+            restore: { eager: o.eager === true },
+            ...(o.trace !== undefined ? { onRestoreEnd: (s: RestoreStats, pid: number) => reportTrace(s, pid, o.trace, out) } : {}),
+          });
           figures = () => {
             const levels: number[] = [];
             let jsPathPages = 0;
@@ -214,8 +233,10 @@ export function registerRestoreCommand(program: Command, out: (l: string) => voi
           );
           return stack;
         },
-        hook: { prefetch: o.prefetch, recordWorkingSet: o.record },
+        hook: { prefetch: o.prefetch, recordWorkingSet: o.record, trace: o.trace !== undefined },
         restore: { eager: o.eager === true },
+        // The worker's stdout belongs to the keeper's protocol: its trace summaries go to stderr.
+        ...(o.trace !== undefined ? { onRestoreEnd: (s: RestoreStats, pid: number) => reportTrace(s, pid, o.trace, (l) => process.stderr.write(`${l}\n`)) } : {}),
         criu: criuServerOptions(o),
         describe: criu
           ? `serving CRIU pages of ${id} on ${o.host}:%PORT% (layout ${o.criuLayout}); Ctrl-C stops`

@@ -1,5 +1,6 @@
-// A bounded ring of recent block requests (op, offset, length, latency, serving level, result),
-// written by I/O threads and drained by the JS thread for `tierstack ublk trace`.
+// A bounded ring of recent requests (op, offset, length, latency, serving level, result), written
+// by I/O or fault threads and drained by the JS thread: block requests for `tierstack ublk trace`,
+// restore faults for `tierstack restore --trace`. The op codes are the front-end's own.
 //
 // Off by default: the I/O path then pays one relaxed load. On, a request costs one fetch_add and
 // six relaxed stores into memory allocated once when tracing was first enabled — no allocation,
@@ -16,10 +17,11 @@
 #include <mutex>
 #include <vector>
 
-namespace tsublk {
+namespace tierstack {
 
 // Serving "level" of a request: 0..k-1 the stack's native tiers, k its JS path (page_store
 // StackClient levels), or one of these.
+constexpr uint8_t kLevelZero = 253;   // answered with zeros without asking a tier (a zero page)
 constexpr uint8_t kLevelMiss = 254;   // a read no tier held (served as zeros)
 constexpr uint8_t kLevelStack = 255;  // not a read: writes, discards and flushes go to the stack
 
@@ -109,4 +111,4 @@ class TraceRing {
   std::mutex reader_mu_;  // enable and drain (JS thread only, but cheap insurance)
 };
 
-}  // namespace tsublk
+}  // namespace tierstack

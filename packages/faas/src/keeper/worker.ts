@@ -24,7 +24,7 @@ import { Socket } from 'node:net';
 import { TierStackError, ErrorCode, silentLogger, type Logger, type PageStore } from '@tierstack/core';
 import { closeFd } from '@tierstack/uffd';
 import { SnapshotCatalog } from '../catalog.js';
-import { createRestoreHook, type RestoreHandle, type RestoreHook, type RestoreHookOptions, type RestoreOptions } from '../restore-hook.js';
+import { createRestoreHook, type RestoreHandle, type RestoreHook, type RestoreHookOptions, type RestoreOptions, type RestoreStats } from '../restore-hook.js';
 import { parseFirecrackerHandshake, type GuestMapping } from '../firecracker-handshake.js';
 import { verifyUserfaultfd } from '../handshake.js';
 import { serveCriuPages, type CriuPageServer, type CriuPageServerOptions } from '../criu-page-server.js';
@@ -51,6 +51,8 @@ export interface RestoreWorkerOptions {
   hook?: Omit<RestoreHookOptions, 'catalog' | 'logger'>;
   /** Options of every new restore (resumed ones never prefetch, record or copy eagerly). */
   restore?: RestoreOptions;
+  /** Called with each VM's final stats when it ends (e.g. to report its fault trace). */
+  onRestoreEnd?: (stats: RestoreStats, pid: number) => void;
   criu?: Omit<CriuPageServerOptions, 'snapshotId' | 'port' | 'host' | 'logger' | 'listen'>;
   /** The human-readable line the keeper prints after its first JSON line. */
   describe?: string;
@@ -227,6 +229,11 @@ export async function runRestoreWorker(o: RestoreWorkerOptions): Promise<number>
         totals.poisoned += s.poisoned;
         totals.js += s.jsPathPages;
         s.pagesByLevel.forEach((n, i) => (totals.levels[i] = (totals.levels[i] ?? 0) + n));
+        try {
+          o.onRestoreEnd?.(s, pid);
+        } catch (err) {
+          noteError(err);
+        }
       }
       live.delete(id);
       ch.send('END', id);
