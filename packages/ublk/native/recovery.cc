@@ -1,5 +1,5 @@
 // The takeover of a ublk device whose server died (see recovery.hpp): UblkTransport::recover_start
-// and UblkTransport::abandon. The control commands go through a small SQE128 ring of their own.
+// and UblkTransport::abandon. The control commands go through the transport's CtrlRing (ctrl_ring.hpp).
 #include "recovery.hpp"
 
 #include <fcntl.h>
@@ -12,66 +12,15 @@
 #include <cerrno>
 #include <cstring>
 
+#include <tierstack/clock.hpp>
+
+#include "ctrl_ring.hpp"
 #include "ublk_transport.hpp"
 #include "ublk_uapi.hpp"
 
 namespace tsublk {
 namespace {
-
 constexpr const char *kControlDev = "/dev/ublk-control";
-
-int64_t mono_ms() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return static_cast<int64_t>(t.tv_sec) * 1000 + t.tv_nsec / 1000000;
-}
-
-// One control command at a time on a 4-entry SQE128 ring.
-class RecoveryRing {
- public:
-  ~RecoveryRing() {
-    if (ok_) io_uring_queue_exit(&ring_);
-  }
-  int init() {
-    int rc = io_uring_queue_init(4, &ring_, IORING_SETUP_SQE128);
-    ok_ = rc == 0;
-    return rc;
-  }
-  int run(int fd, uint32_t op, ublksrv_ctrl_cmd &cmd) {
-    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-    if (!sqe) return -EBUSY;
-    std::memset(sqe, 0, 2 * sizeof(io_uring_sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = fd;
-    sqe->cmd_op = op;
-    std::memcpy(sqe->cmd, &cmd, sizeof cmd);
-    int rc = io_uring_submit(&ring_);
-    if (rc < 0) return rc;
-    io_uring_cqe *cqe;
-    do rc = io_uring_wait_cqe(&ring_, &cqe);
-    while (rc == -EINTR);
-    if (rc < 0) return rc;
-    int res = cqe->res;
-    io_uring_cqe_seen(&ring_, cqe);
-    return res;
-  }
-
- private:
-  io_uring ring_;
-  bool ok_ = false;
-};
-
-ublksrv_ctrl_cmd ctrl_cmd(int dev_id, void *addr = nullptr, uint16_t len = 0, uint64_t data0 = 0) {
-  ublksrv_ctrl_cmd c;
-  std::memset(&c, 0, sizeof c);
-  c.dev_id = static_cast<uint32_t>(dev_id);
-  c.queue_id = static_cast<uint16_t>(-1);
-  c.addr = reinterpret_cast<uint64_t>(addr);
-  c.len = len;
-  c.data[0] = data0;
-  return c;
-}
-
 }  // namespace
 
 int UblkTransport::recover_start(TransportInfo &info, std::string &error) {
@@ -85,7 +34,7 @@ int UblkTransport::recover_start(TransportInfo &info, std::string &error) {
     error = std::string("open /dev/ublk-control: ") + strerror(e);
     return -e;
   }
-  RecoveryRing r;
+  CtrlRing r;
   int rc = r.init();
   if (rc < 0) {
     error = std::string("io_uring_queue_init: ") + strerror(-rc);
@@ -139,11 +88,11 @@ int UblkTransport::recover_start(TransportInfo &info, std::string &error) {
 
   // The driver accepts the takeover once the dead server's /dev/ublkcN is released and the disk
   // is quiesced (its requests requeued); until then START_USER_RECOVERY answers -EBUSY.
-  int64_t deadline = mono_ms() + kRecoverWaitMs;
+  int64_t deadline = static_cast<int64_t>(tierstack::now_ms()) + kRecoverWaitMs;
   for (;;) {
     c = ctrl_cmd(id);
     rc = r.run(ctrl_fd_, op(UBLK_CMD_START_USER_RECOVERY, UBLK_U_CMD_START_USER_RECOVERY), c);
-    if (rc != -EBUSY || mono_ms() > deadline) break;
+    if (rc != -EBUSY || static_cast<int64_t>(tierstack::now_ms()) > deadline) break;
     usleep(20000);
   }
   if (rc < 0) {

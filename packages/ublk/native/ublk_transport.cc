@@ -11,6 +11,7 @@
 
 #include <tierstack/clock.hpp>
 
+#include "ctrl_ring.hpp"
 #include "recovery.hpp"
 #include "ublk_uapi.hpp"
 
@@ -21,50 +22,10 @@ constexpr const char *kControl = "/dev/ublk-control";
 
 using tierstack::now_ns;
 
-// A command to /dev/ublk-control: one URING_CMD on a small SQE128 ring, waited for.
-class CtrlRing {
- public:
-  ~CtrlRing() {
-    if (ok_) io_uring_queue_exit(&ring_);
-  }
-  int init() {
-    int rc = io_uring_queue_init(4, &ring_, IORING_SETUP_SQE128);
-    ok_ = rc == 0;
-    return rc;
-  }
-  // Returns the command's result (>= 0) or -errno.
-  int run(int fd, uint32_t op, ublksrv_ctrl_cmd &cmd) {
-    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-    if (!sqe) return -EBUSY;
-    std::memset(sqe, 0, 2 * sizeof(io_uring_sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = fd;
-    sqe->cmd_op = op;
-    std::memcpy(sqe->cmd, &cmd, sizeof cmd);
-    int rc = io_uring_submit(&ring_);
-    if (rc < 0) return rc;
-    io_uring_cqe *cqe;
-    do rc = io_uring_wait_cqe(&ring_, &cqe);
-    while (rc == -EINTR);
-    if (rc < 0) return rc;
-    int res = cqe->res;
-    io_uring_cqe_seen(&ring_, cqe);
-    return res;
-  }
-
- private:
-  io_uring ring_;
-  bool ok_ = false;
-};
-
 uint32_t ctrl_op(bool legacy, uint32_t legacy_op, uint32_t ioctl_op) { return legacy ? legacy_op : ioctl_op; }
 
 int simple_cmd(CtrlRing &r, int fd, bool legacy, int dev_id, uint32_t lop, uint32_t iop, uint64_t data0 = 0) {
-  ublksrv_ctrl_cmd c;
-  std::memset(&c, 0, sizeof c);
-  c.dev_id = static_cast<uint32_t>(dev_id);
-  c.queue_id = static_cast<uint16_t>(-1);
-  c.data[0] = data0;
+  ublksrv_ctrl_cmd c = ctrl_cmd(dev_id, nullptr, 0, data0);
   return r.run(fd, ctrl_op(legacy, lop, iop), c);
 }
 
@@ -127,12 +88,7 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
   di.dev_id = static_cast<uint32_t>(opts_.dev_id);
   di.ublksrv_pid = getpid();
   di.flags = UBLK_F_CMD_IOCTL_ENCODE | (opts_.recovery ? kUblkRecoveryFlags : 0);
-  ublksrv_ctrl_cmd c;
-  std::memset(&c, 0, sizeof c);
-  c.dev_id = static_cast<uint32_t>(opts_.dev_id);
-  c.queue_id = static_cast<uint16_t>(-1);
-  c.addr = reinterpret_cast<uint64_t>(&di);
-  c.len = sizeof di;
+  ublksrv_ctrl_cmd c = ctrl_cmd(opts_.dev_id, &di, sizeof di);
   rc = r.run(ctrl_fd_, UBLK_U_CMD_ADD_DEV, c);
   if (rc == -EOPNOTSUPP || rc == -EINVAL) {  // an old kernel: legacy opcodes, no ioctl encoding
     legacy_ = true;
@@ -164,11 +120,7 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
   p.discard.max_discard_sectors = UINT32_MAX >> 9;
   p.discard.max_write_zeroes_sectors = UINT32_MAX >> 9;
   p.discard.max_discard_segments = 1;
-  std::memset(&c, 0, sizeof c);
-  c.dev_id = static_cast<uint32_t>(dev_id_);
-  c.queue_id = static_cast<uint16_t>(-1);
-  c.addr = reinterpret_cast<uint64_t>(&p);
-  c.len = sizeof p;
+  c = ctrl_cmd(dev_id_, &p, sizeof p);
   rc = r.run(ctrl_fd_, ctrl_op(legacy_, UBLK_CMD_SET_PARAMS, UBLK_U_CMD_SET_PARAMS), c);
   if (rc < 0) {
     error = std::string("SET_PARAMS: ") + strerror(-rc);
