@@ -90,7 +90,9 @@ class DonorWrap : public Napi::ObjectWrap<DonorWrap> {
     DonorSlab s;
     uint64_t key = info.Length() > 2 ? u64_of(info[2]) : u64_of(info[0]);
     if (!donor_->alloc_slab(u64_of(info[0]), static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()), key, s)) {
-      throw_error(env, "TS_ERR_NO_SPACE", "slab allocation failed: " + donor_->error());
+      // A refusal to place, whatever the cause; the message (and errno) say which, so that the
+      // client's error and the daemon's log name it (e.g. RLIMIT_MEMLOCK below the slab size).
+      throw_error(env, "TS_ERR_NO_SPACE", "slab allocation failed: " + donor_->error(), donor_->error_errno());
       return env.Undefined();
     }
     auto o = Napi::Object::New(env);
@@ -156,7 +158,8 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
                         InstanceMethod<&PoolWrap::Slabs>("slabs"), InstanceMethod<&PoolWrap::DropEmptySlab>("dropEmptySlab"), InstanceMethod<&PoolWrap::TakeTouched>("takeTouched"),
                         InstanceMethod<&PoolWrap::Degraded>("degradedEvents"), InstanceMethod<&PoolWrap::Get>("get"),
                         InstanceMethod<&PoolWrap::Put>("put"), InstanceMethod<&PoolWrap::Remove>("remove"),
-                        InstanceMethod<&PoolWrap::Handle>("handle"), InstanceMethod<&PoolWrap::SetBackup>("setBackup"), InstanceMethod<&PoolWrap::Close>("close")});
+                        InstanceMethod<&PoolWrap::Handle>("handle"), InstanceMethod<&PoolWrap::SetBackup>("setBackup"),
+                        InstanceMethod<&PoolWrap::RestoreFromBackup>("restoreFromBackup"), InstanceMethod<&PoolWrap::Close>("close")});
   }
   PoolWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<PoolWrap>(info) {
     auto env = info.Env();
@@ -208,7 +211,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     return Napi::Boolean::New(info.Env(), pool_->has_slab(u64_of(info[0]), u64_of(info[1])));
   }
   Napi::Value AddReplica(const Napi::CallbackInfo &info) {
-    return Napi::Number::New(info.Env(), pool_->add_replica(u64_of(info[0]), u64_of(info[1]), to_replica(info[2])));
+    return Napi::Number::New(info.Env(), pool_->map().add_replica(u64_of(info[0]), u64_of(info[1]), to_replica(info[2])));
   }
   Napi::Value CopyReplica(const Napi::CallbackInfo &info) {
     uint64_t ns = u64_of(info[0]), index = u64_of(info[1]);
@@ -217,22 +220,22 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     return pool_job(info.Env(), p, [p, ns, index, slot](std::string &err) { return p->copy_replica(ns, index, slot, err); }, nullptr);
   }
   Napi::Value SetReplicaState(const Napi::CallbackInfo &info) {
-    return Napi::Boolean::New(info.Env(), pool_->set_replica_state(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value(),
+    return Napi::Boolean::New(info.Env(), pool_->map().set_replica_state(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value(),
                                                                    static_cast<uint8_t>(info[3].As<Napi::Number>().Uint32Value())));
   }
   Napi::Value DropReplica(const Napi::CallbackInfo &info) {
-    return Napi::Boolean::New(info.Env(), pool_->drop_replica(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value()));
+    return Napi::Boolean::New(info.Env(), pool_->map().drop_replica(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value()));
   }
   Napi::Value ReplaceLost(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    auto lost = pool_->replace_lost(u64_of(info[0]), u64_of(info[1]), to_replica(info[2]));
+    auto lost = pool_->map().replace_lost(u64_of(info[0]), u64_of(info[1]), to_replica(info[2]));
     auto arr = Napi::Float64Array::New(env, lost.size());
     for (size_t i = 0; i < lost.size(); i++) arr[i] = static_cast<double>(lost[i]);
     return arr;
   }
   Napi::Value DropEmptySlab(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    auto reps = pool_->drop_empty_slab(u64_of(info[0]), u64_of(info[1]));
+    auto reps = pool_->map().drop_empty(u64_of(info[0]), u64_of(info[1]));
     auto arr = Napi::Array::New(env, reps.size());
     for (size_t i = 0; i < reps.size(); i++) {
       auto x = Napi::Object::New(env);
@@ -244,7 +247,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   }
   Napi::Value Slabs(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    auto views = pool_->slabs();
+    auto views = pool_->map().views();
     auto arr = Napi::Array::New(env, views.size());
     for (size_t i = 0; i < views.size(); i++) {
       auto o = Napi::Object::New(env);
@@ -269,7 +272,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   }
   Napi::Value TakeTouched(const Napi::CallbackInfo &info) {
     auto env = info.Env();
-    auto t = pool_->take_touched();
+    auto t = pool_->map().take_touched();
     auto arr = Napi::Array::New(env, t.size());
     for (size_t i = 0; i < t.size(); i++) {
       auto pair = Napi::Array::New(env, 2);
@@ -301,7 +304,8 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     for (size_t i = 0; i < bufs.size(); i++) bufs[i] = out.Data() + i * ps;
     return run_job(env, pool_->start_get(ns, pages.data(), pages.size(), bufs.data()), sync_us, pages.size() * ps, info[2]);
   }
-  // put(ns, pages: Float64Array, data: Buffer, syncUs) -> undefined | Promise<void>; fails with
+  // put(ns, pages: Float64Array, data: Buffer, syncUs, flags) -> undefined | Promise<void> (flags:
+  // TS_PUT_DIRTY / TS_PUT_PROMOTION, as on the C ABI); fails with
   // TS_ERR_NO_SPACE when a slab is missing (nothing written) and TS_ERR_UNAVAILABLE when some
   // page reached no replica.
   Napi::Value Put(const Napi::CallbackInfo &info) {
@@ -311,6 +315,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     if (!pages_of(env, info[1], &pages)) return env.Undefined();
     auto data = info[2].As<Napi::Buffer<char>>();
     double sync_us = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0;
+    uint32_t flags = info.Length() > 4 && info[4].IsNumber() ? info[4].As<Napi::Number>().Uint32Value() : 0;
     const size_t ps = pool_->page_size();
     if (data.Length() != pages.size() * ps) {
       throw_error(env, "TS_ERR_BAD_ARGUMENT", "data size does not match the batch");
@@ -318,7 +323,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     }
     std::vector<const void *> bufs(pages.size());
     for (size_t i = 0; i < bufs.size(); i++) bufs[i] = data.Data() + i * ps;
-    return run_job(env, pool_->start_put(ns, pages.data(), pages.size(), bufs.data()), sync_us, pages.size() * ps, info[2]);
+    return run_job(env, pool_->start_put(ns, pages.data(), pages.size(), bufs.data(), flags), sync_us, pages.size() * ps, info[2]);
   }
   // Batches above this many bytes are never polled on the JS thread.
   static constexpr size_t kSyncMaxBytes = 256 * 1024;
@@ -366,6 +371,29 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     pool_->set_backup_native(std::move(ref));
     return env.Undefined();
   }
+  // restoreFromBackup(ns, pages: Float64Array) -> Promise<number>: pages refilled from the native
+  // backup by namespace id (TS_ERR_UNSUPPORTED without one). On a thread of its own: it waits
+  // for the backup and for RMA writes.
+  Napi::Value RestoreFromBackup(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    uint64_t ns = u64_of(info[0]);
+    auto pages = std::make_shared<std::vector<uint64_t>>();
+    if (!pages_of(env, info[1], pages.get())) return env.Undefined();
+    auto restored = std::make_shared<int>(0);
+    Pool *p = pool_;
+    return pool_job(
+        env, p,
+        [p, ns, pages, restored](std::string &err) {
+          int rc = p->restore_from_backup(ns, pages->data(), pages->size());
+          if (rc < 0) {
+            err = std::string("restoring pages from the native backup failed (") + ts_status_code(rc) + ")";
+            return rc;
+          }
+          *restored = rc;
+          return TS_OK;
+        },
+        [restored](Napi::Env env) { return Napi::Number::New(env, *restored); });
+  }
   Napi::Value Handle(const Napi::CallbackInfo &info) { return tierstack::wrap_page_store(info.Env(), pool_->store()); }
   Napi::Value Close(const Napi::CallbackInfo &info) {
     Pool *p = pool_;
@@ -377,12 +405,31 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   Pool *pool_ = nullptr;
 };
 
+// providerDefaults(provider): applies libfabric's environment defaults for the provider (unless
+// the user set them) and lists them: [{ name, value, ours }]. Call before the process's first
+// libfabric use (memd and RdmaPoolTier do, and log the list).
+Napi::Value ProviderDefaults(const Napi::CallbackInfo &info) {
+  auto env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "providerDefaults(provider): a string expected");
+  auto list = apply_provider_defaults(info[0].As<Napi::String>());
+  auto out = Napi::Array::New(env, list.size());
+  for (size_t i = 0; i < list.size(); i++) {
+    auto o = Napi::Object::New(env);
+    o.Set("name", list[i].name);
+    o.Set("value", list[i].value);
+    o.Set("ours", list[i].ours);
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  // Before any fi_getinfo in this process (see fabric.hpp).
-  set_mr_cache_monitor_default();
+  // No libfabric call here: the defaults are applied with the provider's name, before the first
+  // fi_getinfo (providerDefaults from JavaScript, Pool::open, FabricDomain::open).
   env.SetInstanceData<AddonData>(new AddonData());
   exports.Set("Donor", DonorWrap::Init(env));
   exports.Set("Pool", PoolWrap::Init(env));
+  exports.Set("providerDefaults", Napi::Function::New<ProviderDefaults>(env, "providerDefaults"));
   exports.Set("kReplicaActive", Napi::Number::New(env, kActive));
   exports.Set("kReplicaSyncing", Napi::Number::New(env, kSyncing));
   exports.Set("kReplicaDead", Napi::Number::New(env, kDead));

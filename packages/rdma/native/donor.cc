@@ -35,14 +35,11 @@ bool Donor::open(const std::string &provider, const std::string &node, const std
     av_attr.type = FI_AV_TABLE;
     rc = fi_av_open(fd_.domain, &av_attr, &av_, nullptr);
     if (rc) return fail("fi_av_open", rc);
-    rc = fi_endpoint(fd_.domain, fd_.info, &rdm_ep_, nullptr);
-    if (rc) return fail("fi_endpoint", rc);
-    rc = fi_ep_bind(rdm_ep_, &av_->fid, 0);
-    if (rc) return fail("fi_ep_bind(av)", rc);
-    rc = fi_ep_bind(rdm_ep_, &cq_->fid, FI_TRANSMIT | FI_RECV);
-    if (rc) return fail("fi_ep_bind(cq)", rc);
-    rc = fi_enable(rdm_ep_);
-    if (rc) return fail("fi_enable", rc);
+    rc = open_endpoint(fd_.domain, fd_.info, nullptr, av_, cq_, &rdm_ep_, error_);
+    if (rc) {
+      close();  // keeps error_
+      return false;
+    }
     rc = fi_getname(&rdm_ep_->fid, addr, &len);
     if (rc) return fail("fi_getname", rc);
   } else {
@@ -90,10 +87,8 @@ void Donor::eq_loop() {
     auto *entry = reinterpret_cast<fi_eq_cm_entry *>(buf);
     if (event == FI_CONNREQ) {
       fid_ep *ep = nullptr;
-      int rc = fi_endpoint(fd_.domain, entry->info, &ep, nullptr);
-      if (rc == 0) rc = fi_ep_bind(ep, &eq_->fid, 0);
-      if (rc == 0) rc = fi_ep_bind(ep, &cq_->fid, FI_TRANSMIT | FI_RECV);
-      if (rc == 0) rc = fi_enable(ep);
+      std::string err;  // a refused client sees the rejection; nothing to report here
+      int rc = open_endpoint(fd_.domain, entry->info, eq_, nullptr, cq_, &ep, err);
       if (rc == 0) rc = fi_accept(ep, nullptr, 0);
       if (rc == 0) {
         std::lock_guard<std::mutex> lk(eps_mu_);
@@ -135,8 +130,10 @@ bool Donor::alloc_slab(uint64_t id, size_t size, uint64_t key, DonorSlab &out) {
     error_ = "slab id in use";
     return false;
   }
+  error_errno_ = 0;
   void *mem = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) {
+    error_errno_ = errno;
     error_ = std::string("mmap: ") + strerror(errno);
     return false;
   }
@@ -146,7 +143,8 @@ bool Donor::alloc_slab(uint64_t id, size_t size, uint64_t key, DonorSlab &out) {
   int rc = fi_mr_reg(fd_.domain, mem, size, FI_REMOTE_READ | FI_REMOTE_WRITE, 0, key, 0, &mr, nullptr);
   if (rc) {
     munmap(mem, size);
-    error_ = fi_err("fi_mr_reg", rc);
+    error_ = mr_reg_failure(rc, size);
+    error_errno_ = rc < 0 ? -rc : rc;
     return false;
   }
   out.mem = mem;

@@ -32,6 +32,8 @@ class Donor {
   bool open(const std::string &provider, const std::string &node, const std::string &service);
   void close();
   const std::string &error() const { return error_; }
+  // The errno behind the last alloc_slab failure (0: not a system error, e.g. an id in use).
+  int error_errno() const { return error_errno_; }
   const std::string &node() const { return node_; }
   const std::string &service() const { return service_; }
   int mr_mode() const { return fd_.mr_mode(); }
@@ -59,6 +61,7 @@ class Donor {
   fid_av *av_ = nullptr;
   std::string raw_addr_;
   std::string error_, node_, service_;
+  int error_errno_ = 0;
   std::atomic<bool> stop_{false};
   std::thread eq_thread_, progress_thread_;
   std::mutex eps_mu_;

@@ -9,7 +9,9 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
+#include <atomic>
 #include <string>
+#include <vector>
 
 namespace tsrdma {
 
@@ -20,10 +22,30 @@ constexpr uint32_t kFiVersion = FI_VERSION(1, 9);
 // read by many endpoints, so an MR bound to one endpoint does not fit.
 constexpr int kSupportedMrMode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
 
-// Must run before the first fi_getinfo of the process: libfabric's MR cache may otherwise
-// install a userfaultfd-based memory monitor, which would collide with tierstack's uffd
-// front-end. Respects a value the user already set.
-void set_mr_cache_monitor_default();
+// One libfabric setting taken from the environment, and whether this process chose it.
+struct EnvSetting {
+  std::string name, value;
+  bool ours;  // false: the user had set it (kept as it was)
+};
+
+// Environment defaults for `provider`, set unless the user set the variable already. libfabric
+// reads them once, at its initialisation (the process's first fi_getinfo), so this runs before
+// that. Always: FI_MR_CACHE_MONITOR=disabled (the MR cache's userfaultfd monitor would collide
+// with tierstack's uffd front-end). For ofi_rxm over verbs: FI_UNIVERSE_SIZE=16 and rxm's MSG
+// queue sizes, because rxm sizes the completion queue of every endpoint as universe size x
+// (tx + rx queue size), and the default universe (256) asks more entries than rxe (and many
+// HCAs) allow: fi_enable then fails with -FI_EINVAL. Returns what applies (for the logs).
+std::vector<EnvSetting> apply_provider_defaults(const std::string &provider);
+
+// Why fi_mr_reg failed, for the operator: the errno, and for ENOMEM/EPERM/EAGAIN the process's
+// RLIMIT_MEMLOCK (every registered slab stays pinned) with what to raise.
+std::string mr_reg_failure(int rc, size_t bytes);
+
+// The endpoint sequence every side uses: fi_endpoint for `info`, bound to an event queue (MSG
+// endpoints: connection events) or an address vector (RDM endpoints), and to `cq` for transmit
+// and receive completions, then enabled. On failure the endpoint is closed, `err` says which
+// call failed, and the libfabric status is returned.
+int open_endpoint(fid_domain *domain, fi_info *info, fid_eq *eq, fid_av *av, fid_cq *cq, fid_ep **ep, std::string &err);
 
 // RDM-only providers (utility provider ofi_rxm over a core provider, or efa) get reliable
 // datagram endpoints addressed through an address vector; everything else gets connected
@@ -43,6 +65,33 @@ struct FabricDomain {
   void close();
   int mr_mode() const { return info ? info->domain_attr->mr_mode : 0; }
   ~FabricDomain() { close(); }
+};
+
+// Registrations of local buffers for providers whose RMA needs a descriptor of them
+// (FI_MR_LOCAL, e.g. verbs); nothing at all for the others (tcp). A batch or a replica copy
+// keeps one for as long as its operations may touch the buffers; they are closed with it.
+class LocalRegs {
+ public:
+  LocalRegs() = default;
+  LocalRegs(const LocalRegs &) = delete;
+  LocalRegs &operator=(const LocalRegs &) = delete;
+  ~LocalRegs() { release(); }
+  // `key_seq` hands out requested keys (ignored by FI_MR_PROV_KEY providers, unique otherwise).
+  void bind(fid_domain *domain, bool needed, std::atomic<uint64_t> *key_seq) {
+    domain_ = domain;
+    needed_ = needed;
+    key_seq_ = key_seq;
+  }
+  // The descriptor to pass with an operation on buf[0, len): nullptr when none is needed, or
+  // when the registration failed (the operation then fails at the provider).
+  void *desc(const void *buf, size_t len);
+  void release();
+
+ private:
+  fid_domain *domain_ = nullptr;
+  bool needed_ = false;
+  std::atomic<uint64_t> *key_seq_ = nullptr;
+  std::vector<fid_mr *> mrs_;
 };
 
 std::string fi_err(const char *what, int rc);

@@ -1,12 +1,14 @@
-// The client side of the data plane: RdmaPoolTier's native core. It keeps, in native memory,
-// the map page -> slab -> replicas (donor connection, remote address, key) and a CRC-32C per
-// page, so that get/put can run entirely in native code from any thread (the page-store C ABI)
-// or from a libuv worker for a JavaScript batch. JavaScript owns the control plane: it
-// allocates slabs on donors, then tells this map about them (add_slab, add_replica, ...).
-//
-// Data path: every page of a batch is posted as one one-sided fi_read/fi_write (many in flight),
-// then completions are reaped from one shared completion queue. Threads share that queue: any
-// waiter dispatches whatever completions it reads to the batches they belong to (under cq_mu_).
+// The client side of the data plane: RdmaPoolTier's native core. get/put run entirely in native
+// code from any thread (the page-store C ABI) or from a thread of its own for a JavaScript
+// batch; JavaScript owns the control plane: it allocates slabs on donors, then tells the map
+// about them (add_slab, add_replica, ...). The parts, each in a module of its own:
+//   slab_map     page -> slab -> replicas, per-page state, dirty mark and CRC-32C
+//   connections  the fabric/domain and one endpoint per donor; closing one safely
+//   completions  the shared completion queue and the dispatch of what it reports
+//   rma          posting one-sided reads/writes and waiting for them
+//   replica_copy filling a new replica from a surviving one (pool member, replica_copy.cc)
+// This file: batches (a Job per get/put: post one op per page and replica, finish, retry reads
+// on the next replica), the C ABI (with the backup tier), close.
 #pragma once
 
 #include <atomic>
@@ -21,101 +23,13 @@
 
 #include <tierstack/page_store.hpp>
 
+#include "completions.hpp"
+#include "connections.hpp"
 #include "fabric.hpp"
+#include "rma.hpp"
+#include "slab_map.hpp"
 
 namespace tsrdma {
-
-constexpr int kMaxReplicas = 4;
-
-enum PageState : uint8_t { kAbsent = 0, kPresent = 1, kLost = 2 };
-enum ReplicaState : uint8_t { kNone = 0, kActive = 1, kSyncing = 2, kDead = 3 };
-
-struct Replica {
-  int32_t conn = -1;
-  uint8_t state = kNone;
-  uint64_t addr = 0;
-  uint64_t rkey = 0;
-  uint64_t slab_id = 0;  // the donor's id of the slab (for the control plane)
-};
-
-// A readers/writer lock with no thread affinity: a put batch may take it on the JS thread and
-// release it on a worker that finished the batch (std::shared_mutex forbids that). Writers
-// (replica copies) are preferred so that a stream of puts cannot starve them.
-class IoLock {
- public:
-  void lock_shared() {
-    std::unique_lock<std::mutex> l(m_);
-    cv_.wait(l, [this] { return !writer_ && writers_waiting_ == 0; });
-    readers_++;
-  }
-  void unlock_shared() {
-    std::lock_guard<std::mutex> l(m_);
-    if (--readers_ == 0) cv_.notify_all();
-  }
-  void lock() {
-    std::unique_lock<std::mutex> l(m_);
-    writers_waiting_++;
-    cv_.wait(l, [this] { return !writer_ && readers_ == 0; });
-    writers_waiting_--;
-    writer_ = true;
-  }
-  void unlock() {
-    std::lock_guard<std::mutex> l(m_);
-    writer_ = false;
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int readers_ = 0;
-  int writers_waiting_ = 0;
-  bool writer_ = false;
-};
-
-struct Slab {
-  // Puts hold it shared for their batch; copying a replica holds it exclusively per chunk so
-  // that a concurrent put either lands before the chunk is copied or writes the new replica too.
-  IoLock io;
-  std::mutex reps_mu;  // guards reps[] (short critical sections)
-  Replica reps[kMaxReplicas];
-  std::vector<uint32_t> crc;
-  std::vector<uint8_t> state;  // PageState per page (written under io shared + per page ownership)
-  std::atomic<bool> touched{false};
-  std::atomic<uint64_t> present{0};
-  bool dropped = false;  // set under io (exclusive): the slab left the map; puts must not use it
-};
-
-struct Conn {
-  fid_ep *ep = nullptr;
-  fid_eq *eq = nullptr;      // MSG endpoints: connection events
-  fid_av *av = nullptr;      // RDM endpoints: the donor's address
-  fi_addr_t dest = 0;        // RDM: the donor in `av`; MSG: unused (0)
-  std::shared_mutex use;  // posters hold it shared; closing holds it exclusively
-  std::atomic<bool> up{false};
-  bool closed = false;  // guarded by use (exclusive) and read under cq_mu_ by waiters
-};
-
-struct Op;
-
-struct Batch {
-  std::atomic<size_t> pending{0};
-};
-
-struct Op {
-  fi_context2 ctx;  // must stay first: the CQ returns its address
-  Batch *batch = nullptr;
-  int32_t result = 1;  // 1 pending, 0 done, < 0 -errno
-  int32_t conn = -1;
-};
-
-struct SlabKey {
-  uint64_t ns, index;
-  bool operator==(const SlabKey &o) const { return ns == o.ns && index == o.index; }
-};
-struct SlabKeyHash {
-  size_t operator()(const SlabKey &k) const { return std::hash<uint64_t>()(k.ns * 0x9E3779B97F4A7C15ULL ^ k.index); }
-};
 
 class Pool;
 
@@ -124,6 +38,8 @@ class Pool;
 // answers small batches without a thread hop when the donor is quick.
 struct Job {
   bool write = false;
+  uint32_t flags = 0;      // put: TS_PUT_DIRTY / TS_PUT_PROMOTION
+  bool exclusive = false;  // put: slabs held exclusively (a promotion), else shared
   uint64_t ns = 0;
   size_t n = 0;
   std::vector<uint64_t> pages;
@@ -132,6 +48,7 @@ struct Job {
   std::vector<std::shared_ptr<Slab>> slab;  // get: per page; put: the distinct slabs, io held shared
   std::vector<Slab *> page_slab;            // put: per page
   std::vector<uint8_t> tried, bad_crc;
+  std::vector<uint8_t> skip;  // put: a promotion left this page alone (a dirty copy is newer)
   std::vector<int8_t> slot;
   std::vector<uint32_t> crc;
   std::unique_ptr<Op[]> ops;
@@ -143,18 +60,12 @@ struct Job {
   bool done = false;
   bool locked = false;
   bool counted = false;  // holds one of the pool's running-call counts
-  std::vector<fid_mr *> mrs;  // local registrations (FI_MR_LOCAL providers)
+  LocalRegs regs;  // local registrations of the batch's buffers (FI_MR_LOCAL providers)
   Pool *pool = nullptr;
   ~Job();
 };
 
-struct SlabView {  // for JavaScript: what the map holds
-  uint64_t ns, index;
-  Replica reps[kMaxReplicas];
-  uint64_t present;
-};
-
-class Pool {
+class Pool final : private ConnLoss {
  public:
   Pool(uint32_t page_size, uint64_t slab_pages, uint32_t op_timeout_ms, std::string name);
   ~Pool();
@@ -177,20 +88,12 @@ class Pool {
   int connect(int32_t idx, const std::string &node, const std::string &service, const std::string &raw_addr, std::string &err);
   void kill_conn(int32_t idx);
   bool conn_up(int32_t idx);
-  void add_slab(uint64_t ns, uint64_t index, const std::vector<Replica> &reps);
-  bool has_slab(uint64_t ns, uint64_t index);
-  int add_replica(uint64_t ns, uint64_t index, const Replica &rep);  // syncing; returns slot or -1
+  // The slab map (see slab_map.hpp) for the control plane.
+  SlabMap &map() { return map_; }
+  void add_slab(uint64_t ns, uint64_t index, const std::vector<Replica> &reps) { map_.add(ns, index, reps); }
+  bool has_slab(uint64_t ns, uint64_t index) { return map_.find(ns, index) != nullptr; }
   int copy_replica(uint64_t ns, uint64_t index, int slot, std::string &err);  // fills a syncing replica
-  bool set_replica_state(uint64_t ns, uint64_t index, int slot, uint8_t state);
-  bool drop_replica(uint64_t ns, uint64_t index, int slot);
-  // The slab lost every replica: `rep` replaces them; pages present become Lost. Returns them.
-  std::vector<uint64_t> replace_lost(uint64_t ns, uint64_t index, const Replica &rep);
-  // Removes a slab that holds no page (present and lost both zero) from the map; returns its
-  // replicas so the control plane can give them back, or nothing if it is not empty.
-  std::vector<Replica> drop_empty_slab(uint64_t ns, uint64_t index);
-  std::vector<SlabView> slabs();
-  std::vector<std::pair<int32_t, uint64_t>> take_touched();
-  uint64_t degraded_events() const { return degraded_.load(); }
+  uint64_t degraded_events() const { return map_.degraded_events(); }
 
   // The tier's backup (a PageStore that receives every write). The C ABI must honour it too:
   // with a JavaScript-only backup its put/remove answer TS_E_NO_SPACE (the caller takes the
@@ -201,6 +104,10 @@ class Pool {
     backup_ = std::move(ref);
     backup_mode_.store(2);
   }
+  // Refills `pages` of namespace id `ns` from a native backup (after their slab lost every
+  // replica): no name needed, so namespaces written only through the C ABI are restored too.
+  // Returns how many pages were restored, or a TS_E_* status (TS_E_UNSUPPORTED: no native backup).
+  int restore_from_backup(uint64_t ns, const uint64_t *pages, size_t n);
   int abi_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
   int abi_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
   int abi_remove(uint64_t ns, const uint64_t *pages, size_t n);
@@ -208,7 +115,7 @@ class Pool {
   // Resumable batches: start (posts), then advance until done. deadline_ns = 0 waits as long
   // as it takes (with the donor timeout); otherwise advance returns false at the deadline.
   std::unique_ptr<Job> start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs);
-  std::unique_ptr<Job> start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs);
+  std::unique_ptr<Job> start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags = 0);
   bool advance(Job &job, uint64_t deadline_ns);
 
   // Data path (any thread).
@@ -217,26 +124,12 @@ class Pool {
   int remove(uint64_t ns, const uint64_t *pages, size_t n);
 
  private:
-  int connect_rdm(Conn *c, const std::string &raw_addr, std::string &err);
-  std::shared_ptr<Slab> find(uint64_t ns, uint64_t index);
-  Conn *conn(int32_t idx);
-  // Posts one RMA op, progressing the CQ while the provider says EAGAIN. False when the
-  // connection is down or the post failed for good (op->result set).
-  bool post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void *desc, uint64_t addr, uint64_t key);
-  bool wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns = 0);
+  // ConnLoss: the data path gave a donor up (rma.cc).
+  void conn_lost(int32_t conn) override { kill_conn(conn); }
   void post_get_round(Job &job);
   void finish_get_round(Job &job);
   void finish_put(Job &job);
-  void *local_desc(Job &job, const void *buf, size_t len);
   friend struct Job;
-  void progress();  // reads and dispatches completions (takes cq_mu_)
-  // Reads the CQ until it is empty (or blocks once for up to block_ms first) and completes the
-  // operations it names. Called with cq_mu_ held.
-  void dispatch_locked(int block_ms = 0);
-  bool read_error_locked();  // dispatches one error entry; false if none is at the head
-  void fail_closed_locked(Op *ops, size_t n, Batch &b);
-  void mark_replica_dead(Slab &s, int slot);
-  int transfer_one(bool write, const Replica &r, char *buf, size_t len, void *desc, uint64_t offset);
   int copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, char *buf, void *desc);
 
   struct Call {  // counts running calls so close() can wait for them
@@ -248,30 +141,18 @@ class Pool {
 
   const uint32_t page_size_;
   const uint64_t slab_pages_;
-  const uint32_t op_timeout_ms_;
   const std::string name_;
   std::string error_;
-  std::string provider_;
-  FabricDomain fd_;
-  bool mr_local_ = false;
-  fid_cq *cq_ = nullptr;
-  bool cq_wait_ = false;  // the CQ has a wait object (fi_cq_sread)
-  uint64_t spin_ns_ = 500 * 1000;
-  std::mutex cq_mu_;
-  std::atomic<uint64_t> close_epoch_{0};
-
-  std::mutex conns_mu_;
-  std::vector<std::unique_ptr<Conn>> conns_;
-
-  std::shared_mutex map_mu_;
-  std::unordered_map<SlabKey, std::shared_ptr<Slab>, SlabKeyHash> map_;
+  SlabMap map_;
+  CompletionQueue cq_;
+  Connections conns_;
+  Rma rma_;
 
   std::atomic<int> refs_{1};
   std::atomic<bool> closed_{false};
   std::mutex calls_mu_;
   std::condition_variable calls_cv_;
   int calls_ = 0;
-  std::atomic<uint64_t> degraded_{0};
 
   std::atomic<uint64_t> local_key_seq_{1ULL << 48};
   std::atomic<int> backup_mode_{0};

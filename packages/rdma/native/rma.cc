@@ -1,0 +1,147 @@
+#include "rma.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include <tierstack/clock.hpp>
+
+namespace tsrdma {
+
+namespace {
+constexpr int kNapUs = 50;  // past the spin phase, a waiter on a CQ without a wait object naps between polls
+}
+
+using tierstack::now_ms;
+using tierstack::now_ns;
+
+bool Rma::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void *desc, uint64_t addr, uint64_t key) {
+  Conn *c = conns_.get(conn_idx);
+  op.conn = conn_idx;
+  if (!c || !c->up.load()) {
+    op.result = -FI_ENOTCONN;
+    return false;
+  }
+  uint64_t deadline = 0;
+  for (;;) {
+    ssize_t rc;
+    {
+      std::shared_lock<std::shared_mutex> sl(c->use);
+      if (c->closed || !c->ep) {
+        op.result = -FI_ENOTCONN;
+        return false;
+      }
+      op.result = 1;
+      rc = write ? fi_write(c->ep, buf, len, desc, c->dest, addr, key, &op.ctx) : fi_read(c->ep, buf, len, desc, c->dest, addr, key, &op.ctx);
+    }
+    if (rc == 0) return true;
+    if (rc != -FI_EAGAIN) {
+      op.result = static_cast<int32_t>(rc);
+      return false;
+    }
+    // The transmit queue is full: complete some operations (ours or other threads') first.
+    cq_.progress();
+    if (!c->up.load()) {
+      op.result = -FI_ENOTCONN;
+      return false;
+    }
+    uint64_t t = now_ms();
+    if (deadline == 0) deadline = t + op_timeout_ms_;
+    if (t > deadline) {
+      // Refused for a whole donor timeout. Over ofi_rxm this is what a dead peer looks like:
+      // rxm keeps reconnecting and answers EAGAIN, never an error. Give the donor up, as wait()
+      // does for operations that never complete, so that later posts to it fail at once
+      // instead of each waiting out the timeout (posting runs on the JavaScript thread, which
+      // is also the one that would learn of the loss from the control connection).
+      loss_.conn_lost(conn_idx);
+      op.result = -FI_ETIMEDOUT;
+      return false;
+    }
+  }
+}
+
+void Rma::fail_closed_locked(Op *ops, size_t n, Batch &b) {
+  for (size_t i = 0; i < n; i++) {
+    Op &op = ops[i];
+    if (op.batch != &b || op.result != 1) continue;
+    Conn *c = conns_.get(op.conn);
+    if (c && c->closed) {
+      op.result = -FI_ECONNABORTED;
+      b.pending.fetch_sub(1, std::memory_order_release);
+    }
+  }
+}
+
+bool Rma::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
+  // ~0: check for closed connections on the first pass. A batch may be resumed here after a
+  // connection closed while nobody was waiting on it (the JS thread handed it to a worker).
+  uint64_t epoch = ~0ULL;
+  uint64_t start = 0;
+  uint64_t spin_until = 0;
+  unsigned spins = 0;
+  while (b.pending.load(std::memory_order_acquire) > 0) {
+    {
+      std::lock_guard<std::mutex> lk(cq_.mutex());
+      cq_.dispatch_locked();
+      uint64_t e = conns_.close_epoch();
+      if (e != epoch) {
+        epoch = e;
+        fail_closed_locked(ops, n, b);
+      }
+    }
+    if (b.pending.load(std::memory_order_acquire) == 0) break;
+    ++spins;
+    if (deadline_ns) {
+      // A bounded wait (the JS thread polling a small batch): spin, never sleep or give up a donor.
+      if ((spins & 31) == 0 && now_ns() > deadline_ns) return false;
+      continue;
+    }
+    // Spin first (a donor answers in tens of microseconds, a batch of 32 pages in a few hundred),
+    // yielding now and then; a batch that takes longer sleeps in the CQ's wait object, which
+    // leaves the CPU to the donor on a shared host instead of burning it. A CQ without a wait
+    // object (RDM endpoints, see CompletionQueue::open) naps between polls instead.
+    if (spin_until == 0) spin_until = now_ns() + spin_ns_;
+    if (spins < 2048 && spin_ns_ > 0) continue;
+    if (cq_.has_wait() && ((spins & 15) == 0 || spin_ns_ == 0) && now_ns() > spin_until) {
+      std::lock_guard<std::mutex> lk(cq_.mutex());
+      if (b.pending.load(std::memory_order_acquire) > 0) cq_.dispatch_locked(1);
+    } else if (!cq_.has_wait() && ((spins & 3) == 0 || spin_ns_ == 0) && now_ns() > spin_until) {
+      std::this_thread::sleep_for(std::chrono::microseconds(kNapUs));
+    } else {
+      sched_yield();
+    }
+    if ((spins & 63) != 0) continue;
+    uint64_t t = now_ms();
+    if (start == 0) start = t;
+    if (t - start > op_timeout_ms_) {
+      // A donor that neither answers nor resets the connection: give up on it. Its
+      // connection is closed, which fails our operations on it (and everyone else's).
+      std::vector<int32_t> stuck;
+      {
+        std::lock_guard<std::mutex> lk(cq_.mutex());
+        for (size_t i = 0; i < n; i++)
+          if (ops[i].batch == &b && ops[i].result == 1) stuck.push_back(ops[i].conn);
+      }
+      std::sort(stuck.begin(), stuck.end());
+      stuck.erase(std::unique(stuck.begin(), stuck.end()), stuck.end());
+      for (int32_t c : stuck) loss_.conn_lost(c);
+      start = t;
+    }
+  }
+  return true;
+}
+
+int Rma::transfer_one(bool write, const Replica &r, char *buf, size_t len, void *desc, uint64_t offset) {
+  Op op;
+  Batch b;
+  op.batch = &b;
+  b.pending.store(1);
+  if (!post(write, op, r.conn, buf, len, desc, r.addr + offset, r.rkey)) b.pending.store(0);
+  wait(b, &op, 1);
+  return op.result;
+}
+
+}  // namespace tsrdma
