@@ -115,6 +115,8 @@ export class MemdServer {
   private readonly conns = new Set<ClientConn>();
   private readonly slabs = new Map<bigint, SlabRecord>();
   private nextSlabId = 1n;
+  /** Slab allocation failures already logged at warn (by message): one warning per cause. */
+  private readonly allocFailures = new Set<string>();
   private nextClientId = 1n;
   private headroomTimer: NodeJS.Timeout | undefined;
   private lastAvailable = -1;
@@ -181,7 +183,11 @@ export class MemdServer {
 
   /** Opens the libfabric endpoint and starts listening; resolves with the bound addresses. */
   async start(): Promise<MemdAddress> {
-    this.donor = new (rdmaAddon().Donor)(this.opts.provider, this.opts.dataHost, String(this.opts.dataPort));
+    const addon = rdmaAddon();
+    // Provider defaults (e.g. ofi_rxm over verbs: universe and queue sizes) before libfabric
+    // starts; the log says which ones the environment overrode.
+    const settings = addon.providerDefaults(this.opts.provider);
+    this.donor = new addon.Donor(this.opts.provider, this.opts.dataHost, String(this.opts.dataPort));
     const server = createServer((socket) => this.accept(socket));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -220,6 +226,7 @@ export class MemdServer {
         capacityBytes: this.opts.capacityBytes,
         slabBytes: this.opts.slabBytes,
         donorId: this.opts.donorId,
+        libfabricEnv: Object.fromEntries(settings.map((s) => [s.name, s.ours ? s.value : `${s.value} (from the environment)`])),
         ...(Number.isFinite(this.quotaSlabs) ? { clientQuotaSlabs: this.quotaSlabs } : {}),
       },
       'memd listening',
@@ -426,7 +433,15 @@ export class MemdServer {
       // A random key: knowing a slab id (or guessing the next one) does not give access to it.
       grant = this.donor!.allocSlab(id, this.opts.slabBytes, randomBytes(8).readBigUInt64LE(0));
     } catch (err) {
-      this.send(conn, { requestId, error: { code: ErrorCode.NoSpace, message: (err as Error).message } });
+      // The cause goes to the client and into the log (a registration refused for a lock limit
+      // is an operator's problem, not a full donor): warn once per cause, then debug.
+      const message = (err as Error).message;
+      const fields = { client: conn.name, tag, err: message, errno: (err as { errno?: number }).errno };
+      if (!this.allocFailures.has(message)) {
+        this.allocFailures.add(message);
+        this.log.warn(fields, 'memd: slab allocation failed');
+      } else this.log.debug(fields, 'memd: slab allocation failed');
+      this.send(conn, { requestId, error: { code: ErrorCode.NoSpace, message } });
       return;
     }
     this.slabs.set(id, { id, owner: conn, size: this.opts.slabBytes, lastActive: Date.now() });

@@ -46,23 +46,35 @@ export interface NativePool {
   degradedEvents(): number;
   /** Per-page status; with syncUs > 0 a small batch may complete on the calling thread (no promise). */
   get(ns: bigint, pages: Float64Array, out: Buffer, syncUs?: number): Int32Array | Promise<Int32Array>;
-  put(ns: bigint, pages: Float64Array, data: Buffer, syncUs?: number): void | Promise<void>;
+  /** flags: TS_PUT_DIRTY (1) / TS_PUT_PROMOTION (2), as on the C ABI. */
+  put(ns: bigint, pages: Float64Array, data: Buffer, syncUs?: number, flags?: number): void | Promise<void>;
   remove(ns: bigint, pages: Float64Array): number;
   handle(): NativePageStoreHandle;
   /** The tier has a backup: its native handle, or null when it has none (C ABI put/remove then refuse). */
   setBackup(handle: NativePageStoreHandle | null): void;
+  /** Refills pages from the native backup by namespace id; how many were restored. */
+  restoreFromBackup(ns: bigint, pages: Float64Array): Promise<number>;
   close(): Promise<void>;
+}
+
+/** A libfabric environment setting and whether tierstack chose it (false: the user's). */
+export interface ProviderSetting {
+  name: string;
+  value: string;
+  ours: boolean;
 }
 
 export interface RdmaAddon {
   Donor: new (provider: string, node: string, service: string) => NativeDonor;
+  /** Applies the provider's environment defaults unless set (before the first libfabric use). */
+  providerDefaults(provider: string): ProviderSetting[];
   Pool: new (opts: { provider: string; pageSize: number; slabPages: number; opTimeoutMs: number; name: string }) => NativePool;
   kReplicaActive: number;
   kReplicaSyncing: number;
   kReplicaDead: number;
 }
 
-export const APT_PACKAGES = ['libfabric-dev', 'libfabric-bin'];
+export const APT_PACKAGES = ['libfabric-dev', 'libfabric-bin', 'rdma-core', 'ibverbs-providers', 'ibverbs-utils', 'iproute2'];
 export const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 let addon: RdmaAddon | undefined;

@@ -4,7 +4,7 @@
  * - A namespace's page space is cut into slabs (slab = namespace id + slab index, slab size set
  *   by the donors). A new slab goes to `replicas` distinct donors, each chosen by power of two
  *   choices on free memory.
- * - The page -> slab -> replica map and a CRC-32C per page live in native memory (native/pool.cpp):
+ * - The page -> slab -> replica map and a CRC-32C per page live in native memory (native/pool.cc):
  *   a JavaScript batch is one crossing into native code, and the native handle (page-store C
  *   ABI) serves front-end threads with no JavaScript at all. A page whose bytes fail their
  *   checksum is read from the next replica, else reported TS_ERR_CHECKSUM.
@@ -16,6 +16,10 @@
  *   donor's grace period ends.
  * - An optional backup tier (any PageStore, e.g. FileTier) receives every write and serves the
  *   pages no replica can.
+ *
+ * This file is the tier itself (the data path and what ties the parts together); the control
+ * plane is in donor-set.ts (donors, loss, reconnection), slab-placer.ts (where new slabs go)
+ * and repair.ts (re-replication, eviction, lost slabs).
  */
 import { readFileSync } from 'node:fs';
 import {
@@ -33,10 +37,11 @@ import {
   type PageStore,
   type PutOptions,
 } from '@tierstack/core';
-import { DonorClient, parseDonorAddress, type DonorAddress } from './donor-client.js';
-import { rdmaAddon, type NativePool, type NativeReplica, type NativeSlabView } from './native.js';
-import { pickDistinct, pickTwoChoices } from './placement.js';
-import type { EvictNotice, SlabGrant } from './protocol.js';
+import { parseDonorAddress, type DonorAddress } from './donor-client.js';
+import { DonorSet } from './donor-set.js';
+import { rdmaAddon, type NativePool } from './native.js';
+import { Repair } from './repair.js';
+import { SlabPlacer } from './slab-placer.js';
 
 export interface RdmaPoolTierOptions {
   /** Donor control addresses ("host:port" or {host, port}). */
@@ -76,26 +81,10 @@ export interface RdmaPoolTierOptions {
   random?: () => number;
 }
 
-interface DonorState {
-  /** Position in the donor list (stable; what replicaReport() and logs use). */
-  idx: number;
-  /** The native connection of the current session with this donor (-1: none yet). A donor that
-   *  comes back after a loss gets a new connection: replicas of the old one are never reused. */
-  conn: number;
-  address: DonorAddress;
-  client?: DonorClient;
-  freeBytes: number;
-  up: boolean;
-}
-
 const MAX_REPLICAS = 4;
-/** Slabs repaired at once: up to 3, leaving at least one libuv worker to the data path. */
-const REPAIR_LANES = Math.max(1, Math.min(3, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 1));
 
-const slabKey = (ns: bigint, index: number): string => `${ns}:${index}`;
-
-/** A slab left the map while it was being repaired (all its pages were removed). */
-class SlabGone extends Error {}
+/** The C ABI's put flags (page_store.h TS_PUT_DIRTY, TS_PUT_PROMOTION) of a JavaScript put. */
+const putFlags = (o: PutOptions): number => (o.dirty ? 1 : 0) | (o.promotion ? 2 : 0);
 
 export interface ReplicaReport {
   slabs: number;
@@ -109,22 +98,22 @@ export interface ReplicaReport {
 
 export class RdmaPoolTier extends BasePageStore {
   private native!: NativePool;
-  private readonly donors: DonorState[] = [];
+  private donors!: DonorSet;
+  private placer!: SlabPlacer;
+  private repair!: Repair;
   private readonly replicas: number;
   private readonly backup: PageStore | undefined;
+  /** The backup has a native handle: the C ABI writes through to it, and restores read it by id. */
+  private nativeBackup = false;
   private readonly log: Logger;
   private readonly random: () => number;
   private slabPages = 0;
   private slabBytes = 0;
-  private readonly allocating = new Map<string, Promise<void>>();
-  /** Donor replicas (conn:slabId) announced for eviction. */
-  private readonly evicting = new Set<string>();
-  private repairRunning: Promise<void> | undefined;
-  private repairAgain = false;
   private lastDegraded = 0;
   private readonly timers: NodeJS.Timeout[] = [];
   private handleCache: NativePageStoreHandle | undefined;
-  private repairs = 0;
+  /** Names of the namespaces seen (put, registerNamespace), by id: a JavaScript backup is keyed by name. */
+  private readonly nsNames = new Map<bigint, string>();
   private readonly syncWaitUs: number;
   private readonly syncWaitPerPageUs: number;
   private readonly syncMaxBytes: number;
@@ -171,16 +160,19 @@ export class RdmaPoolTier extends BasePageStore {
     }
     if (specs.length === 0) throw new TierStackError(ErrorCode.BadArgument, 'RdmaPoolTier needs at least one donor');
     const addrs = specs.map(parseDonorAddress);
-    const clients = await Promise.allSettled(
-      addrs.map((a) => DonorClient.connect(a, { ...(this.options.token ? { token: this.options.token } : {}), clientName: this.name, timeoutMs: this.options.opTimeoutMs ?? 5000 })),
-    );
-    const first = clients.find((c): c is PromiseFulfilledResult<DonorClient> => c.status === 'fulfilled');
-    if (!first) {
-      const errs = clients.map((c) => (c as PromiseRejectedResult).reason as Error);
-      const perm = errs.find((e) => hasCode(e, ErrorCode.Permission));
-      throw perm ?? new TierStackError(ErrorCode.Unavailable, `no donor answered: ${errs.map((e) => e.message).join('; ')}`);
-    }
-    const hello = first.value.hello;
+    const timeoutMs = this.options.opTimeoutMs ?? 5000;
+    this.donors = new DonorSet({
+      token: this.options.token,
+      clientName: this.name,
+      timeoutMs,
+      reconnectMs: this.options.reconnectMs ?? 1000,
+      log: this.log,
+      isClosed: () => this.isClosed,
+      onChange: () => this.repair.schedule(),
+      onEvict: (d, n) => this.repair.onEvict(d, n),
+    });
+    const { clients, first } = await this.donors.hello(addrs);
+    const hello = first.hello;
     this.slabBytes = Number(hello.slabSize);
     if (this.slabBytes % this.pageSize !== 0) {
       for (const c of clients) if (c.status === 'fulfilled') c.value.close();
@@ -188,41 +180,45 @@ export class RdmaPoolTier extends BasePageStore {
     }
     this.slabPages = this.slabBytes / this.pageSize;
     const provider = this.options.provider ?? hello.provider;
-    this.native = new (rdmaAddon().Pool)({
-      provider,
-      pageSize: this.pageSize,
-      slabPages: this.slabPages,
-      opTimeoutMs: this.options.opTimeoutMs ?? 5000,
-      name: this.name,
-    });
+    // Provider defaults before this process's first libfabric use (the user's env wins).
+    const settings = rdmaAddon().providerDefaults(provider);
+    this.log.debug({ provider, libfabricEnv: settings }, 'libfabric settings');
+    this.native = new (rdmaAddon().Pool)({ provider, pageSize: this.pageSize, slabPages: this.slabPages, opTimeoutMs: timeoutMs, name: this.name });
     if (this.backup) this.native.setBackup(this.backup.nativeHandle ?? null);
-    this.provider = provider;
-    this.nextConn = addrs.length;
-    addrs.forEach((address, idx) => this.donors.push({ idx, conn: -1, address, freeBytes: 0, up: false }));
-    await Promise.all(
-      this.donors.map(async (d) => {
-        const r = clients[d.idx]!;
-        if (r.status === 'rejected') {
-          this.log.warn({ donor: `${d.address.host}:${d.address.port}`, err: (r.reason as Error).message }, 'donor unavailable at open');
-          this.scheduleReconnect(d);
-          return;
-        }
-        await this.attach(d, r.value, d.idx);
-      }),
-    );
-    if (!this.donors.some((d) => d.up)) throw new TierStackError(ErrorCode.Unavailable, 'no donor could be connected');
+    this.nativeBackup = this.backup?.nativeHandle !== undefined;
+    this.placer = new SlabPlacer({
+      donors: this.donors,
+      native: this.native,
+      replicas: this.replicas,
+      slabBytes: this.slabBytes,
+      slabPages: this.slabPages,
+      random: this.random,
+      log: this.log,
+      onShort: () => this.repair.schedule(),
+    });
+    this.repair = new Repair({
+      native: this.native,
+      donors: this.donors,
+      placer: this.placer,
+      replicas: this.replicas,
+      log: this.log,
+      isClosed: () => this.isClosed,
+      restore: (nsId, pages) => this.restoreFromBackup(nsId, pages),
+    });
+    await this.donors.attachAll(this.native, this.slabBytes, provider, addrs, clients);
+    if (!this.donors.all.some((d) => d.up)) throw new TierStackError(ErrorCode.Unavailable, 'no donor could be connected');
     const every = (ms: number, fn: () => void): void => {
       const t = setInterval(fn, ms);
       t.unref();
       this.timers.push(t);
     };
-    every(this.options.statsIntervalMs ?? 1000, () => void this.refreshStats());
-    every(this.options.activityIntervalMs ?? 1000, () => this.reportActivity());
+    every(this.options.statsIntervalMs ?? 1000, () => void this.donors.refreshStats());
+    every(this.options.activityIntervalMs ?? 1000, () => this.donors.reportActivity());
     every(200, () => {
       const ev = this.native.degradedEvents();
       if (ev !== this.lastDegraded) {
         this.lastDegraded = ev;
-        this.scheduleRepair();
+        this.repair.schedule();
       }
     });
   }
@@ -280,17 +276,17 @@ export class RdmaPoolTier extends BasePageStore {
     const list = Float64Array.from(pages);
     let poolErr: unknown;
     for (let attempt = 0; attempt < 3; attempt++) {
-      await this.ensureSlabs(nsId, pages);
+      await this.placer.ensure(nsId, pages);
       try {
-        await this.native.put(nsId, list, data, this.syncBudget(pages.length));
+        await this.native.put(nsId, list, data, this.syncBudget(pages.length), putFlags(options));
         poolErr = undefined;
         break;
       } catch (err) {
         poolErr = err;
         // A slab dropped meanwhile (NO_SPACE) or a donor lost mid-write: place again.
         if (!hasCode(err, ErrorCode.NoSpace) && !hasCode(err, ErrorCode.Unavailable)) break;
-        this.scheduleRepair();
-        if (hasCode(err, ErrorCode.Unavailable)) await this.repaired();
+        this.repair.schedule();
+        if (hasCode(err, ErrorCode.Unavailable)) await this.repair.done();
       }
     }
     if (backupWrite) await backupWrite;
@@ -314,10 +310,7 @@ export class RdmaPoolTier extends BasePageStore {
     // Slabs left with no page go back to their donors.
     const freed: Promise<void>[] = [];
     for (const index of new Set(pages.map((p) => Math.floor(p / this.slabPages)))) {
-      for (const r of this.native.dropEmptySlab(nsId, index)) {
-        const d = this.byConn.get(r.conn);
-        if (d?.up && d.conn === r.conn) freed.push(d.client!.freeSlab(r.slabId).catch(() => {}));
-      }
+      for (const r of this.native.dropEmptySlab(nsId, index)) freed.push(this.donors.free(r.conn, r.slabId));
     }
     if (this.backup) await this.backup.remove(ns, pages);
     await Promise.all(freed);
@@ -329,329 +322,39 @@ export class RdmaPoolTier extends BasePageStore {
 
   protected override async doClose(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
-    await this.repairRunning?.catch(() => {});
+    await this.repair?.settle();
     if (this.native) await this.native.close();
-    for (const d of this.donors) d.client?.close();
+    this.donors?.closeAll();
   }
 
   protected override extraStats(): Record<string, number> {
     const rep = this.replicaReport();
-    return { slabs: rep.slabs, underReplicated: rep.underReplicated, donorsUp: rep.donorsUp.length, repairs: this.repairs };
-  }
-
-  // ------------------------------------------------------------------ slabs and placement
-
-  /** Connects the data path of a donor whose control connection said hello; false if unusable. */
-  private async attach(d: DonorState, c: DonorClient, conn: number): Promise<boolean> {
-    const where = `${d.address.host}:${d.address.port}`;
-    if (Number(c.hello.slabSize) !== this.slabBytes || c.hello.provider !== this.provider) {
-      this.log.warn({ donor: where }, 'donor has a different slab size or provider: not used');
-      c.close();
-      return false;
-    }
-    try {
-      await this.native.connect(conn, c.hello.dataNode, c.hello.dataService, Buffer.from(c.hello.dataAddr ?? []));
-    } catch (err) {
-      this.log.warn({ donor: where, err: (err as Error).message }, 'libfabric connect failed');
-      c.close();
-      this.scheduleReconnect(d);
-      return false;
-    }
-    d.client = c;
-    d.conn = conn;
-    d.up = true;
-    this.byConn.set(conn, d);
-    d.freeBytes = Number((await c.stats().catch(() => ({ freeBytes: '0' }))).freeBytes);
-    c.on('close', () => this.donorLost(d, 'control connection closed'));
-    c.on('evict', (n) => this.onEvict(d, n));
-    return true;
-  }
-
-  private scheduleReconnect(d: DonorState): void {
-    const ms = this.options.reconnectMs ?? 1000;
-    if (ms <= 0 || this.isClosed) return;
-    const t = setTimeout(() => void this.reconnect(d), ms);
-    t.unref();
-  }
-
-  private async reconnect(d: DonorState): Promise<void> {
-    if (this.isClosed || d.up || !this.native) return;
-    if (this.nextConn >= 256) {
-      this.log.error({ donor: d.idx }, 'no native connection slots left: not reconnecting');
-      return;
-    }
-    let c: DonorClient;
-    try {
-      c = await DonorClient.connect(d.address, { ...(this.options.token ? { token: this.options.token } : {}), clientName: this.name, timeoutMs: this.options.opTimeoutMs ?? 5000 });
-    } catch {
-      this.scheduleReconnect(d);
-      return;
-    }
-    if (this.isClosed) {
-      c.close();
-      return;
-    }
-    if (await this.attach(d, c, this.nextConn++)) {
-      this.log.info({ donor: `${d.address.host}:${d.address.port}`, conn: d.conn }, 'donor connected again');
-      this.scheduleRepair();
-    }
-  }
-
-  private upDonors(exclude: Set<number> = new Set()): DonorState[] {
-    return this.donors.filter((d) => d.up && !exclude.has(d.idx) && this.native.connUp(d.conn));
-  }
-
-  /** Donor positions holding the given replicas. */
-  private donorsOf(reps: Array<{ conn: number }>): Set<number> {
-    const out = new Set<number>();
-    for (const r of reps) {
-      const d = this.byConn.get(r.conn);
-      if (d) out.add(d.idx);
-    }
-    return out;
-  }
-
-  /** Allocates one slab on a donor picked by two choices among the others; undefined if none can. */
-  private async allocOn(exclude: Set<number>, tag: string): Promise<{ donor: DonorState; grant: SlabGrant } | undefined> {
-    const tried = new Set(exclude);
-    for (;;) {
-      const cands = this.upDonors(tried);
-      const roomy = cands.filter((d) => d.freeBytes >= this.slabBytes);
-      const d = pickTwoChoices(roomy.length ? roomy : cands, this.random);
-      if (!d) return undefined;
-      try {
-        const grant = await d.client!.allocSlab(tag);
-        d.freeBytes = Math.max(0, d.freeBytes - this.slabBytes);
-        return { donor: d, grant };
-      } catch (err) {
-        this.log.debug({ donor: d.idx, err: (err as Error).message }, 'slab allocation refused');
-        d.freeBytes = 0;
-        tried.add(d.idx);
-      }
-    }
-  }
-
-  private replicaOf(d: DonorState, g: SlabGrant): NativeReplica {
-    return { conn: d.conn, addr: BigInt(g.remoteAddr), rkey: BigInt(g.rkey), slabId: BigInt(g.slabId) };
-  }
-
-  private ensureSlabs(nsId: bigint, pages: number[]): Promise<void> {
-    const missing = new Set<number>();
-    for (const p of pages) {
-      const index = Math.floor(p / this.slabPages);
-      if (!missing.has(index) && !this.native.hasSlab(nsId, index)) missing.add(index);
-    }
-    if (missing.size === 0) return Promise.resolve();
-    return Promise.all([...missing].map((index) => this.allocSlab(nsId, index))).then(() => {});
-  }
-
-  private allocSlab(nsId: bigint, index: number): Promise<void> {
-    const key = slabKey(nsId, index);
-    let p = this.allocating.get(key);
-    if (p) return p;
-    p = (async () => {
-      if (this.native.hasSlab(nsId, index)) return;
-      const first = pickDistinct(this.upDonors().filter((d) => d.freeBytes >= this.slabBytes), this.replicas, this.random);
-      const reps: NativeReplica[] = [];
-      const used = new Set<number>();
-      const grants = await Promise.all(
-        first.map((d) => d.client!.allocSlab(key).then((g) => ({ d, g }), () => undefined)),
-      );
-      for (const x of grants) {
-        if (!x) continue;
-        x.d.freeBytes = Math.max(0, x.d.freeBytes - this.slabBytes);
-        reps.push(this.replicaOf(x.d, x.g));
-        used.add(x.d.idx);
-      }
-      while (reps.length < this.replicas) {
-        const got = await this.allocOn(used, key);
-        if (!got) break;
-        reps.push(this.replicaOf(got.donor, got.grant));
-        used.add(got.donor.idx);
-      }
-      if (reps.length === 0) throw new TierStackError(ErrorCode.NoSpace, 'no donor has room for a new slab');
-      if (reps.length < this.replicas) this.log.warn({ slab: key, replicas: reps.length }, 'slab placed with fewer replicas than asked');
-      this.native.addSlab(nsId, index, reps);
-      if (reps.length < this.replicas) this.scheduleRepair();
-    })().finally(() => this.allocating.delete(key));
-    this.allocating.set(key, p);
-    return p;
-  }
-
-  private async refreshStats(): Promise<void> {
-    await Promise.all(
-      this.donors
-        .filter((d) => d.up)
-        .map(async (d) => {
-          try {
-            d.freeBytes = Number((await d.client!.stats()).freeBytes);
-          } catch {
-            /* a lost donor is handled by its close event */
-          }
-        }),
-    );
-  }
-
-  private reportActivity(): void {
-    const byConn = new Map<number, string[]>();
-    for (const [conn, slabId] of this.native.takeTouched()) {
-      const list = byConn.get(conn) ?? [];
-      list.push(String(slabId));
-      byConn.set(conn, list);
-    }
-    for (const [conn, ids] of byConn) {
-      const d = this.byConn.get(conn);
-      if (d?.up && d.conn === conn) d.client?.send({ slabActivity: { slabIds: ids } });
-    }
-  }
-
-  // ------------------------------------------------------------------ failures, eviction, repair
-
-  private donorLost(d: DonorState, why: string): void {
-    if (!d.up) return;
-    d.up = false;
-    this.log.warn({ donor: `${d.address.host}:${d.address.port}`, why }, 'donor lost');
-    if (!this.isClosed) {
-      this.native.killConn(d.conn);
-      this.scheduleRepair();
-      this.scheduleReconnect(d);
-    }
-  }
-
-  private onEvict(d: DonorState, n: EvictNotice): void {
-    this.log.info({ donor: d.idx, slabs: n.slabIds, graceMs: n.graceMs, reason: n.reason }, 'evict notice');
-    for (const id of n.slabIds) this.evicting.add(`${d.conn}:${id}`);
-    d.freeBytes = 0;
-    this.scheduleRepair();
-  }
-
-  /** Starts (or re-runs) the background repair; never runs two at once. */
-  private scheduleRepair(): void {
-    if (this.isClosed) return;
-    if (this.repairRunning) {
-      this.repairAgain = true;
-      return;
-    }
-    this.repairRunning = (async () => {
-      do {
-        this.repairAgain = false;
-        try {
-          await this.repairOnce();
-        } catch (err) {
-          this.log.warn({ err: (err as Error).message }, 'repair pass failed; retrying');
-          await new Promise((r) => setTimeout(r, 200));
-          this.repairAgain = !this.isClosed;
-        }
-      } while (this.repairAgain && !this.isClosed);
-    })().finally(() => {
-      this.repairRunning = undefined;
-    });
+    return { slabs: rep.slabs, underReplicated: rep.underReplicated, donorsUp: rep.donorsUp.length, repairs: this.repair?.count ?? 0 };
   }
 
   /** Resolves when no repair is running or pending (tests, and callers that want full redundancy). */
   async repaired(): Promise<void> {
-    while (this.repairRunning) await this.repairRunning;
+    await this.repair?.done();
   }
 
-  private async repairOnce(): Promise<void> {
-    const A = rdmaAddon();
-    const slabs = this.native.slabs();
-    let next = 0;
-    let failed: { err: unknown } | undefined;
-    // A few slabs at a time (a donor loss leaves many to copy). Each copy holds a libuv worker
-    // while it waits for puts to its slab, and those puts need a worker to finish: at least
-    // one worker is always left to them.
-    const lane = async (): Promise<void> => {
-      while (next < slabs.length && !failed && !this.isClosed) {
-        const s = slabs[next++]!;
-        try {
-          await this.repairSlab(s, A.kReplicaActive, A.kReplicaSyncing, A.kReplicaDead);
-        } catch (err) {
-          if (!(err instanceof SlabGone)) failed ??= { err };
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: REPAIR_LANES }, lane));
-    if (failed) throw failed.err;
-  }
-
-  private async repairSlab(s: NativeSlabView, ACTIVE: number, SYNCING: number, DEAD: number): Promise<void> {
-    const isEvicting = (r: { conn: number; slabId: bigint }): boolean => this.evicting.has(`${r.conn}:${r.slabId}`);
-    const key = slabKey(s.ns, s.index);
-    // 1. Forget replicas that died; give their slabs back to donors still up.
-    for (const r of s.replicas) {
-      if (r.state !== DEAD) continue;
-      this.native.dropReplica(s.ns, s.index, r.slot);
-      this.evicting.delete(`${r.conn}:${r.slabId}`);
-      const d = this.byConn.get(r.conn);
-      if (d?.up && d.conn === r.conn) await d.client!.freeSlab(r.slabId).catch(() => {});
-    }
-    const live = (): NativeSlabView => {
-      const v = this.native.slabs().find((x) => x.ns === s.ns && x.index === s.index);
-      // Given back meanwhile (all its pages removed): nothing to repair.
-      if (!v) throw new SlabGone();
-      return v;
-    };
-    let cur: NativeSlabView;
-    try {
-      cur = live();
-    } catch {
-      return;
-    }
-    let active = cur.replicas.filter((r) => r.state === ACTIVE && this.native.connUp(r.conn));
-    // 2. Nothing left to copy from: start over on a new donor, pages lost unless the backup has them.
-    if (active.length === 0 && !cur.replicas.some((r) => r.state === SYNCING)) {
-      const got = await this.allocOn(new Set(), key);
-      if (!got) throw new TierStackError(ErrorCode.NoSpace, `no donor can take slab ${key}`);
-      const lost = this.native.replaceLost(s.ns, s.index, this.replicaOf(got.donor, got.grant));
-      this.repairs++;
-      this.log.warn({ slab: key, lostPages: lost.length }, 'slab lost every replica; re-created');
-      if (lost.length && this.backup) await this.restoreFromBackup(s.ns, lost);
-      cur = live();
-      active = cur.replicas.filter((r) => r.state === ACTIVE && this.native.connUp(r.conn));
-    }
-    // 3. Top up to `replicas` copies that are not being evicted.
-    const staying = () => active.filter((r) => !isEvicting(r));
-    while (staying().length < this.replicas) {
-      const exclude = this.donorsOf(cur.replicas.filter((r) => r.state === ACTIVE || r.state === SYNCING));
-      const got = await this.allocOn(exclude, key);
-      if (!got) {
-        if (active.some(isEvicting)) this.log.warn({ slab: key }, 'no donor can take an evicted slab');
-        break;
-      }
-      const rep = this.replicaOf(got.donor, got.grant);
-      const slot = this.native.addReplica(s.ns, s.index, rep);
-      if (slot < 0) {
-        await got.donor.client!.freeSlab(rep.slabId).catch(() => {});
-        break;
-      }
-      try {
-        await this.native.copyReplica(s.ns, s.index, slot);
-        this.repairs++;
-      } catch (err) {
-        this.log.warn({ slab: key, err: (err as Error).message }, 'replica copy failed');
-        this.native.dropReplica(s.ns, s.index, slot);
-        await got.donor.client!.freeSlab(rep.slabId).catch(() => {});
-        throw err;
-      }
-      cur = live();
-      active = cur.replicas.filter((r) => r.state === ACTIVE && this.native.connUp(r.conn));
-    }
-    // 4. Evicted replicas that now have enough stand-ins go back to their donor.
-    for (const r of active.filter(isEvicting)) {
-      if (staying().length < this.replicas) break;
-      this.native.dropReplica(s.ns, s.index, r.slot);
-      this.evicting.delete(`${r.conn}:${r.slabId}`);
-      const d = this.byConn.get(r.conn);
-      if (d?.up && d.conn === r.conn) await d.client!.freeSlab(r.slabId).catch(() => {});
-      active = active.filter((x) => x !== r);
-    }
-  }
+  // ------------------------------------------------------------------ namespaces and the backup
 
   private async restoreFromBackup(nsId: bigint, pages: Float64Array): Promise<void> {
-    // The backup is keyed by namespace name; this tier keeps the names it has seen.
+    if (!this.backup) return;
+    // A native backup is read by namespace id: that covers namespaces written only through the
+    // C ABI, whose names this tier never saw (it used to skip them, and their pages stayed lost).
+    if (this.nativeBackup) {
+      const n = await this.native.restoreFromBackup(nsId, pages);
+      this.log.info({ ns: String(nsId), pages: pages.length, restored: n }, 'lost pages restored from the backup tier');
+      return;
+    }
+    // A JavaScript-only backup is keyed by name. Every write reached this tier through JavaScript
+    // then (the C ABI refuses writes: TS_E_NO_SPACE), so put() or registerNamespace() named it.
     const ns = this.nsNames.get(nsId);
-    if (!ns || !this.backup) return;
+    if (!ns) {
+      this.log.error({ ns: String(nsId), pages: pages.length }, 'lost pages of a namespace never named: cannot restore them from the backup');
+      return;
+    }
     const list = [...pages];
     for (let i = 0; i < list.length; i += 256) {
       const chunk = list.slice(i, i + 256);
@@ -663,16 +366,29 @@ export class RdmaPoolTier extends BasePageStore {
     }
   }
 
-  private readonly nsNames = new Map<bigint, string>();
-  private readonly byConn = new Map<number, DonorState>();
-  private nextConn = 0;
-  private provider = 'tcp';
+  /** Names a namespace (createJsPath does it for native front-ends); returns its id. */
+  registerNamespace(ns: string): bigint {
+    const id = namespaceId(ns);
+    if (!this.nsNames.has(id)) this.nsNames.set(id, ns);
+    return id;
+  }
+
+  /**
+   * Places the slabs holding `pages` of a namespace (by name or by id) without writing anything,
+   * so that the C ABI can write them natively from the first write on (it cannot place a slab:
+   * that is the control plane's job, and a write into an unplaced slab answers TS_E_NO_SPACE).
+   * For a native front-end whose range is known up front (a ublk device, a uffd region).
+   */
+  async reserveSlabs(ns: string | bigint, pages: ArrayLike<number>): Promise<void> {
+    this.assertOpen();
+    const id = typeof ns === 'bigint' ? ns : this.registerNamespace(ns);
+    await this.placer.ensure(id, Array.from(pages));
+  }
 
   override put(ns: string, pages: ArrayLike<number>, data: Uint8Array, options?: PutOptions): Promise<void> {
     if (typeof ns === 'string' && ns.length > 0 && ns.length < 1024 && !ns.includes('\0')) {
       try {
-        const id = namespaceId(ns);
-        if (!this.nsNames.has(id)) this.nsNames.set(id, ns);
+        this.registerNamespace(ns);
       } catch {
         /* validated (and rejected) by the base class */
       }
@@ -691,13 +407,13 @@ export class RdmaPoolTier extends BasePageStore {
       for (const s of this.native.slabs()) {
         slabs++;
         const act = s.replicas.filter((r) => r.state === ACTIVE && this.native.connUp(r.conn));
-        if (act.filter((r) => !this.evicting.has(`${r.conn}:${r.slabId}`)).length < this.replicas) under++;
+        if (act.filter((r) => !this.repair.isEvicting(r)).length < this.replicas) under++;
         for (const r of act) {
-          const idx = this.byConn.get(r.conn)?.idx ?? -1;
+          const idx = this.donors.ofConn(r.conn)?.idx ?? -1;
           perDonor[idx] = (perDonor[idx] ?? 0) + 1;
         }
       }
     }
-    return { slabs, underReplicated: under, perDonor, donorsUp: this.donors.filter((d) => d.up).map((d) => d.idx) };
+    return { slabs, underReplicated: under, perDonor, donorsUp: this.donors.all.filter((d) => d.up).map((d) => d.idx) };
   }
 }
