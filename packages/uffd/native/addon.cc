@@ -571,18 +571,6 @@ Napi::Value ReceiveCommon(const Napi::CallbackInfo &info, bool accept) {
 Napi::Value AcceptFd(const Napi::CallbackInfo &info) { return ReceiveCommon(info, true); }
 Napi::Value ReceiveFd(const Napi::CallbackInfo &info) { return ReceiveCommon(info, false); }
 
-// Wakes a thread waiting in accept/poll on a listening socket (it then fails with EINVAL).
-Napi::Value ShutdownFd(const Napi::CallbackInfo &info) {
-  int fd = info[0].ToNumber().Int32Value();
-  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
-  return info.Env().Undefined();
-}
-
-Napi::Value CloseFd(const Napi::CallbackInfo &info) {
-  int fd = info[0].ToNumber().Int32Value();
-  if (fd >= 0) ::close(fd);
-  return info.Env().Undefined();
-}
 
 // sendFd(path, message: Buffer, fd) → connection fd (kept open by the caller). For tests and
 // for handing a uffd on to another handler.
@@ -611,8 +599,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("acceptFd", Napi::Function::New(env, AcceptFd));
   exports.Set("receiveFd", Napi::Function::New(env, ReceiveFd));
   exports.Set("sendFd", Napi::Function::New(env, SendFd));
-  exports.Set("closeFd", Napi::Function::New(env, CloseFd));
-  exports.Set("shutdownFd", Napi::Function::New(env, ShutdownFd));
+  exports.Set("closeFd", Napi::Function::New(env, tierstack::close_fd));
+  exports.Set("shutdownFd", Napi::Function::New(env, tierstack::shutdown_fd));
   exports.Set("sharedRegionsSupported", Napi::Function::New(env, SharedRegionsSupported));
   return exports;
 }

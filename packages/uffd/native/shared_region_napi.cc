@@ -2,6 +2,8 @@
 // the region's NativeSource, and the kernel probe.
 #include "shared_region_napi.hpp"
 
+#include <tierstack/napi_args.hpp>
+
 #include "engine.hpp"
 #include "napi_util.hpp"
 #include "shared_region.hpp"
@@ -19,21 +21,6 @@ using HolderRef = std::shared_ptr<Holder>;
 
 using Method = Napi::Value (*)(const Napi::CallbackInfo &, const HolderRef &);
 
-void add_method(Napi::Env env, Napi::Object obj, const char *name, Method m, const HolderRef &h) {
-  struct Data {
-    Method m;
-    HolderRef h;
-  };
-  auto *d = new Data{m, h};
-  Napi::Function fn = Napi::Function::New(
-      env, [](const Napi::CallbackInfo &info) -> Napi::Value {
-        auto *d = static_cast<Data *>(info.Data());
-        return d->m(info, d->h);
-      },
-      name, d);
-  fn.AddFinalizer([](Napi::Env, Data *p) { delete p; }, d);
-  obj.Set(name, fn);
-}
 
 Napi::Value status_promise(Napi::Env env, std::function<int64_t()> work, const char *what) {
   auto rc = std::make_shared<int64_t>(0);
@@ -106,12 +93,12 @@ Napi::Value Resident(const Napi::CallbackInfo &info, const HolderRef &h) {
 Napi::Object shared_region_object(Napi::Env env, std::shared_ptr<Engine> engine, std::shared_ptr<Source> source) {
   auto h = std::make_shared<Holder>(Holder{std::move(engine), std::move(source)});
   Napi::Object o = Napi::Object::New(env);
-  add_method(env, o, "forget", Forget, h);
-  add_method(env, o, "writeBackDirty", WriteBackDirty, h);
-  add_method(env, o, "storedBitmap", StoredBitmap, h);
-  add_method(env, o, "markStored", MarkStored, h);
-  add_method(env, o, "release", Release, h);
-  add_method(env, o, "residentPages", Resident, h);
+  tierstack::set_method(env, o, "forget", Forget, h);
+  tierstack::set_method(env, o, "writeBackDirty", WriteBackDirty, h);
+  tierstack::set_method(env, o, "storedBitmap", StoredBitmap, h);
+  tierstack::set_method(env, o, "markStored", MarkStored, h);
+  tierstack::set_method(env, o, "release", Release, h);
+  tierstack::set_method(env, o, "residentPages", Resident, h);
   return o;
 }
 

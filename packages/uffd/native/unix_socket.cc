@@ -1,5 +1,7 @@
 #include "unix_socket.hpp"
 
+#include <tierstack/unix_socket.hpp>
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -11,53 +13,14 @@
 
 namespace tsuffd {
 
-namespace {
-bool fill_addr(const std::string &path, sockaddr_un *a) {
-  std::memset(a, 0, sizeof *a);
-  a->sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof a->sun_path) return false;
-  std::memcpy(a->sun_path, path.data(), path.size());
-  return true;
-}
+using tierstack::wait_readable;
 
-int wait_readable(int fd, int timeout_ms) {
-  pollfd p{fd, POLLIN, 0};
-  for (;;) {
-    int n = poll(&p, 1, timeout_ms);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return -errno;
-    if (n == 0) return -ETIMEDOUT;
-    return 0;
-  }
-}
-}  // namespace
-
-int listen_unix(const std::string &path, int backlog) {
-  sockaddr_un a;
-  if (!fill_addr(path, &a)) return -ENAMETOOLONG;
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -errno;
-  struct stat st;
-  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
-  if (bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || listen(fd, backlog) != 0) {
-    int e = errno;
-    close(fd);
-    return -e;
-  }
-  chmod(path.c_str(), 0600);  // only the owner (and root) may hand us descriptors
-  return fd;
-}
+int listen_unix(const std::string &path, int backlog) { return tierstack::listen_unix(path, backlog); }
 
 Received receive_fd(int conn, int timeout_ms) {
   Received r;
   r.conn = conn;
-  ucred cred{};
-  socklen_t cl = sizeof cred;
-  if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
-    r.pid = cred.pid;
-    r.uid = cred.uid;
-    r.gid = cred.gid;
-  }
+  tierstack::peer_credentials(conn, &r.pid, &r.uid, &r.gid);
   int w = wait_readable(conn, timeout_ms);
   if (w < 0) {
     r.err = -w;
@@ -108,16 +71,11 @@ Received receive_fd(int conn, int timeout_ms) {
 
 Received accept_and_receive(int listen_fd, int timeout_ms) {
   Received r;
-  int w = wait_readable(listen_fd, timeout_ms);
-  if (w < 0) {
-    r.err = -w;
-    r.what = "waiting for a connection";
-    return r;
-  }
-  int conn = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  const char *what = nullptr;
+  int conn = tierstack::accept_within(listen_fd, timeout_ms, &what);
   if (conn < 0) {
-    r.err = errno;
-    r.what = "accept";
+    r.err = -conn;
+    r.what = what;
     return r;
   }
   r = receive_fd(conn, timeout_ms);
@@ -128,34 +86,7 @@ Received accept_and_receive(int listen_fd, int timeout_ms) {
   return r;
 }
 
-int send_fd(int conn, const void *msg, size_t len, int fd) {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  std::memset(control, 0, sizeof control);
-  iovec iov{const_cast<void *>(msg), len};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  cmsghdr *c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  return sendmsg(conn, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
-}
-
-int connect_unix(const std::string &path) {
-  sockaddr_un a;
-  if (!fill_addr(path, &a)) return -ENAMETOOLONG;
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -errno;
-  if (connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0) {
-    int e = errno;
-    close(fd);
-    return -e;
-  }
-  return fd;
-}
+int send_fd(int conn, const void *msg, size_t len, int fd) { return tierstack::send_fd(conn, msg, len, fd); }
+int connect_unix(const std::string &path) { return tierstack::connect_unix(path); }
 
 }  // namespace tsuffd

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <napi.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <vector>
@@ -30,6 +32,38 @@ inline bool pages_of(Napi::Env env, const Napi::Value &v, std::vector<uint64_t> 
   out->resize(arr.ElementLength());
   for (size_t i = 0; i < out->size(); i++) (*out)[i] = static_cast<uint64_t>(arr[i]);
   return true;
+}
+
+// Sets obj[name] to a function that calls m(info, ref): methods over a shared native object
+// without an ObjectWrap class (the object handed out is a plain one). The function holds its own
+// copy of `ref` (a shared_ptr), released when the function is collected.
+template <class Ref>
+void set_method(Napi::Env env, Napi::Object obj, const char *name, Napi::Value (*m)(const Napi::CallbackInfo &, const Ref &), const Ref &ref) {
+  struct Data {
+    Napi::Value (*m)(const Napi::CallbackInfo &, const Ref &);
+    Ref ref;
+  };
+  auto *d = new Data{m, ref};
+  Napi::Function fn = Napi::Function::New(
+      env, [](const Napi::CallbackInfo &info) -> Napi::Value {
+        auto *data = static_cast<Data *>(info.Data());
+        return data->m(info, data->ref);
+      },
+      name, d);
+  fn.AddFinalizer([](Napi::Env, Data *p) { delete p; }, d);
+  obj.Set(name, fn);
+}
+
+// shutdownFd(fd): wakes a thread waiting in poll/accept on a listening socket. closeFd(fd).
+inline Napi::Value shutdown_fd(const Napi::CallbackInfo &info) {
+  int fd = info[0].ToNumber().Int32Value();
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+  return info.Env().Undefined();
+}
+inline Napi::Value close_fd(const Napi::CallbackInfo &info) {
+  int fd = info[0].ToNumber().Int32Value();
+  if (fd >= 0) ::close(fd);
+  return info.Env().Undefined();
 }
 
 }  // namespace tierstack

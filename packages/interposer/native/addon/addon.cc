@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include <tierstack/napi_args.hpp>
+#include <tierstack/unix_socket.hpp>
 #include <tierstack/napi_error.hpp>
 #include <tierstack/page_store_napi.hpp>
 #include <tierstack/run_on_thread.hpp>
@@ -55,21 +57,6 @@ struct CowHolder {
 using CowRef = std::shared_ptr<CowHolder>;
 using CowMethod = Napi::Value (*)(const Napi::CallbackInfo &, const CowRef &);
 
-void add_method(Napi::Env env, Napi::Object obj, const char *name, CowMethod m, const CowRef &h) {
-  struct Data {
-    CowMethod m;
-    CowRef h;
-  };
-  auto *d = new Data{m, h};
-  Napi::Function fn = Napi::Function::New(
-      env, [](const Napi::CallbackInfo &info) -> Napi::Value {
-        auto *d = static_cast<Data *>(info.Data());
-        return d->m(info, d->h);
-      },
-      name, d);
-  fn.AddFinalizer([](Napi::Env, Data *p) { delete p; }, d);
-  obj.Set(name, fn);
-}
 
 Napi::Value resolve_undefined(Napi::Env env, std::function<void()> work) {
   return run_on_thread(env, std::move(work), [](Napi::Env env, Napi::Promise::Deferred &d) { d.Resolve(env.Undefined()); });
@@ -198,47 +185,27 @@ Napi::Value CreateCowStore(const Napi::CallbackInfo &info) {
   h->store = new CowStore(client, client->page_size());
   Napi::Object o = Napi::Object::New(env);
   o.Set("handle", tierstack::wrap_page_store(env, h->store->store()));
-  add_method(env, o, "addLayer", AddLayer, h);
-  add_method(env, o, "dropLayer", DropLayer, h);
-  add_method(env, o, "pendingPages", PendingPages, h);
-  add_method(env, o, "op", Op, h);
-  add_method(env, o, "stats", Stats, h);
-  add_method(env, o, "drain", Drain, h);
-  add_method(env, o, "close", Close, h);
+  tierstack::set_method(env, o, "addLayer", AddLayer, h);
+  tierstack::set_method(env, o, "dropLayer", DropLayer, h);
+  tierstack::set_method(env, o, "pendingPages", PendingPages, h);
+  tierstack::set_method(env, o, "op", Op, h);
+  tierstack::set_method(env, o, "stats", Stats, h);
+  tierstack::set_method(env, o, "drain", Drain, h);
+  tierstack::set_method(env, o, "close", Close, h);
   return o;
 }
 
 // ---- the listening socket ----
 
-int wait_readable(int fd, int timeout_ms) {
-  pollfd p{fd, POLLIN, 0};
-  for (;;) {
-    int n = poll(&p, 1, timeout_ms);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return -errno;
-    if (n == 0) return -ETIMEDOUT;
-    return 0;
-  }
-}
+using tierstack::wait_readable;
 
 // listenUnix(path) → fd (mode 0600: only the owner and root may connect).
 Napi::Value ListenUnix(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string path = info[0].ToString().Utf8Value();
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof a.sun_path) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "socket path too long: " + path);
-  std::memcpy(a.sun_path, path.data(), path.size());
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return throw_errno(env, errno, "socket");
-  struct stat st;
-  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
-  if (bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || listen(fd, 64) != 0) {
-    int e = errno;
-    close(fd);
-    return throw_errno(env, e, "cannot listen on " + path);
-  }
-  chmod(path.c_str(), 0600);
+  int fd = tierstack::listen_unix(path, 64);
+  if (fd == -ENAMETOOLONG) return throw_error(env, "TS_ERR_BAD_ARGUMENT", "socket path too long: " + path);
+  if (fd < 0) return throw_errno(env, -fd, "cannot listen on " + path);
   return Napi::Number::New(env, fd);
 }
 
@@ -256,26 +223,16 @@ struct Hello {
 // Accepts one connection and receives its first message (exactly `size` bytes) with up to 4 fds.
 Hello accept_hello(int listen_fd, int timeout_ms, size_t size) {
   Hello r;
-  int w = wait_readable(listen_fd, timeout_ms);
-  if (w < 0) {
-    r.err = -w;
-    r.what = "waiting for a connection";
-    return r;
-  }
-  int conn = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  const char *what = nullptr;
+  int conn = tierstack::accept_within(listen_fd, timeout_ms, &what);
   if (conn < 0) {
-    r.err = errno;
-    r.what = "accept";
+    r.err = -conn;
+    r.what = what;
     return r;
   }
   r.conn = conn;
-  ucred cred{};
-  socklen_t cl = sizeof cred;
-  if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
-    r.pid = cred.pid;
-    r.uid = cred.uid;
-    r.gid = cred.gid;
-  }
+  tierstack::peer_credentials(conn, &r.pid, &r.uid, &r.gid);
+  int w = 0;
   r.message.resize(size);
   size_t got = 0;
   while (got < size) {
@@ -347,26 +304,14 @@ Napi::Value AcceptHello(const Napi::CallbackInfo &info) {
       });
 }
 
-// Wakes a thread waiting in poll/accept on a listening socket.
-Napi::Value ShutdownFd(const Napi::CallbackInfo &info) {
-  int fd = info[0].ToNumber().Int32Value();
-  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
-  return info.Env().Undefined();
-}
-
-Napi::Value CloseFd(const Napi::CallbackInfo &info) {
-  int fd = info[0].ToNumber().Int32Value();
-  if (fd >= 0) ::close(fd);
-  return info.Env().Undefined();
-}
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   return tierstack::export_functions(env, exports,
                                      {{"createCowStore", CreateCowStore},
                                       {"listenUnix", ListenUnix},
                                       {"acceptHello", AcceptHello},
-                                      {"shutdownFd", ShutdownFd},
-                                      {"closeFd", CloseFd}});
+                                      {"shutdownFd", tierstack::shutdown_fd},
+                                      {"closeFd", tierstack::close_fd}});
 }
 
 }  // namespace
