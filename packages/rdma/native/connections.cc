@@ -9,6 +9,18 @@
 
 namespace tsrdma {
 
+namespace {
+// Closes what a failed connect opened of a connection (endpoint first: it is bound to the rest).
+void close_fids(Conn *c) {
+  if (c->ep) fi_close(&c->ep->fid);
+  if (c->eq) fi_close(&c->eq->fid);
+  if (c->av) fi_close(&c->av->fid);
+  c->ep = nullptr;
+  c->eq = nullptr;
+  c->av = nullptr;
+}
+}  // namespace
+
 Connections::Connections(CompletionQueue &cq, uint32_t connect_timeout_ms) : cq_(cq), connect_timeout_ms_(connect_timeout_ms) {
   conns_.resize(kMaxConns);
   for (auto &c : conns_) c = std::make_unique<Conn>();
@@ -57,10 +69,7 @@ int Connections::connect(int32_t idx, const std::string &node, const std::string
   }
   auto fail = [&](const char *what, int rc) {  // what = nullptr: err is set already
     if (what) err = fi_err(what, rc);
-    if (c->ep) fi_close(&c->ep->fid);
-    if (c->eq) fi_close(&c->eq->fid);
-    c->ep = nullptr;
-    c->eq = nullptr;
+    close_fids(c);
     fi_freeinfo(info);
     return TS_E_UNAVAILABLE;
   };
@@ -98,10 +107,7 @@ int Connections::connect(int32_t idx, const std::string &node, const std::string
 int Connections::connect_rdm(Conn *c, const std::string &raw_addr, std::string &err) {
   auto fail = [&](const char *what, int rc) {  // what = nullptr: err is set already
     if (what) err = fi_err(what, rc);
-    if (c->ep) fi_close(&c->ep->fid);
-    if (c->av) fi_close(&c->av->fid);
-    c->ep = nullptr;
-    c->av = nullptr;
+    close_fids(c);
     return TS_E_UNAVAILABLE;
   };
   if (raw_addr.empty()) {
@@ -157,12 +163,7 @@ void Connections::close_all() {
     Conn *c = cp.get();
     std::unique_lock<std::shared_mutex> ul(c->use);
     c->up.store(false);
-    if (c->ep) fi_close(&c->ep->fid);
-    if (c->eq) fi_close(&c->eq->fid);
-    if (c->av) fi_close(&c->av->fid);
-    c->ep = nullptr;
-    c->eq = nullptr;
-    c->av = nullptr;
+    close_fids(c);
     c->closed = true;
   }
   cq_.close();

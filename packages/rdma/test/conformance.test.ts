@@ -32,6 +32,8 @@ runNativeStoreConformance('RdmaPoolTier (3 donors, replicas 2)', () => RdmaPoolT
   // One-sided RDMA writes are not atomic to a reader of the same page: a torn copy fails its
   // CRC-32C and is withheld (TS_E_CHECKSUM), never handed out.
   checksumOnRace: true,
+  // TS_PUT_PROMOTION: a copy promoted from below never replaces a dirty page.
+  promotion: true,
 });
 
 describe('RdmaPoolTier options', () => {

@@ -65,6 +65,10 @@ export interface SpawnOptions {
   metricsPort?: number;
   provider?: string;
   port?: number;
+  /** Control and data address (default 127.0.0.1; any other address needs a token). */
+  host?: string;
+  /** Command the daemon runs under, e.g. ['prlimit', '--memlock=65536', '--'] (execs node). */
+  wrapper?: string[];
   extra?: string[];
 }
 
@@ -80,8 +84,14 @@ export async function spawnMemd(o: SpawnOptions = {}): Promise<MemdProcess> {
   if (o.evictGraceMs !== undefined) args.push('--evict-grace-ms', String(o.evictGraceMs));
   if (o.headroomPollMs !== undefined) args.push('--headroom-poll-ms', String(o.headroomPollMs));
   if (o.metricsPort !== undefined) args.push('--metrics-port', String(o.metricsPort));
+  if (o.host) args.push('--host', o.host, '--data-host', o.host);
   args.push(...(o.extra ?? []));
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [cmd, ...pre] = o.wrapper?.length ? [...o.wrapper, process.execPath] : [process.execPath];
+  // A donor starts without the libfabric defaults this test process may have set for its own
+  // pools (providerDefaults): the daemon applies its provider's defaults itself.
+  const ours = new Set(['FI_MR_CACHE_MONITOR', 'FI_UNIVERSE_SIZE', 'FI_OFI_RXM_MSG_TX_SIZE', 'FI_OFI_RXM_MSG_RX_SIZE']);
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !ours.has(k)));
+  const proc = spawn(cmd!, [...pre, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
   let err = '';
   proc.stderr!.on('data', (c: Buffer) => {
     err += c.toString();
@@ -89,7 +99,8 @@ export async function spawnMemd(o: SpawnOptions = {}): Promise<MemdProcess> {
   });
   const ready = await new Promise<{ host: string; port: number; pid: number; metricsPort?: number }>((resolve, reject) => {
     const rl = createInterface({ input: proc.stdout! });
-    const t = setTimeout(() => reject(new Error(`memd did not start: ${err}`)), 20_000);
+    // Under emulation (the QEMU guest) a node process takes many seconds to start.
+    const t = setTimeout(() => reject(new Error(`memd did not start: ${err}`)), process.env.TIERSTACK_GUEST === '1' ? 120_000 : 20_000);
     rl.on('line', (line) => {
       try {
         const j = JSON.parse(line) as { ready?: boolean; host: string; port: number; pid: number; metricsPort?: number };
