@@ -3,7 +3,7 @@
     {
       "target_name": "tierstack_rdma",
       "sources": ["native/addon.cc", "native/fabric.cc", "native/donor.cc", "native/slab_map.cc", "native/completions.cc",
-                  "native/connections.cc", "native/rma.cc", "native/replica_copy.cc", "native/pool.cc"],
+                  "native/connections.cc", "native/rma.cc", "native/replica_copy.cc", "native/staging.cc", "native/pool.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "<!(node -p \"require('path').join(require('path').dirname(require.resolve('@tierstack/core/package.json')),'include')\")"

@@ -62,7 +62,14 @@ int Pool::connect(int32_t idx, const std::string &node, const std::string &servi
     err = "pool is closed";
     return TS_E_CLOSED;
   }
-  return conns_.connect(idx, node, service, raw_addr, err);
+  int rc = conns_.connect(idx, node, service, raw_addr, err);
+  if (rc == TS_OK && conns_.mr_local() && !staging_.is_open()) {
+    // 16 MiB of slots (64..1024 of them): QD32 batches of several threads at once. A failure
+    // (RLIMIT_MEMLOCK) leaves batches registering their own buffers.
+    const size_t slots = std::min<size_t>(1024, std::max<size_t>(64, (16u << 20) / page_size_));
+    staging_.open(conns_.domain(), page_size_, slots, local_key_seq_.fetch_add(1));
+  }
+  return rc;
 }
 
 void Pool::kill_conn(int32_t idx) {
@@ -73,6 +80,7 @@ Job::~Job() {
   if (locked)
     for (auto &s : slab) exclusive ? s->io.unlock() : s->io.unlock_shared();
   regs.release();  // before the count: close() may free the domain once it drops to zero
+  if (arena) arena->give(staged);
   if (counted) {
     std::lock_guard<std::mutex> lk(pool->calls_mu_);
     if (--pool->calls_ == 0) pool->calls_cv_.notify_all();
@@ -131,6 +139,7 @@ std::unique_ptr<Job> Pool::start_get(uint64_t ns, const uint64_t *pages, size_t 
   }
   j.ops.reset(new Op[n]);
   j.nops = n;
+  if (staging_.is_open() && staging_.take(n, j.staged)) j.arena = &staging_;
   post_get_round(j);
   return job;
 }
@@ -166,7 +175,10 @@ void Pool::post_get_round(Job &j) {
     s.touched.store(true, std::memory_order_relaxed);
     op.batch = &j.batch;
     j.batch.pending.fetch_add(1);
-    if (!rma_.post(false, op, rep.conn, j.bufs[i], page_size_, j.regs.desc(j.bufs[i], page_size_), rep.addr + off * page_size_, rep.rkey))
+    // Into a staging slot (copied out once its checksum holds), or straight into the caller's buffer.
+    void *buf = j.staged.empty() ? j.bufs[i] : staging_.slot(j.staged[i]);
+    void *desc = j.staged.empty() ? j.regs.desc(buf, page_size_) : staging_.desc();
+    if (!rma_.post(false, op, rep.conn, buf, page_size_, desc, rep.addr + off * page_size_, rep.rkey))
       j.batch.pending.fetch_sub(1);
   }
 }
@@ -180,7 +192,9 @@ void Pool::finish_get_round(Job &j) {
       continue;
     }
     uint32_t expect = load(s.crc[j.pages[i] % slab_pages_]);
-    if (tierstack::crc32c(j.bufs[i], page_size_) == expect) {
+    const void *got = j.staged.empty() ? j.bufs[i] : staging_.slot(j.staged[i]);
+    if (tierstack::crc32c(got, page_size_) == expect) {
+      if (got != j.bufs[i]) memcpy(j.bufs[i], got, page_size_);
       j.status[i] = TS_PAGE_FOUND;
       j.todo--;
     } else {
@@ -241,6 +255,7 @@ std::unique_ptr<Job> Pool::start_put(uint64_t ns, const uint64_t *pages, size_t 
   j.ops.reset(new Op[j.nops]);
   j.crc.resize(n);
   j.skip.assign(n, 0);
+  if (staging_.is_open() && staging_.take(n, j.staged)) j.arena = &staging_;
   for (size_t i = 0; i < n; i++) {
     Slab &s = *j.page_slab[i];
     uint64_t off = pages[i] % slab_pages_;
@@ -256,7 +271,16 @@ std::unique_ptr<Job> Pool::start_put(uint64_t ns, const uint64_t *pages, size_t 
       std::lock_guard<std::mutex> lk(s.reps_mu);
       std::copy(std::begin(s.reps), std::end(s.reps), reps);
     }
-    void *desc = j.regs.desc(j.bufs[i], page_size_);
+    // From a staging slot holding a copy of the page, or straight from the caller's buffer.
+    void *src = j.bufs[i];
+    void *desc;
+    if (!j.staged.empty()) {
+      src = staging_.slot(j.staged[i]);
+      memcpy(src, j.bufs[i], page_size_);
+      desc = staging_.desc();
+    } else {
+      desc = j.regs.desc(src, page_size_);
+    }
     for (int r = 0; r < kMaxReplicas; r++) {
       Op &op = j.ops[i * kMaxReplicas + r];
       op.batch = nullptr;
@@ -264,7 +288,7 @@ std::unique_ptr<Job> Pool::start_put(uint64_t ns, const uint64_t *pages, size_t 
       if (reps[r].state != kActive && reps[r].state != kSyncing) continue;
       op.batch = &j.batch;
       j.batch.pending.fetch_add(1);
-      if (!rma_.post(true, op, reps[r].conn, j.bufs[i], page_size_, desc, reps[r].addr + off * page_size_, reps[r].rkey))
+      if (!rma_.post(true, op, reps[r].conn, src, page_size_, desc, reps[r].addr + off * page_size_, reps[r].rkey))
         j.batch.pending.fetch_sub(1);
     }
   }
@@ -438,6 +462,7 @@ void Pool::close() {
     if (closed_.exchange(true) && calls_ == 0 && !conns_.domain()) return;
     calls_cv_.wait(lk, [this] { return calls_ == 0; });
   }
+  staging_.close();  // its registration before the domain
   conns_.close_all();
   map_.clear();
 }

@@ -7,6 +7,7 @@
 //   completions  the shared completion queue and the dispatch of what it reports
 //   rma          posting one-sided reads/writes and waiting for them
 //   replica_copy filling a new replica from a surviving one (pool member, replica_copy.cc)
+//   staging      pre-registered bounce slots for FI_MR_LOCAL providers (verbs)
 // This file: batches (a Job per get/put: post one op per page and replica, finish, retry reads
 // on the next replica), the C ABI (with the backup tier), close.
 #pragma once
@@ -28,6 +29,7 @@
 #include "fabric.hpp"
 #include "rma.hpp"
 #include "slab_map.hpp"
+#include "staging.hpp"
 
 namespace tsrdma {
 
@@ -61,6 +63,8 @@ struct Job {
   bool locked = false;
   bool counted = false;  // holds one of the pool's running-call counts
   LocalRegs regs;  // local registrations of the batch's buffers (FI_MR_LOCAL providers)
+  std::vector<uint32_t> staged;     // FI_MR_LOCAL: a staging slot per page (empty: regs instead)
+  StagingArena *arena = nullptr;    // where `staged` came from
   Pool *pool = nullptr;
   ~Job();
 };
@@ -147,6 +151,7 @@ class Pool final : private ConnLoss {
   CompletionQueue cq_;
   Connections conns_;
   Rma rma_;
+  StagingArena staging_;
 
   std::atomic<int> refs_{1};
   std::atomic<bool> closed_{false};
