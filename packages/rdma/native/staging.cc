@@ -22,6 +22,7 @@ bool StagingArena::open(fid_domain *domain, size_t slot_bytes, size_t slots, uin
   desc_ = fi_mr_desc(mr);
   free_.reserve(slots);
   for (size_t i = slots; i-- > 0;) free_.push_back(static_cast<uint32_t>(i));
+  open_.store(true, std::memory_order_release);
   return true;
 }
 
@@ -41,6 +42,7 @@ void StagingArena::give(const std::vector<uint32_t> &slots) {
 
 void StagingArena::close() {
   std::lock_guard<std::mutex> lk(mu_);
+  open_.store(false, std::memory_order_release);
   if (mr_) fi_close(&mr_->fid);
   if (mem_) munmap(mem_, bytes_);
   mr_ = nullptr;

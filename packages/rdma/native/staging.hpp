@@ -7,6 +7,7 @@
 // a batch falls back to registering its own buffers.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -26,7 +27,8 @@ class StagingArena {
   // Registers `slots` slots of `slot_bytes` on the domain (once; later calls do nothing).
   // False if the memory could not be had or registered (the arena then stays unused).
   bool open(fid_domain *domain, size_t slot_bytes, size_t slots, uint64_t key);
-  bool is_open() const { return mr_ != nullptr; }
+  // Read by the data path without the lock: set once the region is registered, cleared at close.
+  bool is_open() const { return open_.load(std::memory_order_acquire); }
   // Takes n slots into `out` (all or none): false when fewer are free.
   bool take(size_t n, std::vector<uint32_t> &out);
   void give(const std::vector<uint32_t> &slots);
@@ -43,6 +45,7 @@ class StagingArena {
   size_t slot_bytes_ = 0;
   fid_mr *mr_ = nullptr;
   void *desc_ = nullptr;
+  std::atomic<bool> open_{false};
 };
 
 }  // namespace tsrdma
