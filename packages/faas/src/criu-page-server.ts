@@ -55,6 +55,8 @@ export const CRIU_SERVER_DEFAULTS = {
 const MAX_RETRY_MS = 30_000;
 /** Largest part of a batch one job thread reads (see readNative). */
 const READ_PART_PAGES = 32;
+/** Native reads in flight at once, all connections together (each holds a job thread). */
+const READS_IN_FLIGHT = 8;
 /** Reply buffers kept for reuse (each one chunk: 1 MiB by default). */
 const MAX_SPARE_BUFFERS = 8;
 
@@ -606,6 +608,8 @@ class PageServer implements CriuPageServer {
   private readonly reader: SnapshotReader | undefined;
   /** Reply buffers the kernel is done with (see takeBuffer). */
   private readonly spare: Buffer[] = [];
+  /** Native reads in flight, server-wide (see readPart). */
+  private readonly readSlots = new ByteBudget(READS_IN_FLIGHT);
   peakConnectionBytes = 0;
 
   constructor(
@@ -706,13 +710,24 @@ class PageServer implements CriuPageServer {
    */
   private async readNative(reader: SnapshotReader, pages: number[], data: Buffer): Promise<number[]> {
     const ps = this.pageSize;
-    if (pages.length <= READ_PART_PAGES) return (await reader.read(pages, data)).bad;
     const parts: Promise<number[]>[] = [];
     for (let at = 0; at < pages.length; at += READ_PART_PAGES) {
       const end = Math.min(pages.length, at + READ_PART_PAGES);
-      parts.push(reader.read(pages.slice(at, end), data.subarray(at * ps, end * ps)).then((r) => r.bad.map((i) => i + at)));
+      parts.push(this.readPart(reader, pages.slice(at, end), data.subarray(at * ps, end * ps)).then((bad) => bad.map((i) => i + at)));
     }
-    return (await Promise.all(parts)).flat();
+    return parts.length === 1 ? parts[0]! : (await Promise.all(parts)).flat();
+  }
+
+  /** One part, once a read slot is free: each read in flight holds a job thread, so all the
+   *  connections together keep at most READS_IN_FLIGHT of them busy. */
+  private async readPart(reader: SnapshotReader, pages: number[], out: Buffer): Promise<number[]> {
+    const wait = this.readSlots.acquire(1);
+    if (wait) await wait;
+    try {
+      return (await reader.read(pages, out)).bad;
+    } finally {
+      this.readSlots.release(1);
+    }
   }
 
   private noteRecovered(recovered: number): void {
