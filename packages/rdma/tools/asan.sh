@@ -36,7 +36,7 @@ g++ -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=address -fPIC -shared \
   -Wall -Wno-missing-field-initializers \
   -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_CPP_EXCEPTIONS \
   -I"$node_inc" -I"$addon_api" -I"$core_inc" $fabric_cflags \
-  "$pkg"/native/addon.cc "$pkg"/native/fabric.cc "$pkg"/native/donor.cc "$pkg"/native/pool.cc \
+  "$pkg"/native/*.cc \
   -o "$out/tierstack_rdma.node" $fabric_libs -lpthread
 
 libasan="$(g++ -print-file-name=libasan.so)"
