@@ -3,5 +3,5 @@ export { guestCapability, type GuestCapability } from './capability.js';
 export { prepareGuest, type PreparedGuest } from './prepare.js';
 export { guestCacheDir } from './cache-dir.js';
 export { GuestVmError, GuestErrorCode, type GuestVmErrorOptions } from './errors.js';
-export { SETUP_STEPS, type GuestSetupStep } from './setup-steps.js';
+export { SETUP_STEPS, RXE, type GuestSetupStep } from './setup-steps.js';
 export { shQuote } from './job-script.js';

@@ -9,11 +9,12 @@ import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { namespaceId, TsStatus, type PageStore } from '@tierstack/core';
 import { makePages, pageMatches, readStorePages, runNativeStoreConformance, runPageStoreConformance, driveStore } from '@tierstack/core/testing';
+import { RXE } from '@tierstack/guestvm';
 import { RdmaPoolTier } from '../../src/index.js';
 import { spawnMemd, stopAll, until, type MemdProcess } from '../helpers.js';
 
 /** The guest's soft-RoCE address (tools/guestvm setup step 'rxe'). */
-export const RXE_ADDRESS = '10.77.0.1';
+export const RXE_ADDRESS = RXE.address; // the guest harness's 'rxe' setup step
 export const inRxeGuest = process.env.TIERSTACK_GUEST === '1' && existsSync('/sys/class/infiniband/rxe0');
 
 const TOKEN = 'guest-verbs-token';
