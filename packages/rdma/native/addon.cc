@@ -334,7 +334,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     for (size_t i = 0; i < job.status.size(); i++) arr[i] = job.status[i];
     return arr;
   }
-  Napi::Value run_job(Napi::Env env, std::unique_ptr<Job> job, double sync_us, size_t bytes, Napi::Value keep) {
+  Napi::Value run_job(Napi::Env env, JobPtr job, double sync_us, size_t bytes, Napi::Value keep) {
     if (job->done) return job_result(env, *job);
     if (sync_us > 0 && bytes <= kSyncMaxBytes && pool_->advance(*job, tierstack::now_ns() + static_cast<uint64_t>(sync_us * 1000)))
       return job_result(env, *job);

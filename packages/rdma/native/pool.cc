@@ -76,34 +76,98 @@ void Pool::kill_conn(int32_t idx) {
   if (conns_.close_one(idx)) map_.mark_conn_dead(idx);
 }
 
-Job::~Job() {
+Job::~Job() { reset(); }
+
+void Job::reset() {
   if (locked)
     for (auto &s : slab) exclusive ? s->io.unlock() : s->io.unlock_shared();
-  regs.release();  // before the count: close() may free the domain once it drops to zero
+  locked = false;
+  regs.release();  // before the call count drops: close() may free the domain once it is zero
   if (arena) arena->give(staged);
-  if (counted) {
-    std::lock_guard<std::mutex> lk(pool->calls_mu_);
-    if (--pool->calls_ == 0) pool->calls_cv_.notify_all();
-  }
+  arena = nullptr;
+  staged.clear();
+  write = false;
+  flags = 0;
+  exclusive = false;
+  ns = 0;
+  n = 0;
+  pages.clear();
+  bufs.clear();
+  status.clear();
+  slab.clear();
+  page_slab.clear();
+  tried.clear();
+  bad_crc.clear();
+  skip.clear();
+  slot.clear();
+  crc.clear();
+  nops = 0;
+  batch.pending.store(0);
+  round = 0;
+  todo = 0;
+  rc = TS_OK;
+  done = false;
 }
 
-// A job counts as a running call (close() waits for it) from creation to destruction.
-static std::unique_ptr<Job> new_job(Pool *pool, std::mutex &mu, int &calls, const std::atomic<bool> &closed) {
-  auto job = std::make_unique<Job>();
-  job->pool = pool;
-  std::lock_guard<std::mutex> lk(mu);
-  if (closed.load()) {
+void Job::prepare_ops(size_t count) {
+  if (ops_capacity < count) {
+    ops.reset(new Op[count]);
+    ops_capacity = count;
+  } else {
+    for (size_t i = 0; i < count; i++) ops[i] = Op{};
+  }
+  nops = count;
+}
+
+void JobRecycler::operator()(Job *job) const {
+  if (job->pool)
+    job->pool->recycle(job);
+  else
+    delete job;
+}
+
+JobPtr Pool::new_job() {
+  Job *job = nullptr;
+  bool counted = false;
+  {
+    std::lock_guard<std::mutex> lk(calls_mu_);
+    if (!kept_jobs_.empty()) {
+      job = kept_jobs_.back();
+      kept_jobs_.pop_back();
+    }
+    if (!closed_.load()) {
+      calls_++;
+      counted = true;
+    }
+  }
+  if (!job) job = new Job();
+  job->pool = this;
+  job->counted = counted;
+  if (!counted) {
     job->rc = TS_E_CLOSED;
     job->done = true;
-    return job;
   }
-  calls++;
-  job->counted = true;
-  return job;
+  return JobPtr(job);
 }
 
-std::unique_ptr<Job> Pool::start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs) {
-  auto job = new_job(this, calls_mu_, calls_, closed_);
+void Pool::recycle(Job *job) {
+  const bool counted = job->counted;
+  job->counted = false;
+  job->reset();
+  std::unique_lock<std::mutex> lk(calls_mu_);
+  // Kept only while the pool is open: close() frees the kept ones once no call runs.
+  bool keep = !closed_.load() && kept_jobs_.size() < kKeptJobs;
+  if (keep) kept_jobs_.push_back(job);
+  if (counted && --calls_ == 0) calls_cv_.notify_all();
+  lk.unlock();
+  if (!keep) {
+    job->pool = nullptr;
+    delete job;
+  }
+}
+
+JobPtr Pool::start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs) {
+  auto job = new_job();
   if (job->done) return job;
   Job &j = *job;
   j.regs.bind(conns_.domain(), conns_.mr_local(), &local_key_seq_);
@@ -137,8 +201,7 @@ std::unique_ptr<Job> Pool::start_get(uint64_t ns, const uint64_t *pages, size_t 
     j.done = true;
     return job;
   }
-  j.ops.reset(new Op[n]);
-  j.nops = n;
+  j.prepare_ops(n);
   if (staging_.is_open() && staging_.take(n, j.staged)) j.arena = &staging_;
   post_get_round(j);
   return job;
@@ -203,8 +266,8 @@ void Pool::finish_get_round(Job &j) {
   }
 }
 
-std::unique_ptr<Job> Pool::start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
-  auto job = new_job(this, calls_mu_, calls_, closed_);
+JobPtr Pool::start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
+  auto job = new_job();
   if (job->done) return job;
   Job &j = *job;
   j.regs.bind(conns_.domain(), conns_.mr_local(), &local_key_seq_);
@@ -251,8 +314,7 @@ std::unique_ptr<Job> Pool::start_put(uint64_t ns, const uint64_t *pages, size_t 
       j.done = true;
       return job;
     }
-  j.nops = n * kMaxReplicas;
-  j.ops.reset(new Op[j.nops]);
+  j.prepare_ops(n * kMaxReplicas);
   j.crc.resize(n);
   j.skip.assign(n, 0);
   if (staging_.is_open() && staging_.take(n, j.staged)) j.arena = &staging_;
@@ -461,6 +523,11 @@ void Pool::close() {
     std::unique_lock<std::mutex> lk(calls_mu_);
     if (closed_.exchange(true) && calls_ == 0 && !conns_.domain()) return;
     calls_cv_.wait(lk, [this] { return calls_ == 0; });
+    for (Job *j : kept_jobs_) {
+      j->pool = nullptr;
+      delete j;
+    }
+    kept_jobs_.clear();
   }
   staging_.close();  // its registration before the domain
   conns_.close_all();

@@ -55,6 +55,7 @@ struct Job {
   std::vector<uint32_t> crc;
   std::unique_ptr<Op[]> ops;
   size_t nops = 0;
+  size_t ops_capacity = 0;  // ops kept across reuses (see Pool::recycle)
   Batch batch;
   int round = 0;
   size_t todo = 0;
@@ -66,8 +67,20 @@ struct Job {
   std::vector<uint32_t> staged;     // FI_MR_LOCAL: a staging slot per page (empty: regs instead)
   StagingArena *arena = nullptr;    // where `staged` came from
   Pool *pool = nullptr;
+  // Back to a fresh job's state, keeping the vectors' capacity: slabs unlocked, local
+  // registrations and staging slots given back. The running-call count is the pool's business.
+  void reset();
+  // `count` ops, each as new (grows the kept array only when it is too small).
+  void prepare_ops(size_t count);
   ~Job();
 };
+
+// Jobs are recycled by their pool, not freed: a batch then allocates nothing once the pool's
+// jobs have grown to its size (the C ABI path runs on fault threads).
+struct JobRecycler {
+  void operator()(Job *job) const;
+};
+using JobPtr = std::unique_ptr<Job, JobRecycler>;
 
 class Pool final : private ConnLoss {
  public:
@@ -118,8 +131,8 @@ class Pool final : private ConnLoss {
 
   // Resumable batches: start (posts), then advance until done. deadline_ns = 0 waits as long
   // as it takes (with the donor timeout); otherwise advance returns false at the deadline.
-  std::unique_ptr<Job> start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs);
-  std::unique_ptr<Job> start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags = 0);
+  JobPtr start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs);
+  JobPtr start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags = 0);
   bool advance(Job &job, uint64_t deadline_ns);
 
   // Data path (any thread).
@@ -134,6 +147,13 @@ class Pool final : private ConnLoss {
   void finish_get_round(Job &job);
   void finish_put(Job &job);
   friend struct Job;
+  friend struct JobRecycler;
+  // A job from the kept ones (or a new one), counted as a running call unless the pool is closed.
+  JobPtr new_job();
+  // Takes a finished job back: reset, kept for the next batch (up to kKeptJobs), call count dropped.
+  void recycle(Job *job);
+  static constexpr size_t kKeptJobs = 64;
+  std::vector<Job *> kept_jobs_;  // under calls_mu_
   int copy_chunk(Slab &s, int src, int dst, uint64_t first, uint64_t count, char *buf, void *desc);
 
   struct Call {  // counts running calls so close() can wait for them
