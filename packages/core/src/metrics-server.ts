@@ -19,6 +19,8 @@ export interface MetricsServerOptions {
    * replaces a dying one (a restore worker) binds the port its predecessor is still releasing.
    */
   retryMs?: number;
+  /** Called before each scrape (e.g. to refresh gauges read from elsewhere). */
+  beforeScrape?: () => void;
 }
 
 export interface MetricsServer {
@@ -44,6 +46,12 @@ export async function serveMetrics(registry: Registry, options: MetricsServerOpt
   const server = createServer((req, res) => {
     if (req.method !== 'GET' || (req.url !== '/metrics' && !req.url?.startsWith('/metrics?'))) {
       res.writeHead(404).end('try /metrics\n');
+      return;
+    }
+    try {
+      options.beforeScrape?.();
+    } catch (err) {
+      res.writeHead(500).end(`${(err as Error).message}\n`);
       return;
     }
     registry.metrics().then(

@@ -14,12 +14,11 @@
  * it is refused with TS_ERR_NO_SPACE and a message that names the quota, and logged.
  */
 import { createServer, isIP, type Server, type Socket, type AddressInfo } from 'node:net';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { Counter, Gauge, Registry } from 'prom-client';
-import { TierStackError, ErrorCode, silentLogger, type Logger } from '@tierstack/core';
+import { TierStackError, ErrorCode, silentLogger, serveMetrics, type Logger, type MetricsServer } from '@tierstack/core';
 import { rdmaAddon, type NativeDonor } from './native.js';
 import { FrameReader, encodeFrame, bodyKind, PROTOCOL_VERSION, MAX_FRAME_BYTES, type Frame } from './protocol.js';
 
@@ -111,7 +110,7 @@ export class MemdServer {
   private readonly log: Logger;
   private donor: NativeDonor | undefined;
   private server: Server | undefined;
-  private metricsServer: HttpServer | undefined;
+  private metricsServer: MetricsServer | undefined;
   private readonly conns = new Set<ClientConn>();
   private readonly slabs = new Map<bigint, SlabRecord>();
   private nextSlabId = 1n;
@@ -198,21 +197,11 @@ export class MemdServer {
       });
     });
     if (this.opts.metricsPort !== undefined) {
-      const ms = createHttpServer((req, res) => {
-        if (req.url !== '/metrics') {
-          res.writeHead(404).end();
-          return;
-        }
-        this.refreshGauges();
-        this.registry.metrics().then(
-          (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
-          (err: Error) => res.writeHead(500).end(err.message),
-        );
-      });
-      this.metricsServer = ms;
-      await new Promise<void>((resolve, reject) => {
-        ms.once('error', reject);
-        ms.listen(this.opts.metricsPort, this.opts.metricsHost ?? '127.0.0.1', () => resolve());
+      // Gauges read from the donor (slabs, free memory) are refreshed per scrape.
+      this.metricsServer = await serveMetrics(this.registry, {
+        port: this.opts.metricsPort,
+        ...(this.opts.metricsHost !== undefined ? { host: this.opts.metricsHost } : {}),
+        beforeScrape: () => this.refreshGauges(),
       });
     }
     if (this.opts.headroomBytes > 0) {
@@ -237,7 +226,7 @@ export class MemdServer {
   address(): MemdAddress {
     const a = this.server!.address() as AddressInfo;
     const d = this.donor!.address();
-    const m = this.metricsServer?.address() as AddressInfo | undefined;
+    const m = this.metricsServer;
     return { host: a.address, port: a.port, dataNode: d.node, dataService: d.service, ...(m ? { metricsPort: m.port } : {}) };
   }
 
@@ -249,7 +238,7 @@ export class MemdServer {
     if (this.headroomTimer) clearInterval(this.headroomTimer);
     for (const c of this.conns) c.socket.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-    await new Promise<void>((resolve) => (this.metricsServer ? this.metricsServer.close(() => resolve()) : resolve()));
+    await this.metricsServer?.close();
     for (const s of [...this.slabs.values()]) this.freeSlab(s);
     this.donor?.close();
     this.donor = undefined;
