@@ -12,6 +12,7 @@
  *   --touch <first>:<count>    memory-file pages to touch (repeatable; default: all)
  *   --touch-file <path>        text file of memory-file page numbers, touched in that order
  *   --dontneed <first>:<count> after touching, drop these memory-file pages and touch them again
+ *   --dontneed-wait            after the drop, print "dropped" and wait for SIGUSR1 before touching again
  *   --wait-signal              wait for SIGUSR1 after the handshake before touching
  *   --expect-sigbus <page>     touch this page and expect SIGBUS (a poisoned page)
  *   --no-fd                    send the JSON without the descriptor (a broken client)
@@ -108,7 +109,7 @@ int main(int argc, char **argv) {
   int ntouch = 0;
   const char *touch_file = NULL;
   int64_t dn_first = -1, dn_count = 0, sigbus_page = -1;
-  int wait_signal = 0, send_fd = 1, handshake_only = 0;
+  int wait_signal = 0, send_fd = 1, handshake_only = 0, dontneed_wait = 0;
   const char *json_override = NULL;
   long hold_ms = 0, delay_us = 0;
   int nthreads = 1, close_uffd = 0;
@@ -126,6 +127,8 @@ int main(int argc, char **argv) {
       sscanf(argv[++i], "%" SCNd64 ":%" SCNd64, &dn_first, &dn_count);
     } else if (!strcmp(argv[i], "--wait-signal")) {
       wait_signal = 1;
+    } else if (!strcmp(argv[i], "--dontneed-wait")) {
+      dontneed_wait = 1;
     } else if (!strcmp(argv[i], "--expect-sigbus") && i + 1 < argc) {
       sigbus_page = atoll(argv[++i]);
     } else if (!strcmp(argv[i], "--no-fd")) {
@@ -282,6 +285,12 @@ int main(int argc, char **argv) {
     for (int64_t p = dn_first; p < dn_first + dn_count; p++) {
       uint8_t *a = page_addr((uint64_t)p);
       if (a && madvise(a, PS, MADV_DONTNEED)) die("madvise");
+    }
+    if (dontneed_wait) { /* e.g. the handler is replaced between the drop and the next touch */
+      printf("dropped\n");
+      fflush(stdout);
+      int sig;
+      sigwait(&usr1, &sig);
     }
     for (int64_t p = dn_first; p < dn_first + dn_count; p++) {
       uint8_t *a = page_addr((uint64_t)p);

@@ -78,7 +78,17 @@ export type RestoreTarget =
   /** A region in this process, created by the hook and sized to the snapshot. */
   | { kind: 'in-process' }
   /** Another process's userfaultfd (received over a Unix socket) and its guest mappings. */
-  | { kind: 'adopt'; fd: number; pid?: number; mappings: GuestMapping[]; features?: bigint }
+  | {
+      kind: 'adopt';
+      fd: number;
+      pid?: number;
+      mappings: GuestMapping[];
+      features?: bigint;
+      /** Ranges [address, length] an earlier handler of this uffd saw removed: zeros on their next fault. */
+      removed?: ReadonlyArray<readonly [number, number]>;
+      /** Where removed ranges are reported as they are read (a keeper channel): see AdoptOptions.removeSink. */
+      removeSink?: { fd: number; tag: number };
+    }
   /** Listen on a Unix socket for one sender of a uffd + JSON mappings (Firecracker's handshake). */
   | { kind: 'socket'; socketPath: string; timeoutMs?: number };
 
@@ -209,6 +219,8 @@ export class RestoreHook {
           ...(target.pid !== undefined ? { pid: target.pid } : {}),
           apiDone: true,
           ...(target.features !== undefined ? { features: target.features } : {}),
+          ...(target.removed !== undefined ? { removed: target.removed } : {}),
+          ...(target.removeSink !== undefined ? { removeSink: target.removeSink } : {}),
           regions: target.mappings.map((g, i) => ({ ...regionOpts, base: BigInt(g.base), size: g.size, pageOffset: g.offset / ps, name: `snapshot:${m.id}#${i}` })),
         });
         regions = adopted.regions.map((r, i) => ({ r, firstPage: target.mappings[i]!.offset / ps, pages: target.mappings[i]!.size / ps }));

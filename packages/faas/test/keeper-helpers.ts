@@ -124,6 +124,8 @@ export interface RunningClient {
   proc: ChildProcess;
   result: Promise<{ code: number | null; signal: NodeJS.Signals | null; out: ClientResult }>;
   running(): boolean;
+  /** What it printed so far. */
+  output(): string;
 }
 
 export function startClient(client: string, socket: string, memfile: string, args: string[]): RunningClient {
@@ -133,7 +135,7 @@ export function startClient(client: string, socket: string, memfile: string, arg
   const result = new Promise<{ code: number | null; signal: NodeJS.Signals | null; out: ClientResult }>((resolve) =>
     proc.on('close', (code, signal) => resolve({ code, signal, out: JSON.parse(out.trim().split('\n').pop() || '{}') as ClientResult })),
   );
-  return { proc, result, running: () => proc.exitCode === null && proc.signalCode === null };
+  return { proc, result, running: () => proc.exitCode === null && proc.signalCode === null, output: () => out };
 }
 
 /** Whether a process (any of its threads) sleeps in the kernel's userfaultfd fault path. */

@@ -90,6 +90,26 @@ describe('restore keeper (Firecracker)', () => {
     expect(st.worker!.stats!['poisoned']).toBe(0);
   }, 60_000);
 
+  it('a range the VM dropped reads zeros even when the worker that read its REMOVE dies before the next touch', async () => {
+    const k = keeper('removed');
+    const first = await k.workerLine(0);
+    const sock = join(dir, 'removed.sock');
+    // Touch 600 pages, drop 200 of them (balloon-like), then wait: madvise returns only once the
+    // worker's fault thread has read the REMOVE events — which it reports to the keeper at once.
+    const c = startClient(client, sock, join(dir, 'mem.raw'), ['--touch', '0:600', '--dontneed', '100:200', '--dontneed-wait']);
+    for (let i = 0; i < 600 && !c.output().includes('dropped'); i++) await sleep(50);
+    expect(c.output()).toContain('dropped');
+    process.kill(first.workerPid, 'SIGKILL');
+    const next = await k.workerLine(1);
+    expect(next.workerPid).not.toBe(first.workerPid);
+    await k.waitStatus((s) => s.vms.length === 1 && s.vms.every((v) => v.state === 'served'), 'the VM served by the new worker');
+    // The new worker never saw those REMOVE events: it zero-fills the range from the keeper's record.
+    process.kill(c.proc.pid!, 'SIGUSR1');
+    const r = await c.result;
+    expect(r.out).toMatchObject({ pages: 600, mismatches: 0, dontneed_nonzero: 0 });
+    expect(r.code).toBe(0);
+  });
+
   it('the DRAM cache lives in the keeper memfd: pages a killed worker cached are served from it by the next worker', async () => {
     const k = keeper('cache', { faultAround: 16 });
     const first = await k.workerLine(0);

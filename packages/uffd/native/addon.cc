@@ -495,9 +495,26 @@ Napi::Value EngineWrap::Adopt(const Napi::CallbackInfo &info) {
     if (c.managed) return throw_error(env, "TS_ERR_UNSUPPORTED", "managed regions must be in this process");
     cfgs.push_back(c);
   }
+  // Optional 6th argument: { removed: Float64Array [start, length, ...], removeSink: fd, removeTag }.
+  std::vector<std::pair<uint64_t, uint64_t>> removed;
+  int sink = -1;
+  uint32_t tag = 0;
+  if (info.Length() > 5 && info[5].IsObject()) {
+    Napi::Object x = info[5].As<Napi::Object>();
+    Napi::Value rv = x.Get("removed");
+    if (rv.IsTypedArray() && rv.As<Napi::TypedArray>().TypedArrayType() == napi_float64_array) {
+      auto arr = rv.As<Napi::Float64Array>();
+      for (size_t i = 0; i + 1 < arr.ElementLength(); i += 2) {
+        uint64_t start = static_cast<uint64_t>(arr[i]), len = static_cast<uint64_t>(arr[i + 1]);
+        removed.emplace_back(start, start + len);
+      }
+    }
+    if (x.Get("removeSink").IsNumber()) sink = x.Get("removeSink").ToNumber().Int32Value();
+    if (x.Get("removeTag").IsNumber()) tag = x.Get("removeTag").ToNumber().Uint32Value();
+  }
   std::string err;
   int e = 0;
-  auto s = engine_->adopt(fd, pid, features, api_done, cfgs, &err, &e);
+  auto s = engine_->adopt(fd, pid, features, api_done, cfgs, &err, &e, removed, sink, tag);
   if (!s) return throw_errno(env, e, err, "TS_ERR_IO");
   Napi::Object obj = env.GetInstanceData<AddonData>()->source_ctor.New({});
   SourceWrap::Unwrap(obj)->Init(engine_, s);

@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -210,6 +211,14 @@ void Engine::handle_remove(Source &s, uint64_t start, uint64_t end, bool unmap) 
     RegionStats::add(r.stats.removed_pages, dropped);
     if (unmap && lo == r.cfg.base && hi == r.cfg.base + r.cfg.size) r.gone.store(true);
   }
+  if (s.remove_sink >= 0 && !unmap) {
+    // Told at once (a stack buffer, one non-blocking send): a handler that dies after this read
+    // leaves the range with the keeper, and its successor zero-fills it too.
+    char rec[96];
+    int len = snprintf(rec, sizeof rec, "REMOVED %u %llu %llu", s.remove_tag, static_cast<unsigned long long>(start),
+                       static_cast<unsigned long long>(end));
+    if (len > 0) (void)::send(s.remove_sink, rec, static_cast<size_t>(len), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
 }
 
 void Engine::serve_faults(Source &s, Scratch &sc) {
@@ -342,7 +351,9 @@ std::shared_ptr<Source> Engine::create_region(const RegionConfig &cfg_in, std::s
 }
 
 std::shared_ptr<Source> Engine::adopt(int fd, pid_t pid, uint64_t features, bool api_done,
-                                      const std::vector<RegionConfig> &cfgs, std::string *err, int *err_errno) {
+                                      const std::vector<RegionConfig> &cfgs, std::string *err, int *err_errno,
+                                      const std::vector<std::pair<uint64_t, uint64_t>> &removed, int remove_sink,
+                                      uint32_t remove_tag) {
   auto s = std::make_shared<Source>();
   s->fd = fd;
   s->owner_pid = pid;
@@ -374,6 +385,12 @@ std::shared_ptr<Source> Engine::adopt(int fd, pid_t pid, uint64_t features, bool
   }
   s->thread_ids = false;  // tids of another process never match our JS thread
   for (auto &c : cfgs) s->regions.push_back(std::make_shared<Region>(next_region_id(), c, page_size_));
+  // Before any fault is read: what earlier handlers saw removed reads as zeros here too.
+  for (auto &rg : removed) handle_remove(*s, rg.first, rg.second, false);
+  if (remove_sink >= 0) {
+    s->remove_sink = fcntl(remove_sink, F_DUPFD_CLOEXEC, 0);
+    s->remove_tag = remove_tag;
+  }
   if (pid > 0) {
     s->pidfd = pidfd_open_(pid);  // best effort: exit is also seen as a hang-up on the uffd
   }
@@ -388,6 +405,8 @@ std::shared_ptr<Source> Engine::adopt(int fd, pid_t pid, uint64_t features, bool
     sources_.erase(s->id);
     if (s->pidfd >= 0) ::close(s->pidfd);
     s->pidfd = -1;
+    if (s->remove_sink >= 0) ::close(s->remove_sink);
+    s->remove_sink = -1;
     *err_errno = -rc;
     *err = "epoll_ctl failed";
     return nullptr;
@@ -424,6 +443,10 @@ void Engine::finish_close(const std::shared_ptr<Source> &s) {
   if (s->pidfd >= 0) {
     ::close(s->pidfd);
     s->pidfd = -1;
+  }
+  if (s->remove_sink >= 0) {
+    ::close(s->remove_sink);
+    s->remove_sink = -1;
   }
   if (s->owns_mapping) {
     for (auto &r : s->regions) munmap(reinterpret_cast<void *>(r->cfg.base), r->cfg.size);

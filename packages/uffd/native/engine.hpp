@@ -109,6 +109,10 @@ class Source {
   uint64_t features = 0;   // negotiated uffd features
   bool thread_ids = false; // faults carry the faulting tid (and it is a tid of this process)
   bool owns_mapping = false;  // in-process: munmap on close
+  // Where removed ranges are reported as they are read ("REMOVED <tag> <start> <end>" records on
+  // a SOCK_SEQPACKET: a restore keeper, which hands them to the next worker). Our own dup; -1: none.
+  int remove_sink = -1;
+  uint32_t remove_tag = 0;
   std::vector<std::shared_ptr<Region>> regions;
   std::atomic<bool> closing{false};
   std::atomic<bool> dead{false};
@@ -141,8 +145,13 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // In-process region: mmap + uffd + register. Returns the source or nullptr with *err set.
   std::shared_ptr<Source> create_region(const RegionConfig &cfg, std::string *err, int *err_errno);
   // Adopts an external uffd (ownership of fd passes to the engine).
+  // `removed`: [start, end) address ranges removed before this adoption (a previous handler read
+  // their REMOVE events): zero-filled on their next fault, as if this engine had read them.
+  // `remove_sink` >= 0: a descriptor (duplicated) that receives every removed range from now on.
   std::shared_ptr<Source> adopt(int fd, pid_t pid, uint64_t features, bool api_done,
-                                const std::vector<RegionConfig> &cfgs, std::string *err, int *err_errno);
+                                const std::vector<RegionConfig> &cfgs, std::string *err, int *err_errno,
+                                const std::vector<std::pair<uint64_t, uint64_t>> &removed = {}, int remove_sink = -1,
+                                uint32_t remove_tag = 0);
   // Stops serving the source: later faults are not read. Returns true once no thread uses it.
   void begin_close(const std::shared_ptr<Source> &s);
   // Unregisters, unmaps (in-process), closes fds. Call when begin_close'd and busy == 0.

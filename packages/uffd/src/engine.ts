@@ -89,6 +89,13 @@ export interface AdoptOptions {
   /** Features the sender negotiated (informational when apiDone). */
   features?: bigint;
   regions: AdoptedRegionOptions[];
+  /** Address ranges [start, length] an earlier handler of this uffd saw removed (REMOVE events it
+   *  read): their next faults read zeros here too (regions with zeroAfterRemove). */
+  removed?: ReadonlyArray<readonly [number, number]>;
+  /** A descriptor (a SOCK_SEQPACKET socket; the engine keeps its own dup) that gets a record
+   *  "REMOVED <tag> <start> <end>" for every removed range, from the fault thread as it reads the
+   *  event: a keeper holds them for the next handler if this one dies. */
+  removeSink?: { fd: number; tag: number };
 }
 
 /** An external uffd served by the engine: its regions, and its end when the owner exits. */
@@ -320,7 +327,9 @@ export class UffdEngine extends EventEmitter {
       if (typeof r.base !== 'bigint') throw badArgument('an adopted region needs its base address as a bigint');
       return this.regionConfig(r, r.base);
     });
-    const source = engine.adopt(options.fd, options.pid ?? 0, options.features ?? 0n, options.apiDone !== false, cfgs);
+    const removed = options.removed && options.removed.length > 0 ? Float64Array.from(options.removed.flat()) : undefined;
+    const extra = removed || options.removeSink ? { removed, removeSink: options.removeSink?.fd, removeTag: options.removeSink?.tag } : undefined;
+    const source = engine.adopt(options.fd, options.pid ?? 0, options.features ?? 0n, options.apiDone !== false, cfgs, extra);
     const regions = cfgs.map((cfg, i) => new UffdRegion(source, i, this.describe(options.regions[i]!, cfg), false, undefined));
     const sourceId = source.regionInfo(0).source;
     const adopted: AdoptedUffd = new AdoptedUffd(source, regions, options.pid ?? 0, () => {

@@ -105,7 +105,14 @@ export interface NativeSharedRegion {
 export interface NativeEngine {
   createRegion(cfg: NativeRegionConfig): NativeSource;
   adoptShared(uffd: number, memfd: number, fileOffset: bigint, pid: number, region: NativeRegionConfig): { source: NativeSource; shared: NativeSharedRegion };
-  adopt(fd: number, pid: number, features: bigint, apiDone: boolean, regions: NativeRegionConfig[]): NativeSource;
+  adopt(
+    fd: number,
+    pid: number,
+    features: bigint,
+    apiDone: boolean,
+    regions: NativeRegionConfig[],
+    extra?: { removed?: Float64Array | undefined; removeSink?: number | undefined; removeTag?: number | undefined },
+  ): NativeSource;
   close(): void;
   features(): NativeFeatures;
   takeEvents(): NativeEvent[];

@@ -255,11 +255,55 @@ static void inst_remove(struct keeper *k, struct instance *in, const char *why) 
     if (in->conn >= 0) close(in->conn);
     if (in->pidfd >= 0) close(in->pidfd);
     free(in->msg);
+    free(in->removed_start);
+    free(in->removed_end);
     free(in);
     k->inst[i] = k->inst[--k->ninst];
     k->vms_ended++;
     return;
   }
+}
+
+/* Adds [start, end) to the VM's removed ranges (kept sorted and merged). */
+static void inst_add_removed(struct keeper *k, struct instance *in, uint64_t start, uint64_t end) {
+  if (end <= start) return;
+  if (!in->removed_start) {
+    in->removed_start = calloc(KEEPER_MAX_REMOVED, sizeof *in->removed_start);
+    in->removed_end = calloc(KEEPER_MAX_REMOVED, sizeof *in->removed_end);
+    if (!in->removed_start || !in->removed_end) {
+      free(in->removed_start);
+      free(in->removed_end);
+      in->removed_start = in->removed_end = NULL;
+      in->removed_overflow = true;
+      return;
+    }
+  }
+  /* First range that ends at or after start (touching counts: adjacent ranges merge). */
+  uint32_t i = 0;
+  while (i < in->nremoved && in->removed_end[i] < start) i++;
+  uint32_t j = i;
+  while (j < in->nremoved && in->removed_start[j] <= end) {
+    if (in->removed_start[j] < start) start = in->removed_start[j];
+    if (in->removed_end[j] > end) end = in->removed_end[j];
+    j++;
+  }
+  if (i == j && in->nremoved == KEEPER_MAX_REMOVED) {
+    if (!in->removed_overflow) {
+      char extra[64];
+      snprintf(extra, sizeof extra, "\"vm\":%u", in->id);
+      klog(k, 50, extra, "VM %u: more than %d separate removed ranges; later ones are not remembered (a replaced worker may serve old bytes there)", in->id, KEEPER_MAX_REMOVED);
+    }
+    in->removed_overflow = true;
+    return;
+  }
+  /* Replace ranges i..j-1 by the merged one. */
+  uint32_t tail = in->nremoved - j;
+  uint32_t at = i + 1;
+  memmove(in->removed_start + at, in->removed_start + j, tail * sizeof *in->removed_start);
+  memmove(in->removed_end + at, in->removed_end + j, tail * sizeof *in->removed_end);
+  in->removed_start[i] = start;
+  in->removed_end[i] = end;
+  in->nremoved = at + tail;
 }
 
 /* Wakes every thread of the VM blocked on a fault of this uffd: one whose fault message a dead
@@ -513,8 +557,11 @@ static void worker_pump(struct keeper *k, struct worker *w) {
         if (!b64) {
           skip = true;
         } else {
-          buf_printf(&b, "UFFD {\"id\":%u,\"pid\":%d,\"uid\":%u,\"gid\":%u,\"resumed\":%u,\"msg\":\"%s\"}", in->id, (int)in->pid, (unsigned)in->uid,
-                     (unsigned)in->gid, in->resumed, b64);
+          buf_printf(&b, "UFFD {\"id\":%u,\"pid\":%d,\"uid\":%u,\"gid\":%u,\"resumed\":%u,\"msg\":\"%s\",\"removed\":[", in->id, (int)in->pid,
+                     (unsigned)in->uid, (unsigned)in->gid, in->resumed, b64);
+          for (uint32_t r = 0; r < in->nremoved; r++)
+            buf_printf(&b, "%s[%" PRIu64 ",%" PRIu64 "]", r ? "," : "", in->removed_start[r], in->removed_end[r] - in->removed_start[r]);
+          buf_printf(&b, "]}");
           free(b64);
           fd = in->uffd;
         }
@@ -788,6 +835,15 @@ static void handle_record(struct keeper *k, struct worker *w, char *rec) {
     }
     /* The new worker reads this uffd now: wake whatever still waits on an answer of the old one. */
     if (in->resumed > 0) wake_vm(k, in);
+  } else if (!strcmp(rec, "REMOVED")) {
+    /* REMOVED <id> <start> <end>: sent by a fault thread as it reads a REMOVE event. */
+    char *end;
+    uint32_t id = (uint32_t)strtoul(args, &end, 10);
+    struct instance *in = inst_find(k, id);
+    if (!in) return;
+    uint64_t a = strtoull(end, &end, 10);
+    uint64_t b = strtoull(end, &end, 10);
+    inst_add_removed(k, in, a, b);
   } else if (!strcmp(rec, "REJECT")) {
     char *end;
     uint32_t id = (uint32_t)strtoul(args, &end, 10);
@@ -1373,6 +1429,8 @@ int main(int argc, char **argv) {
     if (in->conn >= 0) close(in->conn);
     if (in->pidfd >= 0) close(in->pidfd);
     free(in->msg);
+    free(in->removed_start);
+    free(in->removed_end);
     free(in);
   }
   state_close(k);

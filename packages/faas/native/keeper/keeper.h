@@ -26,6 +26,10 @@
 
 #define KEEPER_MAX_MEMFDS 4
 #define KEEPER_MAX_RANGES 32
+/* Removed ranges remembered per VM (merged as they come): enough for a balloon's worth of
+ * scattered drops, small enough that the UFFD record handing them over stays well under the
+ * channel's message limit. */
+#define KEEPER_MAX_REMOVED 1024
 /* Largest handshake message kept (Firecracker's JSON for a handful of regions is < 1 KiB). The
  * message is forwarded base64-encoded in one SEQPACKET record that must stay under 64 KiB. */
 #define KEEPER_MAX_HANDSHAKE (32 * 1024)
@@ -53,6 +57,11 @@ struct instance {
   uint64_t start;     /* the VM process's start time (/proc/<pid>/stat), for --state-dir */
   uint32_t nranges;
   uint64_t range_start[KEEPER_MAX_RANGES], range_len[KEEPER_MAX_RANGES];
+  /* Ranges [start, end) the serving worker saw removed (REMOVE events): the next worker zero-fills
+   * them too. Sorted, disjoint, not adjacent. removed_overflow: more came than fit (logged). */
+  uint64_t *removed_start, *removed_end;
+  uint32_t nremoved;
+  bool removed_overflow;
   int64_t since_ms;
 };
 

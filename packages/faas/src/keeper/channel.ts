@@ -7,12 +7,14 @@
  * worker answered `ACK`, so a record is never read together with the next one.
  *   MEMFD {index,name,size} + memfd   a region the DRAM cache lives in (held by the keeper)
  *   START {keeperPid,gen,memfds}      + /dev/null: serve now (a standby waits for this)
- *   UFFD {id,pid,uid,gid,resumed,msg} + the VM's userfaultfd (msg: the handshake, base64)
+ *   UFFD {id,pid,uid,gid,resumed,msg,removed} + the VM's userfaultfd (msg: the handshake, base64;
+ *                                     removed: [[address, length], ...] earlier workers reported)
  *   CRIU {id,layout,replayBytes,resumed} + one end of a socket pair carrying a CRIU connection
  * Worker → keeper (plain writes, one record each):
  *   HELLO <pid> · ACK [id|C<id>] · READY <human line> · ADOPTED <id> <base>:<size>,... ·
  *   REJECT <id> <reason> · END <id> · STATS <json> · FINAL <json> · CKPT <id> <in> <out> <layout> ·
- *   CLOSED <id> · ERROR <text>
+ *   CLOSED <id> · ERROR <text> · REMOVED <id> <start> <end> (from the uffd engine's fault thread:
+ *   a range the VM removed; the keeper passes its list on in the next worker's UFFD record, "removed")
  */
 import { writeSync } from 'node:fs';
 import { receiveUffd, closeFd } from '@tierstack/uffd';

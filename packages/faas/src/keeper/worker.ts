@@ -203,7 +203,9 @@ export async function runRestoreWorker(o: RestoreWorkerOptions): Promise<number>
     const ro: RestoreOptions = resumed ? { ...o.restore, eager: false, prefetch: 'none', recordWorkingSet: false } : { ...o.restore };
     let handle: RestoreHandle;
     try {
-      handle = await hook.restore(o.snapshotId, { kind: 'adopt', fd: uffd, pid, mappings }, ro);
+      // Removed ranges go to the keeper as they are read; those an earlier worker reported come back.
+      const removed = removedRanges(body['removed']);
+      handle = await hook.restore(o.snapshotId, { kind: 'adopt', fd: uffd, pid, mappings, removed, removeSink: { fd: ch.fd, tag: id } }, ro);
     } catch (err) {
       closeFd(uffd);
       totals.rejected++;
@@ -332,4 +334,14 @@ export async function runRestoreWorker(o: RestoreWorkerOptions): Promise<number>
   const code = ch.closedBecause?.startsWith('TS_ERR_PROTOCOL') ? 0 : 1;
   await shutdown(code);
   return code;
+}
+
+/** The keeper's record of a VM's removed ranges: [[address, length], ...] (anything else: none). */
+function removedRanges(v: unknown): Array<[number, number]> {
+  if (!Array.isArray(v)) return [];
+  const out: Array<[number, number]> = [];
+  for (const r of v) {
+    if (Array.isArray(r) && r.length === 2 && Number.isSafeInteger(r[0]) && Number.isSafeInteger(r[1]) && r[0] >= 0 && r[1] > 0) out.push([r[0], r[1]]);
+  }
+  return out;
 }
