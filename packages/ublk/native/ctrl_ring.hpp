@@ -11,6 +11,8 @@
 
 namespace tsublk {
 
+constexpr const char *kUblkControl = "/dev/ublk-control";
+
 class CtrlRing {
  public:
   ~CtrlRing() {

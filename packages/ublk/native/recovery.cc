@@ -19,25 +19,15 @@
 #include "ublk_uapi.hpp"
 
 namespace tsublk {
-namespace {
-constexpr const char *kControlDev = "/dev/ublk-control";
-}  // namespace
 
 int UblkTransport::recover_start(TransportInfo &info, std::string &error) {
   if (opts_.dev_id < 0) {
     error = "recovering a ublk device needs its id";
     return -EINVAL;
   }
-  ctrl_fd_ = open(kControlDev, O_RDWR | O_CLOEXEC);
-  if (ctrl_fd_ < 0) {
-    int e = errno;
-    error = std::string("open /dev/ublk-control: ") + strerror(e);
-    return -e;
-  }
   CtrlRing r;
-  int rc = r.init();
+  int rc = open_control(r, error);
   if (rc < 0) {
-    error = std::string("io_uring_queue_init: ") + strerror(-rc);
     abandon();
     return rc;
   }
@@ -103,38 +93,11 @@ int UblkTransport::recover_start(TransportInfo &info, std::string &error) {
     return rc;
   }
 
-  std::string cpath = "/dev/ublkc" + std::to_string(id);
-  for (int w = 0; w < 300 && cdev_fd_ < 0; w++) {
-    cdev_fd_ = open(cpath.c_str(), O_RDWR | O_CLOEXEC);
-    if (cdev_fd_ < 0 && errno == ENOENT) usleep(10000);
-    else if (cdev_fd_ < 0) break;
-  }
-  if (cdev_fd_ < 0) {
-    int e = errno;
-    error = "open " + cpath + ": " + strerror(e);
+  rc = open_queues(id, error);
+  if (rc < 0) {
     dev_id_ = -1;
     abandon();
-    return -e;
-  }
-  for (uint32_t q = 0; q < opts_.queues; q++) {
-    queues_.emplace_back(new Queue());
-    queues_.back()->id = static_cast<uint16_t>(q);
-  }
-  for (auto &q : queues_) {
-    Queue *qp = q.get();
-    qp->thread = std::thread([this, qp] { queue_main(qp); });
-  }
-  {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return ready_ == opts_.queues || queue_error_ != 0; });
-    if (queue_error_ != 0) {
-      rc = queue_error_;
-      lk.unlock();
-      error = std::string("queue setup: ") + strerror(-rc);
-      dev_id_ = -1;
-      abandon();
-      return rc;
-    }
+    return rc;
   }
   // Every tag is fetched again: the disk runs, the requeued requests come to this process.
   c = ctrl_cmd(id, nullptr, 0, static_cast<uint64_t>(getpid()));

@@ -18,8 +18,6 @@
 namespace tsublk {
 namespace {
 
-constexpr const char *kControl = "/dev/ublk-control";
-
 using tierstack::now_ns;
 
 uint32_t ctrl_op(bool legacy, uint32_t legacy_op, uint32_t ioctl_op) { return legacy ? legacy_op : ioctl_op; }
@@ -34,14 +32,14 @@ size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 }  // namespace
 
 int ublk_probe() {
-  int fd = open(kControl, O_RDWR | O_CLOEXEC);
+  int fd = open(kUblkControl, O_RDWR | O_CLOEXEC);
   if (fd < 0) return -errno;
   close(fd);
   return 0;
 }
 
 int ublk_delete(int dev_id, std::string &error) {
-  int fd = open(kControl, O_RDWR | O_CLOEXEC);
+  int fd = open(kUblkControl, O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     error = std::string("open /dev/ublk-control: ") + strerror(errno);
     return -errno;
@@ -68,18 +66,9 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
     return -EINVAL;
   }
   if (opts_.recover) return recover_start(info, error);
-  ctrl_fd_ = open(kControl, O_RDWR | O_CLOEXEC);
-  if (ctrl_fd_ < 0) {
-    int e = errno;
-    error = std::string("open /dev/ublk-control: ") + strerror(e);
-    return -e;
-  }
   CtrlRing r;
-  int rc = r.init();
-  if (rc < 0) {
-    error = std::string("io_uring_queue_init: ") + strerror(-rc);
-    return rc;
-  }
+  int rc = open_control(r, error);
+  if (rc < 0) return rc;
   ublksrv_ctrl_dev_info di;
   std::memset(&di, 0, sizeof di);
   di.nr_hw_queues = static_cast<uint16_t>(opts_.queues);
@@ -128,36 +117,10 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
     return rc;
   }
 
-  std::string cpath = "/dev/ublkc" + std::to_string(dev_id_);
-  for (int w = 0; w < 300 && cdev_fd_ < 0; w++) {  // devtmpfs creates the node asynchronously
-    cdev_fd_ = open(cpath.c_str(), O_RDWR | O_CLOEXEC);
-    if (cdev_fd_ < 0 && errno == ENOENT) usleep(10000);
-    else if (cdev_fd_ < 0) break;
-  }
-  if (cdev_fd_ < 0) {
-    int e = errno;
-    error = "open " + cpath + ": " + strerror(e);
+  rc = open_queues(dev_id_, error);
+  if (rc < 0) {
     stop();
-    return -e;
-  }
-  for (uint32_t q = 0; q < opts_.queues; q++) {
-    queues_.emplace_back(new Queue());
-    queues_.back()->id = static_cast<uint16_t>(q);
-  }
-  for (auto &q : queues_) {
-    Queue *qp = q.get();
-    qp->thread = std::thread([this, qp] { queue_main(qp); });
-  }
-  {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return ready_ == opts_.queues || queue_error_ != 0; });
-    if (queue_error_ != 0) {
-      rc = queue_error_;
-      lk.unlock();
-      error = std::string("queue setup: ") + strerror(-rc);
-      stop();
-      return rc;
-    }
+    return rc;
   }
   rc = simple_cmd(r, ctrl_fd_, legacy_, dev_id_, UBLK_CMD_START_DEV, UBLK_U_CMD_START_DEV, static_cast<uint64_t>(getpid()));
   if (rc < 0) {
@@ -169,6 +132,51 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
   info.path = "/dev/ublkb" + std::to_string(dev_id_);
   info.id = dev_id_;
   info.direct_io = true;
+  return 0;
+}
+
+// Opens /dev/ublk-control (ctrl_fd_) and the ring its commands go through. 0 or -errno, `error` set.
+int UblkTransport::open_control(CtrlRing &r, std::string &error) {
+  ctrl_fd_ = open(kUblkControl, O_RDWR | O_CLOEXEC);
+  if (ctrl_fd_ < 0) {
+    int e = errno;
+    error = std::string("open /dev/ublk-control: ") + strerror(e);
+    return -e;
+  }
+  int rc = r.init();
+  if (rc < 0) error = std::string("io_uring_queue_init: ") + strerror(-rc);
+  return rc;
+}
+
+// Opens the device's char node (devtmpfs creates it asynchronously), starts one thread per queue
+// and waits until every queue has fetched its tags. 0, or -errno with `error` set; the caller
+// cleans up (stop() for a new device, abandon() for a takeover).
+int UblkTransport::open_queues(int id, std::string &error) {
+  std::string cpath = "/dev/ublkc" + std::to_string(id);
+  for (int w = 0; w < 300 && cdev_fd_ < 0; w++) {
+    cdev_fd_ = open(cpath.c_str(), O_RDWR | O_CLOEXEC);
+    if (cdev_fd_ < 0 && errno == ENOENT) usleep(10000);
+    else if (cdev_fd_ < 0) break;
+  }
+  if (cdev_fd_ < 0) {
+    int e = errno;
+    error = "open " + cpath + ": " + strerror(e);
+    return -e;
+  }
+  for (uint32_t q = 0; q < opts_.queues; q++) {
+    queues_.emplace_back(new Queue());
+    queues_.back()->id = static_cast<uint16_t>(q);
+  }
+  for (auto &q : queues_) {
+    Queue *qp = q.get();
+    qp->thread = std::thread([this, qp] { queue_main(qp); });
+  }
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return ready_ == opts_.queues || queue_error_ != 0; });
+  if (queue_error_ != 0) {
+    error = std::string("queue setup: ") + strerror(-queue_error_);
+    return queue_error_;
+  }
   return 0;
 }
 

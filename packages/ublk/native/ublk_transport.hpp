@@ -18,6 +18,8 @@
 
 namespace tsublk {
 
+class CtrlRing;  // ctrl_ring.hpp
+
 struct UblkOptions {
   uint32_t queues = 1;
   uint32_t depth = 64;
@@ -49,6 +51,8 @@ class UblkTransport : public Transport {
     std::vector<uint8_t *> bufs;
   };
   void queue_main(Queue *q);
+  int open_control(CtrlRing &r, std::string &error);  // /dev/ublk-control + its command ring
+  int open_queues(int id, std::string &error);         // char node, queue threads, tags fetched
   int recover_start(TransportInfo &info, std::string &error);  // recovery.cc
   void abandon();                                              // recovery.cc
 

@@ -244,6 +244,17 @@ static struct instance *inst_find(struct keeper *k, uint32_t id) {
   return NULL;
 }
 
+/* Closes what a VM record holds and frees it. */
+static void inst_free(struct instance *in) {
+  if (in->uffd >= 0) close(in->uffd);
+  if (in->conn >= 0) close(in->conn);
+  if (in->pidfd >= 0) close(in->pidfd);
+  free(in->msg);
+  free(in->removed_start);
+  free(in->removed_end);
+  free(in);
+}
+
 static void inst_remove(struct keeper *k, struct instance *in, const char *why) {
   for (size_t i = 0; i < k->ninst; i++) {
     if (k->inst[i] != in) continue;
@@ -251,13 +262,7 @@ static void inst_remove(struct keeper *k, struct instance *in, const char *why) 
     char extra[128];
     snprintf(extra, sizeof extra, "\"vm\":%u,\"vmPid\":%d,\"workersLost\":%u", in->id, (int)in->pid, in->resumed);
     klog(k, 30, extra, "VM %u (pid %d) released: %s", in->id, (int)in->pid, why);
-    if (in->uffd >= 0) close(in->uffd);
-    if (in->conn >= 0) close(in->conn);
-    if (in->pidfd >= 0) close(in->pidfd);
-    free(in->msg);
-    free(in->removed_start);
-    free(in->removed_end);
-    free(in);
+    inst_free(in);
     k->inst[i] = k->inst[--k->ninst];
     k->vms_ended++;
     return;
@@ -1424,14 +1429,7 @@ int main(int argc, char **argv) {
   relay_close_all(k);
   /* VMs still running stay recorded in --state-dir: a keeper started on it takes them back. */
   while (k->ninst > 0) {
-    struct instance *in = k->inst[--k->ninst];
-    if (in->uffd >= 0) close(in->uffd);
-    if (in->conn >= 0) close(in->conn);
-    if (in->pidfd >= 0) close(in->pidfd);
-    free(in->msg);
-    free(in->removed_start);
-    free(in->removed_end);
-    free(in);
+    inst_free(k->inst[--k->ninst]);
   }
   state_close(k);
   for (size_t i = 0; i < k->npend; i++) close(k->pend[i].conn);
