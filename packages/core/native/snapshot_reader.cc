@@ -5,7 +5,7 @@
 // the stack's JavaScript path (StackClient), which that thread may wait for.
 //
 //   new SnapshotReader(jsPath, nsId: bigint, { pageCount, zeroBitmap: Uint8Array, checksums: Uint32Array })
-//   reader.read(pages: Float64Array, out: Buffer, status: Int32Array, level: Uint8Array): Promise<void>
+//   reader.read(pages: Float64Array, out: Buffer, status: Int32Array, level: Uint8Array): Promise<number of pages not read>
 //   reader.stats(): { zeroServed, verified, badCopies, repaired, unrecoverable }
 //   reader.close()
 #include "snapshot_reader.hpp"
@@ -72,19 +72,22 @@ class SnapshotReaderWrap : public Napi::ObjectWrap<SnapshotReaderWrap> {
     auto meta = meta_;
     const uint64_t ns = ns_;
     client->ref(env);
-    // The typed arrays stay referenced (kept alive) until `done` has run.
+    auto bad = std::make_shared<size_t>(0);
+    // The typed arrays stay referenced (kept alive) until `done` has run. Resolves with the number
+    // of pages not read, so JavaScript looks at `status` only when there is something to see.
     return jobs_->run(
         env,
-        [client, meta, ns, pg, n, dst, st, lv] {
+        [client, meta, ns, pg, n, dst, st, lv, bad] {
           thread_local tierstack::SnapshotReadScratch sc;
           thread_local std::vector<uint64_t> want;
           want.resize(n);
           for (size_t i = 0; i < n; i++) want[i] = pg[i] >= 0 ? static_cast<uint64_t>(pg[i]) : UINT64_MAX;
           tierstack::read_snapshot_pages(*client, *meta, ns, want.data(), n, dst, st, lv, sc);
+          for (size_t i = 0; i < n; i++) *bad += st[i] != TS_PAGE_FOUND;
         },
-        [client](Napi::Env env, Napi::Promise::Deferred &d) {
+        [client, bad](Napi::Env env, Napi::Promise::Deferred &d) {
           client->unref(env);
-          d.Resolve(env.Undefined());
+          d.Resolve(Napi::Number::New(env, static_cast<double>(*bad)));
         },
         {info[0], info[1], info[2], info[3]});
   }

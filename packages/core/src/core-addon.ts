@@ -46,7 +46,8 @@ export interface CoreAddon {
     nsId: bigint,
     info: { pageCount: number; zeroBitmap: Uint8Array; checksums: Uint32Array },
   ) => {
-    read(pages: Float64Array, out: Uint8Array, status: Int32Array, level: Uint8Array): Promise<void>;
+    /** Resolves with the number of pages not read (status != PageFound). */
+    read(pages: Float64Array, out: Uint8Array, status: Int32Array, level: Uint8Array): Promise<number>;
     stats(): { zeroServed: number; verified: number; badCopies: number; repaired: number; unrecoverable: number };
     close(): void;
   };

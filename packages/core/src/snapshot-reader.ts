@@ -68,9 +68,9 @@ export class SnapshotReader {
     const list = pages instanceof Float64Array ? pages : Float64Array.from(pages);
     const status = new Int32Array(n);
     const level = new Uint8Array(n);
-    await this.native.read(list, out, status, level);
+    const notRead = await this.native.read(list, out, status, level);
     const bad: number[] = [];
-    for (let i = 0; i < n; i++) if (status[i] !== TsStatus.PageFound) bad.push(i);
+    for (let i = 0; notRead > 0 && i < n; i++) if (status[i] !== TsStatus.PageFound) bad.push(i);
     return { status, level, bad };
   }
 

@@ -475,8 +475,9 @@ class Connection {
         release();
         return;
       }
-      const wanted: number[] = [];
-      for (const s of batch) for (let i = 0; i < s.count; i++) wanted.push(s.plan.first + s.from + i);
+      const wanted = new Float64Array(pages);
+      let w = 0;
+      for (const s of batch) for (let i = 0; i < s.count; i++) wanted[w++] = s.plan.first + s.from + i;
       let r: { data: Buffer; bad: number[] };
       try {
         r = await this.server.fetch(wanted, out);
@@ -664,7 +665,7 @@ class PageServer implements CriuPageServer {
    * bottom, and the first copy that matches its checksum is served. `bad`: indexes (ascending)
    * of pages no tier has a good copy of; their bytes in `data` are zeros.
    */
-  async fetch(pages: number[], out?: Buffer): Promise<{ data: Buffer; bad: number[] }> {
+  async fetch(pages: Float64Array, out?: Buffer): Promise<{ data: Buffer; bad: number[] }> {
     const m = this.manifest;
     const ps = m.pageSize;
     const data = out ? out.subarray(0, pages.length * ps) : Buffer.allocUnsafe(pages.length * ps);
@@ -708,19 +709,19 @@ class PageServer implements CriuPageServer {
    * copies and checksums run on several CPUs, as a pread server's reads run on libuv's pool,
    * instead of one thread doing the whole batch while the others idle. Returns the bad indexes.
    */
-  private async readNative(reader: SnapshotReader, pages: number[], data: Buffer): Promise<number[]> {
+  private async readNative(reader: SnapshotReader, pages: Float64Array, data: Buffer): Promise<number[]> {
     const ps = this.pageSize;
     const parts: Promise<number[]>[] = [];
     for (let at = 0; at < pages.length; at += READ_PART_PAGES) {
       const end = Math.min(pages.length, at + READ_PART_PAGES);
-      parts.push(this.readPart(reader, pages.slice(at, end), data.subarray(at * ps, end * ps)).then((bad) => bad.map((i) => i + at)));
+      parts.push(this.readPart(reader, pages.subarray(at, end), data.subarray(at * ps, end * ps)).then((bad) => bad.map((i) => i + at)));
     }
     return parts.length === 1 ? parts[0]! : (await Promise.all(parts)).flat();
   }
 
   /** One part, once a read slot is free: each read in flight holds a job thread, so all the
    *  connections together keep at most READS_IN_FLIGHT of them busy. */
-  private async readPart(reader: SnapshotReader, pages: number[], out: Buffer): Promise<number[]> {
+  private async readPart(reader: SnapshotReader, pages: Float64Array, out: Buffer): Promise<number[]> {
     const wait = this.readSlots.acquire(1);
     if (wait) await wait;
     try {
@@ -737,7 +738,7 @@ class PageServer implements CriuPageServer {
   }
 
   /** Reads the `idx` pages from each tier in turn; returns those no tier had a good copy of. */
-  private async fromTiers(pages: number[], idx: number[], data: Buffer): Promise<number[]> {
+  private async fromTiers(pages: Float64Array, idx: number[], data: Buffer): Promise<number[]> {
     const m = this.manifest;
     const ps = m.pageSize;
     const stack = this.catalog.stack as { tiers?: readonly PageStore[] };
