@@ -108,11 +108,7 @@ int UblkTransport::recover_start(TransportInfo &info, std::string &error) {
     abandon();
     return rc;
   }
-  started_ = true;
-  info.path = "/dev/ublkb" + std::to_string(id);
-  info.id = id;
-  info.direct_io = true;
-  return 0;
+  return serving(info);
 }
 
 // Lets go of the device without stopping or deleting it (a failed takeover leaves it quiesced

@@ -128,6 +128,12 @@ int UblkTransport::start(TransportInfo &info, std::string &error) {
     stop();
     return rc;
   }
+  return serving(info);
+}
+
+// The device runs and its requests come to this process (a start or a takeover): what the
+// caller learns of it. Always 0.
+int UblkTransport::serving(TransportInfo &info) {
   started_ = true;
   info.path = "/dev/ublkb" + std::to_string(dev_id_);
   info.id = dev_id_;

@@ -55,6 +55,7 @@ class UblkTransport : public Transport {
   int open_queues(int id, std::string &error);         // char node, queue threads, tags fetched
   int recover_start(TransportInfo &info, std::string &error);  // recovery.cc
   void abandon();                                              // recovery.cc
+  int serving(TransportInfo &info);                            // started: fills info, 0
 
   BlockHandler *handler_;
   DeviceStats *stats_;

@@ -168,6 +168,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int64_t ensure(Source &s, Region &r, uint64_t first, uint64_t count, int32_t *bad_status, uint64_t *bad_page);
   // Managed: writes every dirty page back to the stack, then flushes the stack.
   int flush(Source &s, Region &r);
+  // Puts copies of dirty pages (taken under r.mu, their pages in r.wb_inflight) into the stack as
+  // dirty, in batches; a copy whose put failed stays in r.writeback for the next flush. Returns
+  // TS_OK or the last failing status. Any thread but a fault thread of this region's source.
+  int write_back(Source &s, Region &r, std::vector<uint64_t> &pages, std::vector<std::shared_ptr<std::vector<uint8_t>>> &data);
   // Drops installed pages [first, first + count) of an in-process region (the next touch
   // faults again); managed regions write dirty pages back first.
   int discard(Source &s, Region &r, uint64_t first, uint64_t count);
@@ -224,7 +228,6 @@ class Engine : public std::enable_shared_from_this<Engine> {
                   const Scratch &sc, int64_t installed, uint64_t started);
   void verify_snapshot_pages(Region &r, std::vector<Want> &wants, Scratch &sc);
   void evict_if_needed(Source &s, Region &r, Scratch &sc);
-  int write_back(Source &s, Region &r, std::vector<uint64_t> &pages, std::vector<std::shared_ptr<std::vector<uint8_t>>> &data);
   void source_died(const std::shared_ptr<Source> &s, int err);
   void post(EngineEvent ev);
   void page_error(Source &s, Region &r, uint64_t idx, int32_t status, uint32_t tid, const char *cause);

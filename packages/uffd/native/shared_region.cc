@@ -255,28 +255,7 @@ int write_back_dirty(Engine &e, Source &s, Region &r) {
       r.wb_inflight.insert(kv.first);
     }
   }
-  int rc = TS_OK;
-  std::vector<const void *> bufs(pages.size());
-  for (size_t i = 0; i < pages.size(); i++) bufs[i] = data[i]->data();
-  for (size_t off = 0; off < pages.size(); off += kBatch) {
-    size_t cnt = std::min(kBatch, pages.size() - off);
-    int prc = e.client()->put(r.cfg.ns, pages.data() + off, cnt, bufs.data() + off, TS_PUT_DIRTY);
-    std::lock_guard<std::mutex> lk(r.mu);
-    for (size_t i = off; i < off + cnt; i++) {
-      r.wb_inflight.erase(pages[i]);
-      if (prc != TS_OK) continue;
-      auto it = r.writeback.find(pages[i]);
-      if (it != r.writeback.end() && it->second == data[i]) r.writeback.erase(it);
-    }
-    if (prc != TS_OK) {
-      rc = prc;
-      RegionStats::add(r.stats.writeback_errors, cnt);
-    } else {
-      RegionStats::add(r.stats.writebacks, cnt);
-    }
-  }
-  r.wb_done.notify_all();
-  return rc;
+  return e.write_back(s, r, pages, data);
 }
 
 std::vector<uint64_t> stored_bitmap(Region &r) {
