@@ -15,7 +15,7 @@
  *
  * Space. `<prefix>/registry/{a,b}` lists every snapshot namespace that may hold pages, with the
  * process that created it. A namespace is registered (and the registry made durable) before its
- * first page is written — imports write through `imageStore`, which registers on first put — and
+ * first page is written — an import calls `registerImport` before its first put — and
  * leaves the registry only once its pages are gone. So after a crash at any point, every page
  * of a half-written import, of a replaced generation or of a half-removed snapshot belongs to a
  * registered namespace that no listed manifest references, and `gc()` (which `tierstack
@@ -211,16 +211,14 @@ export interface DamagedSnapshot {
   message: string;
 }
 
-/** Marks the image-store view of a catalog (see `imageStore`). */
-const CATALOG_OF = Symbol('tierstack.catalog');
-
 export class SnapshotCatalog {
   /** Where snapshot pages are read from (the whole stack: caches in front of the images). */
   readonly stack: PageStore;
   /**
-   * Where imports write snapshot pages: the stack's bottom tier, seen through a view that
-   * registers a snapshot namespace (durably) before its first page is written, so that pages of
-   * an import that never finishes can always be found and reclaimed. Everything else passes through.
+   * Where imports write snapshot pages: the stack's bottom tier. An importer registers its
+   * namespace (`registerImport`, durable) before its first page, so that the pages of an import
+   * that never finishes can always be found and reclaimed, and calls `discardImport` once it has
+   * dropped what it wrote after a failure.
    */
   readonly imageStore: PageStore;
   readonly catalogStore: PageStore;
@@ -242,7 +240,7 @@ export class SnapshotCatalog {
     if (this.catalogStore.pageSize !== stack.pageSize) {
       throw new TierStackError(ErrorCode.PageSize, `catalog store pages (${this.catalogStore.pageSize}) differ from the stack's (${stack.pageSize})`);
     }
-    this.imageStore = this.registeringView(bottom);
+    this.imageStore = bottom;
   }
 
   get pageSize(): number {
@@ -268,24 +266,8 @@ export class SnapshotCatalog {
 
   // ---------------------------------------------------------------- namespace registry
 
-  private registeringView(store: PageStore): PageStore {
-    return new Proxy(store, {
-      get: (target, prop) => {
-        if (prop === CATALOG_OF) return this;
-        if (prop === 'put') {
-          return async (ns: string, pages: Parameters<PageStore['put']>[1], data: Uint8Array, options?: Parameters<PageStore['put']>[3]) => {
-            if (SNAPSHOT_NS.test(ns)) await this.registerImport(ns);
-            return target.put(ns, pages, data, options);
-          };
-        }
-        const v: unknown = Reflect.get(target, prop, target);
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      },
-    });
-  }
-
-  /** Registers an import's namespace (once; durable before the first page). */
-  private registerImport(ns: string): Promise<void> {
+  /** Registers an import's namespace (once; durable when this resolves): call before its first page. */
+  registerImport(ns: string): Promise<void> {
     let p = this.registering.get(ns);
     if (!p) {
       this.writing.add(ns);
@@ -530,7 +512,7 @@ export class SnapshotCatalog {
       const replacing = old && old.namespace !== manifest.namespace ? old : undefined;
       // Before the switch: the generation being replaced is marked as ours to remove (a crash
       // right after the switch leaves it to gc()), and the new one is registered (an image of
-      // zero pages only never wrote a page through imageStore).
+      // zero pages only never wrote a page, so its importer never registered it).
       await this.updateRegistry((r) => {
         let c = upsert(r, manifest.namespace, manifest.id, self(), false);
         if (replacing) c = upsert(r, replacing.namespace, replacing.id, self()) || c;
@@ -617,13 +599,7 @@ export function existsError(id: string): TierStackError {
   return new TierStackError(ErrorCode.Exists, `snapshot "${id}" already exists (import with replace to overwrite it)`, { details: { id } });
 }
 
-/**
- * Removes pages of a namespace from every tier of the store, in batches. Through a catalog's
- * `imageStore` (an importer dropping what it wrote after a failure), the namespace's space is
- * given back and it leaves the registry.
- */
+/** Removes pages of a namespace from every tier of the store, in batches. */
 export async function removeSnapshotPages(store: PageStore, ns: string, pages: number[], batch = 4096): Promise<void> {
   for (let i = 0; i < pages.length; i += batch) await store.remove(ns, pages.slice(i, i + batch));
-  const catalog = (store as { [CATALOG_OF]?: SnapshotCatalog })[CATALOG_OF];
-  if (catalog && SNAPSHOT_NS.test(ns)) await catalog.discardImport(ns);
 }

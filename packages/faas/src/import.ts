@@ -140,6 +140,8 @@ export async function importImage(catalog: SnapshotCatalog, id: string, src: Ima
       }
       if (pages.length > 0) {
         if (pages.length < n) data = Buffer.concat(pages.map((p) => buf.subarray((p - first) * ps, (p - first + 1) * ps)));
+        // Registered (durably) before its first page: gc() can always reclaim an interrupted import.
+        if (written.length === 0) await catalog.registerImport(ns);
         written.push(...pages);
         await target.put(ns, pages, data);
         stored += pages.length;
@@ -170,8 +172,13 @@ export async function importImage(catalog: SnapshotCatalog, id: string, src: Ima
     }
     return { manifest, storedPages: stored, zeroPages: pageCount - stored, bytes: imageSize, ms: performance.now() - t0 };
   } catch (err) {
-    // Nothing half-written may stay behind: the manifest was not published, drop the pages.
-    await removeSnapshotPages(target, ns, written).catch((e) => catalog.log.warn({ err: e, id, ns }, 'cleanup after a failed import failed'));
+    // Nothing half-written may stay behind: the manifest was not published, drop the pages and
+    // give the namespace's space back (gc() does it later if this fails).
+    if (written.length > 0) {
+      await removeSnapshotPages(target, ns, written)
+        .then(() => catalog.discardImport(ns))
+        .catch((e) => catalog.log.warn({ err: e, id, ns }, 'cleanup after a failed import failed'));
+    }
     if (isTierStackError(err)) throw err;
     throw new TierStackError(ErrorCode.Io, `import of ${id} failed: ${(err as Error).message}`, { cause: err });
   } finally {
