@@ -28,33 +28,15 @@ Received receive_fd(int conn, int timeout_ms) {
     return r;
   }
   std::vector<uint8_t> buf(64 * 1024);
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
-  iovec iov{buf.data(), buf.size()};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  ssize_t n;
-  do n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
-  while (n < 0 && errno == EINTR);
+  int fd = -1;
+  size_t nfds = 0;
+  ssize_t n = tierstack::recv_fds(conn, buf.data(), buf.size(), &fd, 1, &nfds);  // one descriptor is expected
   if (n < 0) {
-    r.err = errno;
+    r.err = static_cast<int>(-n);
     r.what = "recvmsg";
     return r;
   }
-  for (cmsghdr *c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; i++) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      if (r.fd < 0)
-        r.fd = fd;
-      else
-        close(fd);  // one descriptor is expected; never leak extras
-    }
-  }
+  if (nfds == 1) r.fd = fd;
   r.message.assign(buf.begin(), buf.begin() + n);
   // A sender may split its message: take whatever else is already there.
   for (;;) {

@@ -1,6 +1,6 @@
 // Unix stream sockets for addons that pass descriptors (SCM_RIGHTS) — what Node's `net` cannot
 // do: listening (owner-only), connecting, waiting with a timeout, accepting, peer credentials and
-// sending one message with a descriptor. Blocking calls: run them on a job thread, never the JS
+// sending one message with a descriptor, receiving messages with descriptors. Blocking calls: run them on a job thread, never the JS
 // thread (tierstack/run_on_thread.hpp). Results are >= 0 or -errno; nothing throws.
 #pragma once
 
@@ -111,6 +111,37 @@ inline int send_fd(int conn, const void *msg, size_t len, int fd) {
   c->cmsg_len = CMSG_LEN(sizeof(int));
   std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
   return sendmsg(conn, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
+}
+
+// Receives up to `len` bytes with the descriptors sent alongside them (SCM_RIGHTS, close-on-exec):
+// up to `max_fds` are stored in `fds` (`*nfds` counts them), any beyond are closed, never leaked.
+// Returns the bytes received (0: the peer closed) or -errno. Retries EINTR.
+inline ssize_t recv_fds(int conn, void *buf, size_t len, int *fds, size_t max_fds, size_t *nfds) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+  iovec iov{buf, len};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  *nfds = 0;
+  ssize_t n;
+  do n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  for (cmsghdr *c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; i++) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (*nfds < max_fds)
+        fds[(*nfds)++] = fd;
+      else
+        close(fd);
+    }
+  }
+  return n;
 }
 
 }  // namespace tierstack

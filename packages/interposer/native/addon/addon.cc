@@ -243,28 +243,14 @@ Hello accept_hello(int listen_fd, int timeout_ms, size_t size) {
       r.what = "waiting for HELLO";
       break;
     }
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-    iovec iov{r.message.data() + got, size - got};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
-    ssize_t n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) continue;
+    int fds[4];
+    size_t nfds = 0;
+    ssize_t n = tierstack::recv_fds(conn, r.message.data() + got, size - got, fds, 4, &nfds);
+    r.fds.insert(r.fds.end(), fds, fds + nfds);
     if (n <= 0) {
-      r.err = n < 0 ? errno : EPIPE;
+      r.err = n < 0 ? static_cast<int>(-n) : EPIPE;
       r.what = "receiving HELLO";
       break;
-    }
-    for (cmsghdr *c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; i++) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        r.fds.push_back(fd);
-      }
     }
     got += static_cast<size_t>(n);
   }
