@@ -249,6 +249,7 @@ static void inst_free(struct instance *in) {
   if (in->uffd >= 0) close(in->uffd);
   if (in->conn >= 0) close(in->conn);
   if (in->pidfd >= 0) close(in->pidfd);
+  if (in->rlog_fd >= 0) close(in->rlog_fd);
   free(in->msg);
   free(in->removed_start);
   free(in->removed_end);
@@ -269,9 +270,11 @@ static void inst_remove(struct keeper *k, struct instance *in, const char *why) 
   }
 }
 
-/* Adds [start, end) to the VM's removed ranges (kept sorted and merged). */
-static void inst_add_removed(struct keeper *k, struct instance *in, uint64_t start, uint64_t end) {
-  if (end <= start) return;
+/* Adds [start, end) to the VM's removed ranges (kept sorted and merged). REMOVED_ADDED: the set
+ * grew; REMOVED_SAME: it already held the range (or the range is empty), or it overflowed before;
+ * REMOVED_OVERFLOW: this range is the first that did not fit (logged). */
+int inst_add_removed(struct keeper *k, struct instance *in, uint64_t start, uint64_t end) {
+  if (end <= start) return REMOVED_SAME;
   if (!in->removed_start) {
     in->removed_start = calloc(KEEPER_MAX_REMOVED, sizeof *in->removed_start);
     in->removed_end = calloc(KEEPER_MAX_REMOVED, sizeof *in->removed_end);
@@ -279,8 +282,9 @@ static void inst_add_removed(struct keeper *k, struct instance *in, uint64_t sta
       free(in->removed_start);
       free(in->removed_end);
       in->removed_start = in->removed_end = NULL;
+      bool first = !in->removed_overflow;
       in->removed_overflow = true;
-      return;
+      return first ? REMOVED_OVERFLOW : REMOVED_SAME;
     }
   }
   /* First range that ends at or after start (touching counts: adjacent ranges merge). */
@@ -292,14 +296,14 @@ static void inst_add_removed(struct keeper *k, struct instance *in, uint64_t sta
     if (in->removed_end[j] > end) end = in->removed_end[j];
     j++;
   }
+  if (j == i + 1 && in->removed_start[i] == start && in->removed_end[i] == end) return REMOVED_SAME; /* inside one already held */
   if (i == j && in->nremoved == KEEPER_MAX_REMOVED) {
-    if (!in->removed_overflow) {
-      char extra[64];
-      snprintf(extra, sizeof extra, "\"vm\":%u", in->id);
-      klog(k, 50, extra, "VM %u: more than %d separate removed ranges; later ones are not remembered (a replaced worker may serve old bytes there)", in->id, KEEPER_MAX_REMOVED);
-    }
+    if (in->removed_overflow) return REMOVED_SAME;
+    char extra[64];
+    snprintf(extra, sizeof extra, "\"vm\":%u", in->id);
+    klog(k, 50, extra, "VM %u: more than %d separate removed ranges; later ones are not remembered (a replaced worker may serve old bytes there)", in->id, KEEPER_MAX_REMOVED);
     in->removed_overflow = true;
-    return;
+    return REMOVED_OVERFLOW;
   }
   /* Replace ranges i..j-1 by the merged one. */
   uint32_t tail = in->nremoved - j;
@@ -309,6 +313,7 @@ static void inst_add_removed(struct keeper *k, struct instance *in, uint64_t sta
   in->removed_start[i] = start;
   in->removed_end[i] = end;
   in->nremoved = at + tail;
+  return REMOVED_ADDED;
 }
 
 /* Wakes every thread of the VM blocked on a fault of this uffd: one whose fault message a dead
@@ -457,6 +462,7 @@ static void pending_read(struct keeper *k, size_t i) {
   in->gid = cred.gid;
   in->msg = data;
   in->msglen = len;
+  in->rlog_fd = -1;
   in->since_ms = now_ms();
   in->pidfd = cred.pid > 0 ? (int)syscall(SYS_pidfd_open, cred.pid, 0) : -1;
   if (in->pidfd >= 0) fcntl(in->pidfd, F_SETFD, FD_CLOEXEC);
@@ -848,7 +854,10 @@ static void handle_record(struct keeper *k, struct worker *w, char *rec) {
     if (!in) return;
     uint64_t a = strtoull(end, &end, 10);
     uint64_t b = strtoull(end, &end, 10);
-    inst_add_removed(k, in, a, b);
+    /* Written down (--state-dir) before the next record is read: a keeper killed after this line
+     * leaves the range to its successor. */
+    int what = inst_add_removed(k, in, a, b);
+    if (what != REMOVED_SAME) state_removed_append(k, in, what, a, b);
   } else if (!strcmp(rec, "REJECT")) {
     char *end;
     uint32_t id = (uint32_t)strtoul(args, &end, 10);

@@ -62,6 +62,10 @@ struct instance {
   uint64_t *removed_start, *removed_end;
   uint32_t nremoved;
   bool removed_overflow;
+  /* --state-dir: vm-<pid>.removed, the removed ranges written down as they come (state.c); -1
+   * without a state dir or once it could not be written (then a successor refuses this VM). */
+  int rlog_fd;
+  uint32_t rlog_records; /* records in it after the header */
   int64_t since_ms;
 };
 
@@ -169,6 +173,7 @@ struct keeper {
   int64_t stop_deadline_ms;
   int exit_code;
 
+  bool orphans_killed; /* state_init killed live workers of a dead keeper (state.c) */
   uint64_t handshakes, rejected, vms_ended, relays_total, relay_replays, wakes, wake_errors, recovered;
   char last_error[256];
 };
@@ -185,6 +190,9 @@ void json_str(struct buf *b, const char *s);
 void worker_enqueue(struct keeper *k, struct worker *w, int kind, uint32_t ref);
 int send_record(int sock, const char *msg, size_t len, int fd);
 void wake_vm(struct keeper *k, struct instance *in);
+/* inst_add_removed: what changed in the VM's removed ranges */
+enum { REMOVED_SAME = 0, REMOVED_ADDED, REMOVED_OVERFLOW };
+int inst_add_removed(struct keeper *k, struct instance *in, uint64_t start, uint64_t end);
 
 /* state.c: --state-dir, what the next keeper needs to take live VMs back */
 uint64_t proc_start_time(pid_t pid);
@@ -192,6 +200,7 @@ int state_init(struct keeper *k);
 void state_workers(struct keeper *k);
 void state_vm_saved(struct keeper *k, struct instance *in);
 void state_vm_removed(struct keeper *k, struct instance *in);
+void state_removed_append(struct keeper *k, struct instance *in, int what, uint64_t start, uint64_t end);
 void state_close(struct keeper *k);
 
 /* relay.c: CRIU page-server connections */

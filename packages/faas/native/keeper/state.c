@@ -2,9 +2,12 @@
  * What a keeper writes down (--state-dir) so that the next keeper can take its VMs back after it
  * died — or after it was stopped — with every process of ours gone:
  *   keeper.json   {"pid","start","workers":[[pid,start],...]}: this keeper and its workers
- *   vm-<pid>.json {"pid","start","dev","ino","uid","gid","msg"}: a VM held (its pid and start time,
- *                 the identity of its uffd: the anon inode's device and number — each userfaultfd has
- *                 its own inode — and the handshake, base64)
+ *   vm-<pid>.json {"pid","start","dev","ino","uid","gid","msg","removedLog":1}: a VM held (its pid
+ *                 and start time, the identity of its uffd: the anon inode's device and number — each
+ *                 userfaultfd has its own inode — and the handshake, base64). Written once, at the
+ *                 handshake, after its removed log exists.
+ *   vm-<pid>.removed  the ranges the VM removed (REMOVE events: balloon, MADV_DONTNEED), which every
+ *                 later worker must zero-fill: an append-only log of fixed 32-byte records (below)
  * A new keeper on the same directory refuses to run while the recorded keeper lives; otherwise it
  * kills the recorded workers still alive (they would be a second reader of the uffds it takes
  * over), then, for each VM whose process still runs (same start time), finds the uffd among the
@@ -20,6 +23,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +37,78 @@
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
 #endif
+
+/* The removed log. Every REMOVED record from a worker changes the VM's set (keeper.c,
+ * inst_add_removed: sorted, merged, up to KEEPER_MAX_REMOVED ranges) and is appended here as it is
+ * read — one 32-byte write() at the end of the file — before the keeper reads the next record.
+ * A balloon can send thousands of REMOVE events, one per madvise: an append costs one small write,
+ * where rewriting vm-<pid>.json (handshake up to 32 KiB + up to 1,024 ranges) through a temporary
+ * file and rename() would cost a create, up to ~80 KiB of writes and a rename per event — and while
+ * the keeper's loop is busy the worker's non-blocking REMOVED sends can find the channel full.
+ * When the log holds more than twice the records the merged set needs (+256) it is compacted:
+ * the merged set is written to a temporary file that is renamed over the log (amortised: one
+ * record written per record appended; the file stays under ~74 KiB).
+ *
+ * Crash safety (kill -9 of the keeper at any point): an append is a single write() of one record
+ * at a 32-byte-aligned offset, so it never spans a page and a fatal signal cannot cut it (the
+ * kernel checks for one only between page-sized chunks of a write): the log holds the old set or
+ * the new one. A compaction is a complete new file renamed over the old one: the old file or the
+ * new one. Each record carries a checksum chained to the header, so anything else (a short write
+ * on a full disk, a damaged or foreign file) is detected, and a keeper that cannot append
+ * truncates the log to nothing, which its successor detects the same way. No fsync: a process's
+ * death does not lose the page cache; only a crash of the whole machine does, and that ends the
+ * VMs too.
+ *
+ * Taking a VM back, its log is read and replayed through the same merge; a log that is missing,
+ * truncated or fails a checksum means the set is unknown — serving the VM could then hand it the
+ * snapshot's old bytes in a range it dropped, so the VM is not taken back (logged at level 60,
+ * the records are kept for the operator; its next fault blocks as it would without a state dir). */
+#define RLOG_MAGIC "TSRMLOG1"
+#define RLOG_REC 32
+#define RLOG_KIND_RANGE 0x52u    /* 'R': [start, end) removed */
+#define RLOG_KIND_OVERFLOW 0x4fu /* 'O': a range did not fit in KEEPER_MAX_REMOVED (later ones not kept) */
+#define RLOG_SLACK 256
+#define RLOG_MAX_RECORDS 16384 /* past this (compactions failing) the log is given up */
+
+struct rlog_head {
+  char magic[8];
+  uint32_t pid, zero;
+  uint64_t start; /* the VM's start time: a log of an earlier VM with the same pid does not match */
+  uint64_t sum;
+};
+struct rlog_rec {
+  uint32_t kind, zero;
+  uint64_t start, end;
+  uint64_t sum; /* FNV-1a 64 of the 24 bytes before, seeded with the header's sum */
+};
+_Static_assert(sizeof(struct rlog_head) == RLOG_REC && sizeof(struct rlog_rec) == RLOG_REC, "32-byte records");
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+  const unsigned char *c = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ull;
+  return h;
+}
+#define FNV_SEED 0xcbf29ce484222325ull
+
+static struct rlog_head rlog_header(pid_t pid, uint64_t start) {
+  struct rlog_head h;
+  memset(&h, 0, sizeof h);
+  memcpy(h.magic, RLOG_MAGIC, 8);
+  h.pid = (uint32_t)pid;
+  h.start = start;
+  h.sum = fnv1a(FNV_SEED, &h, offsetof(struct rlog_head, sum));
+  return h;
+}
+
+static struct rlog_rec rlog_record(uint64_t seed, uint32_t kind, uint64_t start, uint64_t end) {
+  struct rlog_rec r;
+  memset(&r, 0, sizeof r);
+  r.kind = kind;
+  r.start = start;
+  r.end = end;
+  r.sum = fnv1a(seed, &r, offsetof(struct rlog_rec, sum));
+  return r;
+}
 
 /* Start time of a process (clock ticks since boot, /proc/<pid>/stat field 22); 0 if it is gone. */
 uint64_t proc_start_time(pid_t pid) {
@@ -114,6 +190,140 @@ static unsigned char *unbase64(const char *s, size_t n, size_t *out_len) {
   return out;
 }
 
+static void rlog_path(struct keeper *k, pid_t pid, char *out, size_t n) {
+  snprintf(out, n, "%s/vm-%d.removed", k->o.state_dir, (int)pid);
+}
+
+/* The log can no longer follow the VM's set: empty it (a successor then refuses the VM rather
+ * than serve it with a set that misses ranges) and stop writing. */
+static void rlog_give_up(struct keeper *k, struct instance *in, const char *what, int err) {
+  char extra[96];
+  snprintf(extra, sizeof extra, "\"vm\":%u,\"vmPid\":%d", in->id, (int)in->pid);
+  klog(k, 50, extra, "VM %u: cannot write its removed ranges to %s/vm-%d.removed (%s: %s); a keeper taking this VM back will refuse it", in->id,
+       k->o.state_dir, (int)in->pid, what, strerror(err));
+  set_error(k, "VM %u: removed ranges not recorded: %s: %s", in->id, what, strerror(err));
+  if (in->rlog_fd >= 0) {
+    if (ftruncate(in->rlog_fd, 0) != 0) {
+      char path[4096];
+      rlog_path(k, in->pid, path, sizeof path);
+      unlink(path); /* missing reads as unknown too */
+    }
+    close(in->rlog_fd);
+  }
+  in->rlog_fd = -1;
+}
+
+/* Writes the VM's whole set (and its overflow mark) to a new log that replaces the old one; the
+ * new log's descriptor becomes in->rlog_fd. False (the old log left as it was) if it could not. */
+static bool rlog_rewrite(struct keeper *k, struct instance *in, int *err) {
+  char path[4096], tmp[4200];
+  rlog_path(k, in->pid, path, sizeof path);
+  snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)k->pid);
+  size_t n = 1 + in->nremoved + (in->removed_overflow ? 1 : 0);
+  char *b = malloc(n * RLOG_REC);
+  if (!b) {
+    *err = ENOMEM;
+    return false;
+  }
+  struct rlog_head h = rlog_header(in->pid, in->start);
+  memcpy(b, &h, RLOG_REC);
+  size_t o = 1;
+  for (uint32_t i = 0; i < in->nremoved; i++, o++) {
+    struct rlog_rec r = rlog_record(h.sum, RLOG_KIND_RANGE, in->removed_start[i], in->removed_end[i]);
+    memcpy(b + o * RLOG_REC, &r, RLOG_REC);
+  }
+  if (in->removed_overflow) {
+    struct rlog_rec r = rlog_record(h.sum, RLOG_KIND_OVERFLOW, 0, 0);
+    memcpy(b + o * RLOG_REC, &r, RLOG_REC);
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+  int e = fd < 0 ? errno : 0;
+  size_t done = 0;
+  while (!e && done < n * RLOG_REC) {
+    ssize_t w = write(fd, b + done, n * RLOG_REC - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) e = w < 0 ? errno : EIO;
+    else done += (size_t)w;
+  }
+  free(b);
+  if (!e && rename(tmp, path) != 0) e = errno;
+  if (e) {
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    *err = e;
+    return false;
+  }
+  if (in->rlog_fd >= 0) close(in->rlog_fd);
+  in->rlog_fd = fd;
+  in->rlog_records = (uint32_t)(n - 1);
+  return true;
+}
+
+void state_removed_append(struct keeper *k, struct instance *in, int what, uint64_t start, uint64_t end) {
+  if (!k->o.state_dir || in->rlog_fd < 0) return; /* none, or given up (logged then) */
+  struct rlog_head h = rlog_header(in->pid, in->start);
+  struct rlog_rec r = what == REMOVED_OVERFLOW ? rlog_record(h.sum, RLOG_KIND_OVERFLOW, 0, 0) : rlog_record(h.sum, RLOG_KIND_RANGE, start, end);
+  ssize_t w;
+  do w = write(in->rlog_fd, &r, sizeof r);
+  while (w < 0 && errno == EINTR);
+  if (w != (ssize_t)sizeof r) {
+    rlog_give_up(k, in, "append", w < 0 ? errno : ENOSPC);
+    return;
+  }
+  in->rlog_records++;
+  if (in->rlog_records <= 2 * in->nremoved + RLOG_SLACK) return;
+  int e = 0;
+  if (!rlog_rewrite(k, in, &e) && in->rlog_records >= RLOG_MAX_RECORDS) rlog_give_up(k, in, "compaction", e);
+}
+
+/* Reads a VM's removed log into in (its pid and start set): NULL, or why it cannot be trusted. */
+static const char *rlog_load(struct keeper *k, struct instance *in, char *why, size_t whyn) {
+  char path[4096];
+  rlog_path(k, in->pid, path, sizeof path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(why, whyn, "its removed-ranges log %s cannot be read: %s", path, strerror(errno));
+    return why;
+  }
+  size_t max = (size_t)(RLOG_MAX_RECORDS + 2) * RLOG_REC, n = 0;
+  char *b = malloc(max + 1);
+  while (b && n <= max) {
+    ssize_t r = read(fd, b + n, max + 1 - n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    n += (size_t)r;
+  }
+  close(fd);
+  if (!b) {
+    snprintf(why, whyn, "out of memory reading %s", path);
+    return why;
+  }
+  const char *bad = NULL;
+  struct rlog_head want = rlog_header(in->pid, in->start), h;
+  if (n > max) bad = "longer than any log a keeper writes";
+  else if (n < RLOG_REC) bad = n == 0 ? "empty (a keeper could not write it)" : "truncated header";
+  else if (memcpy(&h, b, RLOG_REC), memcmp(&h, &want, RLOG_REC) != 0)
+    bad = memcmp(h.magic, RLOG_MAGIC, 8) ? "not a removed-ranges log" : h.sum != fnv1a(FNV_SEED, &h, offsetof(struct rlog_head, sum)) ? "header checksum mismatch" : "written for another VM (pid or start time differ)";
+  else if (n % RLOG_REC) bad = "truncated record";
+  size_t nrec = bad ? 0 : n / RLOG_REC - 1, i = 0;
+  for (; !bad && i < nrec; i++) {
+    struct rlog_rec r;
+    memcpy(&r, b + (i + 1) * RLOG_REC, RLOG_REC);
+    if (r.sum != fnv1a(want.sum, &r, offsetof(struct rlog_rec, sum)) || r.zero != 0) bad = "record checksum mismatch";
+    else if (r.kind == RLOG_KIND_OVERFLOW) in->removed_overflow = true;
+    else if (r.kind == RLOG_KIND_RANGE && r.end > r.start) inst_add_removed(k, in, r.start, r.end);
+    else bad = "bad record";
+  }
+  free(b);
+  if (bad) {
+    if (i > 0) snprintf(why, whyn, "its removed-ranges log %s is corrupt: %s (record %zu of %zu)", path, bad, i, nrec);
+    else snprintf(why, whyn, "its removed-ranges log %s is corrupt: %s (%zu bytes)", path, bad, n);
+    return why;
+  }
+  in->rlog_records = (uint32_t)nrec;
+  return NULL;
+}
+
 void state_workers(struct keeper *k) {
   if (!k->o.state_dir) return;
   struct buf b = {0};
@@ -132,6 +342,9 @@ void state_vm_saved(struct keeper *k, struct instance *in) {
   struct stat st;
   if (fstat(in->uffd, &st) != 0) return;
   in->start = proc_start_time(in->pid);
+  /* The log first: a VM record always has one (a record without it is refused, not served). */
+  int e = 0;
+  if (!rlog_rewrite(k, in, &e)) rlog_give_up(k, in, "create", e);
   char *msg = NULL;
   {
     static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -150,7 +363,7 @@ void state_vm_saved(struct keeper *k, struct instance *in) {
     msg[o] = 0;
   }
   struct buf b = {0};
-  buf_printf(&b, "{\"pid\":%d,\"start\":%" PRIu64 ",\"dev\":%" PRIu64 ",\"ino\":%" PRIu64 ",\"uid\":%u,\"gid\":%u,\"msg\":\"%s\"}\n", (int)in->pid, in->start,
+  buf_printf(&b, "{\"pid\":%d,\"start\":%" PRIu64 ",\"dev\":%" PRIu64 ",\"ino\":%" PRIu64 ",\"uid\":%u,\"gid\":%u,\"msg\":\"%s\",\"removedLog\":1}\n", (int)in->pid, in->start,
              (uint64_t)st.st_dev, (uint64_t)st.st_ino, (unsigned)in->uid, (unsigned)in->gid, msg);
   free(msg);
   char name[64];
@@ -159,11 +372,17 @@ void state_vm_saved(struct keeper *k, struct instance *in) {
   buf_free(&b);
 }
 
+/* The VM ended: its record, then its removed log (a log left alone by a crash in between is
+ * removed by the next keeper). */
 void state_vm_removed(struct keeper *k, struct instance *in) {
   if (!k->o.state_dir) return;
   char path[4096];
   snprintf(path, sizeof path, "%s/vm-%d.json", k->o.state_dir, (int)in->pid);
   unlink(path);
+  rlog_path(k, in->pid, path, sizeof path);
+  unlink(path);
+  if (in->rlog_fd >= 0) close(in->rlog_fd);
+  in->rlog_fd = -1;
 }
 
 void state_close(struct keeper *k) {
@@ -200,6 +419,14 @@ static int take_uffd(pid_t pid, int pidfd, uint64_t dev, uint64_t ino) {
   return fd;
 }
 
+static void unlink_vm_files(struct keeper *k, pid_t pid) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/vm-%d.json", k->o.state_dir, (int)pid);
+  unlink(path);
+  rlog_path(k, pid, path, sizeof path);
+  unlink(path);
+}
+
 static void recover_vm(struct keeper *k, const char *dir, const char *name) {
   char path[4096];
   if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return;
@@ -211,8 +438,38 @@ static void recover_vm(struct keeper *k, const char *dir, const char *name) {
   int got = sscanf(txt, "{\"pid\":%d,\"start\":%llu,\"dev\":%llu,\"ino\":%llu,\"uid\":%u,\"gid\":%u,\"msg\":\"%n", &pid, &start, &dev, &ino, &uid, &gid, &off);
   const char *why = NULL;
   int fd = -1, pidfd = -1;
+  char extra[96];
+  snprintf(extra, sizeof extra, "\"vmPid\":%d", pid);
   if (got < 6 || off == 0) why = "unreadable record";
   else if (proc_start_time(pid) != start) why = "the VM is gone";
+  const char *m = why ? NULL : txt + off;
+  const char *q = m ? strchr(m, '"') : NULL;
+  if (!why && !q) why = "unreadable record";
+  struct instance *in = why ? NULL : calloc(1, sizeof *in);
+  if (!why && !in) why = "out of memory";
+  if (!why) {
+    in->id = ++k->next_inst_id;
+    in->uffd = in->conn = in->pidfd = in->rlog_fd = -1;
+    in->pid = pid;
+    in->start = start;
+    if (!strncmp(q, "\",\"removedLog\":1", 15)) {
+      char bad[4600];
+      if (rlog_load(k, in, bad, sizeof bad)) {
+        /* The ranges it dropped are unknown: a worker could serve the snapshot's old bytes there.
+         * Leave the VM alone (its next fault blocks, as without a state dir) and its records too. */
+        klog(k, 60, extra, "refusing to take back VM %d: %s; serving it could return old bytes in a range it dropped (its next fault blocks; records kept in %s)",
+             pid, bad, dir);
+        set_error(k, "refused to take back VM %d: removed-ranges log corrupt", pid);
+        free(in->removed_start);
+        free(in->removed_end);
+        free(in);
+        free(txt);
+        return;
+      }
+    } else {
+      klog(k, 50, extra, "VM %d was recorded by a keeper that did not write removed ranges down: a range it dropped before may be served with old bytes", pid);
+    }
+  }
   if (!why) {
     pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0) why = "pidfd_open failed";
@@ -222,23 +479,26 @@ static void recover_vm(struct keeper *k, const char *dir, const char *name) {
     if (fd < 0) why = errno == ENOENT ? "the VM no longer holds its uffd" : "pidfd_getfd failed (no ptrace rights over the VM?)";
   }
   if (why) {
-    char extra[64];
-    snprintf(extra, sizeof extra, "\"vmPid\":%d", pid);
     klog(k, why[0] == 't' ? 30 : 40, extra, "not taking back VM %d: %s", pid, why);
     if (pidfd >= 0) close(pidfd);
+    if (in) {
+      free(in->removed_start);
+      free(in->removed_end);
+      free(in);
+    }
     free(txt);
+    if (pid > 0 && got >= 6) unlink_vm_files(k, pid);
     unlink(path);
     return;
   }
   fcntl(pidfd, F_SETFD, FD_CLOEXEC);
-  const char *m = txt + off;
-  const char *q = strchr(m, '"');
   size_t mlen = 0;
-  unsigned char *msg = unbase64(m, q ? (size_t)(q - m) : strlen(m), &mlen);
-  struct instance *in = calloc(1, sizeof *in);
+  unsigned char *msg = unbase64(m, (size_t)(q - m), &mlen);
   struct instance **arr = k->ninst == k->capinst ? realloc(k->inst, (k->capinst ? k->capinst * 2 : 16) * sizeof *arr) : k->inst;
-  if (!msg || !in || !arr) {
+  if (!msg || !arr) {
     free(msg);
+    free(in->removed_start);
+    free(in->removed_end);
     free(in);
     if (arr) k->inst = arr;
     close(fd);
@@ -250,25 +510,37 @@ static void recover_vm(struct keeper *k, const char *dir, const char *name) {
     k->inst = arr;
     k->capinst = k->capinst ? k->capinst * 2 : 16;
   }
-  in->id = ++k->next_inst_id;
   in->uffd = fd;
-  in->conn = -1;
   in->pidfd = pidfd;
-  in->pid = pid;
   in->uid = uid;
   in->gid = gid;
   in->msg = (char *)msg;
   in->msglen = mlen;
-  in->start = start;
   in->resumed = 1;
   in->since_ms = now_ms();
   k->inst[k->ninst++] = in;
   k->recovered++;
+  /* Our log from here on: the set just read, compacted into a new file (the old one stays if that
+   * fails, appended to). */
+  int e = 0;
+  if (!rlog_rewrite(k, in, &e)) {
+    char rp[4096];
+    rlog_path(k, pid, rp, sizeof rp);
+    in->rlog_fd = open(rp, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (in->rlog_fd < 0) rlog_give_up(k, in, "reopen", errno);
+  }
   /* Faults a dead worker read and never answered: fault again, into our next worker. */
   wake_vm(k, in);
-  char extra[96];
-  snprintf(extra, sizeof extra, "\"vm\":%u,\"vmPid\":%d,\"bytes\":%zu", in->id, pid, mlen);
-  klog(k, 40, extra, "took back VM %d from a dead keeper (pidfd_getfd)", pid);
+  char extra2[160];
+  snprintf(extra2, sizeof extra2, "\"vm\":%u,\"vmPid\":%d,\"bytes\":%zu,\"removedRanges\":%u,\"removedOverflow\":%s", in->id, pid, mlen, in->nremoved,
+           in->removed_overflow ? "true" : "false");
+  klog(k, 40, extra2, "took back VM %d from a dead keeper (pidfd_getfd), %u removed ranges handed on", pid, in->nremoved);
+  if (k->orphans_killed)
+    klog(k, 40, extra2, "VM %d: a worker of the dead keeper served on without it; ranges the VM removed meanwhile never reached a keeper (a worker may serve old bytes there)",
+         pid);
+  if (in->removed_overflow)
+    klog(k, 50, extra2, "VM %d: more than %d separate removed ranges came under an earlier keeper; later ones were not remembered (a worker may serve old bytes there)",
+         pid, KEEPER_MAX_REMOVED);
   free(txt);
 }
 
@@ -303,6 +575,7 @@ int state_init(struct keeper *k) {
         if (wp > 0 && ws != 0 && proc_start_time(wp) == ws && nv < 8) {
           kill(wp, SIGKILL);
           victims[nv++] = wp;
+          k->orphans_killed = true;
           klog(k, 40, NULL, "killed worker %d of the dead keeper %d (it would read the uffds we take back)", wp, pid);
         }
       }
@@ -320,10 +593,33 @@ int state_init(struct keeper *k) {
     struct dirent *e;
     char names[256][64];
     int n = 0;
-    while ((e = readdir(d)) != NULL && n < 256)
-      if (!strncmp(e->d_name, "vm-", 3) && strstr(e->d_name, ".json") && strlen(e->d_name) < 64) snprintf(names[n++], 64, "%s", e->d_name);
+    while ((e = readdir(d)) != NULL && n < 256) {
+      size_t l = strlen(e->d_name);
+      int vp = 0, end = 0;
+      if (l > 4 && !strcmp(e->d_name + l - 4, ".tmp") && l < 4096 - strlen(k->o.state_dir) - 2) {
+        /* A file a dead keeper was writing (write_atomic, a compaction): never renamed, never used. */
+        char tp[4096];
+        snprintf(tp, sizeof tp, "%s/%s", k->o.state_dir, e->d_name);
+        unlink(tp);
+      } else if (sscanf(e->d_name, "vm-%d.json%n", &vp, &end) == 1 && end == (int)l && l < 64) {
+        snprintf(names[n++], 64, "%s", e->d_name);
+      }
+    }
     closedir(d);
     for (int i = 0; i < n; i++) recover_vm(k, k->o.state_dir, names[i]);
+    /* Removed logs whose VM record is gone (a keeper died between the two unlinks). */
+    d = opendir(k->o.state_dir);
+    while (d && (e = readdir(d)) != NULL) {
+      int vp = 0, end = 0;
+      if (sscanf(e->d_name, "vm-%d.removed%n", &vp, &end) != 1 || end != (int)strlen(e->d_name)) continue;
+      char jp[4096];
+      struct stat st;
+      snprintf(jp, sizeof jp, "%s/vm-%d.json", k->o.state_dir, vp);
+      if (stat(jp, &st) == 0) continue;
+      snprintf(jp, sizeof jp, "%s/%s", k->o.state_dir, e->d_name);
+      unlink(jp);
+    }
+    if (d) closedir(d);
   }
   state_workers(k);
   return 0;
