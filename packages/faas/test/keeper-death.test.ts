@@ -156,5 +156,7 @@ describe('when the keeper dies', () => {
     expect(r.code).toBe(0);
     expect(r.out).toMatchObject({ pages: PAGES, mismatches: 0 });
     expect(k2.stderr()).toMatch(/killed worker \d+ of the dead keeper/);
+    // What it read while it had no keeper (REMOVE events among it) is lost with it: said, not hidden.
+    expect(k2.stderr()).toMatch(/a worker of the dead keeper served on without it; ranges the VM removed meanwhile never reached a keeper/);
   }, 60_000);
 });

@@ -51,7 +51,8 @@ export function startKeeper(
 ): RunningKeeper {
   const worker = o.worker ?? [process.execPath, workerScript, o.dataDir, o.snapshotId, o.mode ?? 'firecracker', String(o.faultAround ?? 1), 'none'];
   const { dataDir: _d, snapshotId: _s, mode: _m, faultAround: _f, statusPath, ...rest } = o;
-  const proc = spawn(keeperBinaryPath(), keeperArgs({ ...rest, status: statusPath, worker }), { stdio: ['ignore', 'pipe', 'pipe'] });
+  // TIERSTACK_TEST_KEEPER_BIN: run another keeper build (e.g. an older one, to show a test fails without a change).
+  const proc = spawn(process.env['TIERSTACK_TEST_KEEPER_BIN'] || keeperBinaryPath(), keeperArgs({ ...rest, status: statusPath, worker }), { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   const lines: KeeperWorkerLine[] = [];
@@ -168,4 +169,78 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 
 export function writeList(path: string, pages: number[]): void {
   writeFileSync(path, pages.join('\n'));
+}
+
+/** Builds test/fixtures/fc_drop_client.c (touch, drop page by page, wait for SIGUSR1, read every page) into `dir`. */
+export function buildDropClient(dir: string): string {
+  const out = join(dir, 'fc_drop_client');
+  execFileSync('gcc', ['-O2', '-o', out, join(pkgDir, 'test', 'fixtures', 'fc_drop_client.c')]);
+  return out;
+}
+
+/** A process's start time (clock ticks since boot, /proc/<pid>/stat field 22), as the keeper records it. */
+export function procStartTime(pid: number): bigint {
+  const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return BigInt(st.slice(st.lastIndexOf(')') + 2).split(' ')[19]!);
+}
+
+// The keeper's removed-ranges log (native/keeper/state.c, vm-<pid>.removed): a 32-byte header
+// {magic "TSRMLOG1", u32 pid, u32 0, u64 VM start time, u64 FNV-1a 64 of the 24 bytes before},
+// then 32-byte records {u32 kind ('R' 0x52 range, 'O' 0x4f overflow), u32 0, u64 start, u64 end,
+// u64 FNV-1a 64 of the 24 bytes before seeded with the header's sum}, native (little) endian.
+const FNV_OFFSET = 0xcbf29ce484222325n;
+function fnv1a(seed: bigint, b: Buffer): bigint {
+  let h = seed;
+  for (const c of b) h = ((h ^ BigInt(c)) * 0x100000001b3n) & 0xffffffffffffffffn;
+  return h;
+}
+
+/** Bytes of a removed-ranges log: header + records ('R' [start, end) in bytes, or 'O'). */
+export function removedLogBytes(pid: number, start: bigint, records: Array<[number, number] | 'O'>): Buffer {
+  const head = Buffer.alloc(32);
+  head.write('TSRMLOG1', 0, 'latin1');
+  head.writeUInt32LE(pid, 8);
+  head.writeBigUInt64LE(start, 16);
+  const seed = fnv1a(FNV_OFFSET, head.subarray(0, 24));
+  head.writeBigUInt64LE(seed, 24);
+  const recs = records.map((r) => {
+    const b = Buffer.alloc(32);
+    b.writeUInt32LE(r === 'O' ? 0x4f : 0x52, 0);
+    if (r !== 'O') {
+      b.writeBigUInt64LE(BigInt(r[0]), 8);
+      b.writeBigUInt64LE(BigInt(r[1]), 16);
+    }
+    b.writeBigUInt64LE(fnv1a(seed, b.subarray(0, 24)), 24);
+    return b;
+  });
+  return Buffer.concat([head, ...recs]);
+}
+
+/** Reads a removed-ranges log: its ranges merged ([start, end) in bytes, sorted) and its overflow mark; null if absent or invalid. */
+export function readRemovedLog(path: string): { ranges: Array<[number, number]>; overflow: boolean; records: number } | null {
+  let b: Buffer;
+  try {
+    b = readFileSync(path);
+  } catch {
+    return null;
+  }
+  if (b.length < 32 || b.length % 32 !== 0 || b.toString('latin1', 0, 8) !== 'TSRMLOG1') return null;
+  const seed = b.readBigUInt64LE(24);
+  if (fnv1a(FNV_OFFSET, b.subarray(0, 24)) !== seed) return null;
+  const raw: Array<[number, number]> = [];
+  let overflow = false;
+  for (let o = 32; o < b.length; o += 32) {
+    if (fnv1a(seed, b.subarray(o, o + 24)) !== b.readBigUInt64LE(o + 24)) return null;
+    const kind = b.readUInt32LE(o);
+    if (kind === 0x4f) overflow = true;
+    else raw.push([Number(b.readBigUInt64LE(o + 8)), Number(b.readBigUInt64LE(o + 16))]);
+  }
+  raw.sort((x, y) => x[0] - y[0]);
+  const ranges: Array<[number, number]> = [];
+  for (const r of raw) {
+    const last = ranges.at(-1);
+    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+    else ranges.push([r[0], r[1]]);
+  }
+  return { ranges, overflow, records: b.length / 32 - 1 };
 }
