@@ -4,8 +4,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileTier, MemoryTier, TsStatus, createJsPath, createTierStack, type PageStore } from '../src/index.js';
-import { NativeReferenceTier, makePages, pageMatches } from '../src/testing/index.js';
+import { BasePageStore, FileTier, MemoryTier, TsStatus, createJsPath, createTierStack, type NativePageStoreHandle, type PageStore, type PutOptions } from '../src/index.js';
+import { NativeReferenceTier, coreTestingAddon, makePages, pageMatches } from '../src/testing/index.js';
 import { loadTestAddon, type TestAddon } from './helpers/test-addon.js';
 
 let addon: TestAddon;
@@ -155,4 +155,67 @@ describe('StackClient', () => {
     expect(after.lastError).toBe(TsStatus.Closed);
     await stack.close();
   });
+
+  it('is re-entrant: a native tier that reads through another StackClient on the same thread', async () => {
+    // A copy-on-write layer over a parent's stack is such a tier: the outer client's get is in
+    // the middle of its walk of the native tiers when the inner client's get runs on its thread.
+    const ns = 'nested';
+    const N = 256;
+    const all = Array.from({ length: N }, (_, i) => i);
+    const even = all.filter((p) => p % 2 === 0);
+    const odd = all.filter((p) => p % 2 === 1);
+    const inner = createTierStack({ tiers: [new NativeReferenceTier({ name: 'inner' })] });
+    await inner.put(ns, odd, makePages(ns, odd, 4096, 1));
+    const innerPath = createJsPath(inner);
+    innerPath.register(ns);
+    const innerClient = addon.createClient(innerPath);
+
+    const top = new NativeReferenceTier({ name: 'top' });
+    await top.put(ns, even, makePages(ns, even, 4096, 1));
+    const outer = createTierStack({ tiers: [top, new ThroughClientTier(coreTestingAddon().createClientStore(innerClient), inner)], promotion: 'none' });
+    const outerPath = createJsPath(outer);
+    const id = outerPath.register(ns);
+    expect(outerPath.chain).toHaveLength(2);
+    const client = addon.createClient(outerPath);
+
+    // Batches of 64 mixing both levels, from two native threads: every page found, right bytes,
+    // each from the level that holds it.
+    const got = await addon.runWorkers(client, 'get', id, 2, N / 2, 64, 1);
+    expect(got).toMatchObject({ found: N, misses: 0, mismatches: 0, errors: 0 });
+    expect(got.byLevel.slice(0, 2)).toEqual([N / 2, N / 2]);
+    addon.closeClient(client);
+    addon.closeClient(innerClient);
+    await outer.close();
+    await inner.close();
+  });
 });
+
+/** A native tier whose handle reads and writes through another stack's StackClient. */
+class ThroughClientTier extends BasePageStore {
+  constructor(
+    private readonly handle: NativePageStoreHandle,
+    private readonly below: PageStore,
+  ) {
+    super('through-client', below.pageSize);
+  }
+  override get nativeHandle(): NativePageStoreHandle {
+    return this.handle;
+  }
+  protected async doGet(ns: string, pages: number[], out: Buffer, found: Uint8Array): Promise<number> {
+    const r = await this.below.get(ns, pages);
+    let hits = 0;
+    for (let i = 0; i < pages.length; i++) {
+      if (!r.found[i]) continue;
+      r.data.copy(out, i * this.pageSize, i * this.pageSize, (i + 1) * this.pageSize);
+      found[i] = 1;
+      hits++;
+    }
+    return hits;
+  }
+  protected async doPut(ns: string, pages: number[], data: Buffer, options: PutOptions): Promise<void> {
+    await this.below.put(ns, pages, data, options);
+  }
+  protected async doRemove(ns: string, pages: number[]): Promise<void> {
+    await this.below.remove(ns, pages);
+  }
+}

@@ -89,9 +89,11 @@ class StackClient {
   // k for the JavaScript path). `first_level` > 0 skips the levels above it (a copy read
   // there was bad; levels <= k). Returns TS_OK or a TS_E_* code for the whole batch.
   // No heap allocation once the calling thread's scratch has grown to the batch size.
+  // Re-entrant: a native tier may itself read through a StackClient on the same thread.
   int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status,
           uint8_t *level = nullptr, size_t first_level = 0) {
-    thread_local GetScratch sc;
+    ScratchLease<GetScratch> lease;
+    GetScratch &sc = *lease;
     size_t found = 0;
     if (first_level < chain_.size())
       found = chain_.get(ns, pages, n, bufs, status, sc.chain, level, first_level);
@@ -124,7 +126,8 @@ class StackClient {
   // when nothing lies below the native tiers, TS_E_DEADLOCK when only the JS path could have it.
   void get_native(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status,
                   uint8_t *level = nullptr, size_t first_level = 0) {
-    thread_local NativeChain::Scratch sc;
+    ScratchLease<NativeChain::Scratch> lease;
+    NativeChain::Scratch &sc = *lease;
     if (first_level < chain_.size())
       chain_.get(ns, pages, n, bufs, status, sc, level, first_level);
     else
@@ -196,7 +199,41 @@ class StackClient {
   void unref(Napi::Env env) { tsfn_.Unref(env); }
 
  private:
-  struct GetScratch {  // per thread, reused by get()
+  // The calling thread's scratch for one call, one per nesting depth: a native tier may itself
+  // read through another StackClient on this thread (a copy-on-write layer over its parent's
+  // stack), and that inner call must not reuse the scratch of the call it runs inside. Reused
+  // across calls (no allocation once grown); deeper than kDepth, a scratch of the call's own.
+  template <class S>
+  class ScratchLease {
+   public:
+    ScratchLease() {
+      Levels &l = levels();
+      if (l.depth < kDepth)
+        s_ = &l.scratch[l.depth];
+      else
+        s_ = (own_ = std::make_unique<S>()).get();
+      l.depth++;
+    }
+    ~ScratchLease() { levels().depth--; }
+    ScratchLease(const ScratchLease &) = delete;
+    ScratchLease &operator=(const ScratchLease &) = delete;
+    S &operator*() { return *s_; }
+
+   private:
+    static constexpr size_t kDepth = 4;
+    struct Levels {
+      S scratch[kDepth];
+      size_t depth = 0;
+    };
+    static Levels &levels() {
+      thread_local Levels l;
+      return l;
+    }
+    S *s_;
+    std::unique_ptr<S> own_;
+  };
+
+  struct GetScratch {  // per thread and depth, reused by get()
     NativeChain::Scratch chain;
     std::vector<uint64_t> rest;
     std::vector<void *> rest_bufs;

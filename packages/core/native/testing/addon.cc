@@ -3,7 +3,8 @@
 //  - the reference store (tierstack/testing/reference_store.hpp) as a handle;
 //  - the kit's drivers (tierstack/testing/driver.hpp, conformance.hpp) against any page-store
 //    handle, or against a StackClient (a whole stack as a front-end sees it);
-//  - StackClient hooks for core's own tests (create/close, a blocking get on the JS thread).
+//  - StackClient hooks for core's own tests (create/close, a blocking get on the JS thread, a
+//    native tier that reads through a client).
 // Blocking drivers run on threads of their own (run_on_thread); their promises settle on the JS
 // thread.
 #include <napi.h>
@@ -377,6 +378,34 @@ Napi::Value CloseClient(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
+// A native tier that reads and writes through a StackClient (another whole stack), as a
+// copy-on-write layer over its parent's stack does: its get runs inside the outer client's get,
+// on the same thread. For the StackClient re-entrancy test.
+class ClientStore : public tierstack::NativeStore<ClientStore> {
+ public:
+  explicit ClientStore(ClientPtr c) : NativeStore("client-store", c->page_size()), c_(std::move(c)) {}
+  int do_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
+    return c_->get(ns, pages, n, bufs, status);
+  }
+  int do_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
+    return c_->put(ns, pages, n, bufs, flags);
+  }
+  int do_remove(uint64_t ns, const uint64_t *pages, size_t n) { return c_->remove(ns, pages, n); }
+
+ private:
+  ClientPtr c_;
+};
+
+// createClientStore(client) → handle: a native tier over the client's stack.
+Napi::Value CreateClientStore(const Napi::CallbackInfo &info) {
+  ClientPtr c = client_arg(info);
+  if (!c) return info.Env().Undefined();
+  auto *s = new ClientStore(std::move(c));
+  Napi::Value h = tierstack::wrap_page_store(info.Env(), s->handle());
+  s->release();  // the external holds the only reference now
+  return h;
+}
+
 // getOnJsThread(client, ns, page) → { rc, status } of a blocking get made on the JS thread.
 Napi::Value GetOnJsThread(const Napi::CallbackInfo &info) {
   ClientPtr c = client_arg(info);
@@ -402,7 +431,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                                          {"readPages", ReadPages},                       {"conformanceCases", ConformanceCases},
                                          {"conformancePages", ConformancePages},         {"conformanceCase", ConformanceCase},
                                          {"createClient", CreateClient},                 {"closeClient", CloseClient},
-                                         {"getOnJsThread", GetOnJsThread},
+                                         {"getOnJsThread", GetOnJsThread},               {"createClientStore", CreateClientStore},
                                      });
 }
 

@@ -143,6 +143,8 @@ export interface CoreTestingAddon {
   createClient(jsPath: object, maxBatchPages?: number): NativeClientHandle;
   closeClient(c: NativeClientHandle): void;
   getOnJsThread(c: NativeClientHandle, ns: bigint, page: number): { rc: number; status: number };
+  /** A native tier that reads and writes through the client's stack (on the calling thread). */
+  createClientStore(c: NativeClientHandle): NativePageStoreHandle;
 }
 
 let addon: CoreTestingAddon | undefined;

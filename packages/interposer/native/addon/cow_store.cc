@@ -229,47 +229,22 @@ void CowStore::op_retain(void *self) { static_cast<CowStore *>(self)->retain(); 
 void CowStore::op_release(void *self) { static_cast<CowStore *>(self)->release(); }
 
 int CowStore::below_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status) {
-  // This store is itself a tier of the uffd engine's StackClient, whose get() is on this very
-  // stack with its thread-local scratch in use: StackClient::get()/get_native() must not be
-  // re-entered on this thread. So the native tiers are walked here with our own scratch, and only
-  // the misses go to the stack's JS path (get() from below the native levels, which touches no
-  // chain scratch).
-  thread_local tierstack::NativeChain::Scratch scratch;
+  // This store is itself a tier of the uffd engine's StackClient and runs inside its get(); the
+  // stack below is read through its own StackClient on this same thread (StackClient::get is
+  // re-entrant). `level` says which pages the JS path served.
   thread_local std::vector<uint8_t> level;
-  thread_local std::vector<uint64_t> rest;
-  thread_local std::vector<void *> rest_bufs;
-  thread_local std::vector<int32_t> rest_status;
-  thread_local std::vector<size_t> where;
   level.assign(n, 0);
-  const tierstack::NativeChain &chain = below_->chain();
-  const size_t native_levels = chain.size();
-  size_t found = chain.empty() ? 0 : chain.get(ns, pages, n, bufs, status, scratch, level.data());
-  if (chain.empty())
-    for (size_t i = 0; i < n; i++) status[i] = TS_PAGE_MISS;
-  uint64_t js = 0;
-  if (found < n && below_->levels() > native_levels) {
-    rest.clear();
-    rest_bufs.clear();
-    where.clear();
-    for (size_t i = 0; i < n; i++) {
-      if (status[i] == TS_PAGE_FOUND) continue;
-      rest.push_back(pages[i]);
-      rest_bufs.push_back(bufs[i]);
-      where.push_back(i);
-    }
-    rest_status.assign(rest.size(), TS_PAGE_MISS);
-    int rc = below_->get(ns, rest.data(), rest.size(), rest_bufs.data(), rest_status.data(), nullptr, native_levels);
-    if (rc != TS_OK) {
-      stats_.errors.fetch_add(1, std::memory_order_relaxed);
-      return rc;
-    }
-    for (size_t k = 0; k < where.size(); k++) {
-      status[where[k]] = rest_status[k];
-      if (rest_status[k] == TS_PAGE_FOUND) {
-        js++;
-        found++;
-      }
-    }
+  int rc = below_->get(ns, pages, n, bufs, status, level.data());
+  if (rc != TS_OK) {
+    stats_.errors.fetch_add(1, std::memory_order_relaxed);
+    return rc;
+  }
+  const size_t native_levels = below_->chain().size();
+  uint64_t found = 0, js = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (status[i] != TS_PAGE_FOUND) continue;
+    found++;
+    if (level[i] >= native_levels) js++;
   }
   stats_.pages_found.fetch_add(found, std::memory_order_relaxed);
   stats_.native_pages.fetch_add(found - js, std::memory_order_relaxed);
