@@ -159,7 +159,8 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
                         InstanceMethod<&PoolWrap::Degraded>("degradedEvents"), InstanceMethod<&PoolWrap::Get>("get"),
                         InstanceMethod<&PoolWrap::Put>("put"), InstanceMethod<&PoolWrap::Remove>("remove"),
                         InstanceMethod<&PoolWrap::Handle>("handle"), InstanceMethod<&PoolWrap::SetBackup>("setBackup"),
-                        InstanceMethod<&PoolWrap::RestoreFromBackup>("restoreFromBackup"), InstanceMethod<&PoolWrap::Close>("close")});
+                        InstanceMethod<&PoolWrap::RestoreFromBackup>("restoreFromBackup"), InstanceMethod<&PoolWrap::Counters>("counters"),
+                        InstanceMethod<&PoolWrap::Close>("close")});
   }
   PoolWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<PoolWrap>(info) {
     auto env = info.Env();
@@ -223,19 +224,31 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     return Napi::Boolean::New(info.Env(), pool_->map().set_replica_state(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value(),
                                                                    static_cast<uint8_t>(info[3].As<Napi::Number>().Uint32Value())));
   }
-  Napi::Value DropReplica(const Napi::CallbackInfo &info) {
-    return Napi::Boolean::New(info.Env(), pool_->map().drop_replica(u64_of(info[0]), u64_of(info[1]), info[2].As<Napi::Number>().Int32Value()));
+  // dropReplica, replaceLost and dropEmptySlab hold the slab's io lock exclusively, which puts
+  // and replica copies hold across network waits: on the JavaScript thread they only try it,
+  // and when it is taken the call is made again on a job thread (waiting there), its result
+  // then a promise. Either way the caller awaits the result.
+  template <class R>
+  Napi::Value locked_call(Napi::Env env, std::function<R(bool *busy)> call, Napi::Value (*to_js)(Napi::Env, const R &)) {
+    bool busy = false;
+    R r = call(&busy);
+    if (!busy) return to_js(env, r);
+    pool_->count_lock_deferred();
+    auto out = std::make_shared<R>();
+    return pool_job(
+        env, pool_, [call, out](std::string &) {
+          *out = call(nullptr);
+          return TS_OK;
+        },
+        [out, to_js](Napi::Env env) { return to_js(env, *out); });
   }
-  Napi::Value ReplaceLost(const Napi::CallbackInfo &info) {
-    auto env = info.Env();
-    auto lost = pool_->map().replace_lost(u64_of(info[0]), u64_of(info[1]), to_replica(info[2]));
+  static Napi::Value bool_js(Napi::Env env, const bool &b) { return Napi::Boolean::New(env, b); }
+  static Napi::Value pages_js(Napi::Env env, const std::vector<uint64_t> &lost) {
     auto arr = Napi::Float64Array::New(env, lost.size());
     for (size_t i = 0; i < lost.size(); i++) arr[i] = static_cast<double>(lost[i]);
     return arr;
   }
-  Napi::Value DropEmptySlab(const Napi::CallbackInfo &info) {
-    auto env = info.Env();
-    auto reps = pool_->map().drop_empty(u64_of(info[0]), u64_of(info[1]));
+  static Napi::Value replicas_js(Napi::Env env, const std::vector<Replica> &reps) {
     auto arr = Napi::Array::New(env, reps.size());
     for (size_t i = 0; i < reps.size(); i++) {
       auto x = Napi::Object::New(env);
@@ -244,6 +257,32 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
       arr.Set(i, x);
     }
     return arr;
+  }
+  Napi::Value DropReplica(const Napi::CallbackInfo &info) {
+    uint64_t ns = u64_of(info[0]), index = u64_of(info[1]);
+    int slot = info[2].As<Napi::Number>().Int32Value();
+    Pool *p = pool_;
+    return locked_call<bool>(info.Env(), [p, ns, index, slot](bool *busy) { return p->map().drop_replica(ns, index, slot, busy); }, bool_js);
+  }
+  Napi::Value ReplaceLost(const Napi::CallbackInfo &info) {
+    uint64_t ns = u64_of(info[0]), index = u64_of(info[1]);
+    Replica rep = to_replica(info[2]);
+    Pool *p = pool_;
+    return locked_call<std::vector<uint64_t>>(
+        info.Env(), [p, ns, index, rep](bool *busy) { return p->map().replace_lost(ns, index, rep, busy); }, pages_js);
+  }
+  Napi::Value DropEmptySlab(const Napi::CallbackInfo &info) {
+    uint64_t ns = u64_of(info[0]), index = u64_of(info[1]);
+    Pool *p = pool_;
+    return locked_call<std::vector<Replica>>(info.Env(), [p, ns, index](bool *busy) { return p->map().drop_empty(ns, index, busy); }, replicas_js);
+  }
+  // counters() -> { postsDeferred, locksDeferred }: what the JavaScript thread left to job threads.
+  Napi::Value Counters(const Napi::CallbackInfo &info) {
+    auto env = info.Env();
+    auto o = Napi::Object::New(env);
+    o.Set("postsDeferred", Napi::Number::New(env, static_cast<double>(pool_->posts_deferred())));
+    o.Set("locksDeferred", Napi::Number::New(env, static_cast<double>(pool_->locks_deferred())));
+    return o;
   }
   Napi::Value Slabs(const Napi::CallbackInfo &info) {
     auto env = info.Env();
@@ -302,7 +341,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     }
     std::vector<void *> bufs(pages.size());
     for (size_t i = 0; i < bufs.size(); i++) bufs[i] = out.Data() + i * ps;
-    return run_job(env, pool_->start_get(ns, pages.data(), pages.size(), bufs.data()), sync_us, pages.size() * ps, info[2]);
+    return run_job(env, pool_->start_get(ns, pages.data(), pages.size(), bufs.data(), false), sync_us, pages.size() * ps, info[2]);
   }
   // put(ns, pages: Float64Array, data: Buffer, syncUs, flags) -> undefined | Promise<void> (flags:
   // TS_PUT_DIRTY / TS_PUT_PROMOTION, as on the C ABI); fails with
@@ -323,7 +362,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     }
     std::vector<const void *> bufs(pages.size());
     for (size_t i = 0; i < bufs.size(); i++) bufs[i] = data.Data() + i * ps;
-    return run_job(env, pool_->start_put(ns, pages.data(), pages.size(), bufs.data(), flags), sync_us, pages.size() * ps, info[2]);
+    return run_job(env, pool_->start_put(ns, pages.data(), pages.size(), bufs.data(), flags, false), sync_us, pages.size() * ps, info[2]);
   }
   // Batches above this many bytes are never polled on the JS thread.
   static constexpr size_t kSyncMaxBytes = 256 * 1024;
@@ -334,6 +373,11 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     for (size_t i = 0; i < job.status.size(); i++) arr[i] = job.status[i];
     return arr;
   }
+  // The batch was started on this (JavaScript) thread without waiting for anything (see
+  // Pool::start_get/start_put): posts the provider refused and slab locks found taken are
+  // left in the job. A small batch is then polled here up to its deadline (still waiting for
+  // nothing); whatever is left — those deferred posts and locks included — a job thread
+  // finishes, where waiting (and giving a donor up after the op timeout) is allowed.
   Napi::Value run_job(Napi::Env env, JobPtr job, double sync_us, size_t bytes, Napi::Value keep) {
     if (job->done) return job_result(env, *job);
     if (sync_us > 0 && bytes <= kSyncMaxBytes && pool_->advance(*job, tierstack::now_ns() + static_cast<uint64_t>(sync_us * 1000)))

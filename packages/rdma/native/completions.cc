@@ -39,7 +39,7 @@ void CompletionQueue::dispatch_locked(int block_ms) {
     if (n > 0) {
       for (ssize_t k = 0; k < n; k++) {
         auto *op = static_cast<Op *>(entries[k].op_context);
-        if (!op || op->result != 1) continue;
+        if (!op || op->result != kOpPending) continue;
         op->result = 0;
         op->batch->pending.fetch_sub(1, std::memory_order_release);
       }
@@ -63,7 +63,7 @@ bool CompletionQueue::read_error_locked() {
   fi_cq_err_entry err{};
   if (fi_cq_readerr(cq_, &err, 0) <= 0) return false;
   auto *op = static_cast<Op *>(err.op_context);
-  if (op && op->result == 1) {
+  if (op && op->result == kOpPending) {
     op->result = -(err.err ? err.err : FI_EIO);
     op->batch->pending.fetch_sub(1, std::memory_order_release);
   }
@@ -73,6 +73,11 @@ bool CompletionQueue::read_error_locked() {
 void CompletionQueue::progress() {
   std::lock_guard<std::mutex> lk(mu_);
   dispatch_locked();
+}
+
+void CompletionQueue::try_progress() {
+  std::unique_lock<std::mutex> lk(mu_, std::try_to_lock);
+  if (lk.owns_lock()) dispatch_locked();
 }
 
 void CompletionQueue::close() {

@@ -18,11 +18,24 @@ struct Batch {
   std::atomic<size_t> pending{0};
 };
 
+// Op::result: kOpPending (posted, not completed), 0 (done), < 0 (-errno), or kOpUnposted: the
+// provider refused the post (EAGAIN) on a thread that may not wait for room — the JavaScript
+// thread —, so it is still to be posted (Pool::advance posts it). Only pending ops are ever in
+// the CQ or counted in Batch::pending.
+constexpr int32_t kOpPending = 1;
+constexpr int32_t kOpUnposted = 2;
+
 struct Op {
   fi_context2 ctx;  // must stay first: the CQ returns its address
   Batch *batch = nullptr;
-  int32_t result = 1;  // 1 pending, 0 done, < 0 -errno
+  int32_t result = kOpPending;
   int32_t conn = -1;
+  // The transfer (kept so that a refused post can be made again later).
+  uint32_t len = 0;
+  void *buf = nullptr;
+  void *desc = nullptr;
+  uint64_t addr = 0;
+  uint64_t key = 0;
 };
 
 class CompletionQueue {
@@ -41,6 +54,8 @@ class CompletionQueue {
   void dispatch_locked(int block_ms = 0);
   // dispatch_locked under the lock.
   void progress();
+  // progress() unless another thread holds the lock (then it is progressing the queue itself).
+  void try_progress();
   void close();
 
  private:

@@ -79,9 +79,10 @@ void Pool::kill_conn(int32_t idx) {
 Job::~Job() { reset(); }
 
 void Job::reset() {
-  if (locked)
-    for (auto &s : slab) exclusive ? s->io.unlock() : s->io.unlock_shared();
-  locked = false;
+  for (size_t k = 0; k < nlocked; k++) exclusive ? slab[k]->io.unlock() : slab[k]->io.unlock_shared();
+  nlocked = 0;
+  start_pending = false;
+  unposted = 0;
   regs.release();  // before the call count drops: close() may free the domain once it is zero
   if (arena) arena->give(staged);
   arena = nullptr;
@@ -166,7 +167,7 @@ void Pool::recycle(Job *job) {
   }
 }
 
-JobPtr Pool::start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs) {
+JobPtr Pool::start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, bool may_wait) {
   auto job = new_job();
   if (job->done) return job;
   Job &j = *job;
@@ -203,11 +204,46 @@ JobPtr Pool::start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const
   }
   j.prepare_ops(n);
   if (staging_.is_open() && staging_.take(n, j.staged)) j.arena = &staging_;
-  post_get_round(j);
+  post_get_round(j, may_wait);
   return job;
 }
 
-void Pool::post_get_round(Job &j) {
+void Pool::post_op(Job &j, Op &op, PostPass &pass) {
+  op.batch = &j.batch;
+  if (!pass.may_wait && pass.refuses(op.conn)) {
+    op.result = kOpUnposted;
+  } else {
+    j.batch.pending.fetch_add(1);  // before the post: its completion may come at once
+    const Rma::Posted r = rma_.post(j.write, op, pass.may_wait);
+    if (r == Rma::Posted::kYes) return;
+    j.batch.pending.fetch_sub(1);
+    if (r == Rma::Posted::kFailed) return;  // op.result < 0: counts against the replica
+    pass.refused_by(op.conn);
+  }
+  j.unposted++;
+  posts_deferred_.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool Pool::post_unposted(Job &j, PostPass &pass) {
+  for (size_t i = 0; i < j.nops && j.unposted > 0; i++) {
+    Op &op = j.ops[i];
+    if (op.batch != &j.batch || op.result != kOpUnposted) continue;
+    if (!pass.may_wait && pass.refuses(op.conn)) continue;
+    j.batch.pending.fetch_add(1);
+    const Rma::Posted r = rma_.post(j.write, op, pass.may_wait);
+    if (r == Rma::Posted::kRefused) {  // only without may_wait: still unposted
+      j.batch.pending.fetch_sub(1);
+      pass.refused_by(op.conn);
+      continue;
+    }
+    if (r == Rma::Posted::kFailed) j.batch.pending.fetch_sub(1);
+    j.unposted--;
+  }
+  return j.unposted == 0;
+}
+
+void Pool::post_get_round(Job &j, bool may_wait) {
+  PostPass pass{may_wait};
   for (size_t i = 0; i < j.n; i++) {
     Op &op = j.ops[i];
     op.batch = nullptr;
@@ -236,13 +272,11 @@ void Pool::post_get_round(Job &j) {
     j.tried[i] |= static_cast<uint8_t>(1u << r);
     j.slot[i] = static_cast<int8_t>(r);
     s.touched.store(true, std::memory_order_relaxed);
-    op.batch = &j.batch;
-    j.batch.pending.fetch_add(1);
     // Into a staging slot (copied out once its checksum holds), or straight into the caller's buffer.
     void *buf = j.staged.empty() ? j.bufs[i] : staging_.slot(j.staged[i]);
     void *desc = j.staged.empty() ? j.regs.desc(buf, page_size_) : staging_.desc();
-    if (!rma_.post(false, op, rep.conn, buf, page_size_, desc, rep.addr + off * page_size_, rep.rkey))
-      j.batch.pending.fetch_sub(1);
+    Rma::set(op, rep.conn, buf, page_size_, desc, rep.addr + off * page_size_, rep.rkey);
+    post_op(j, op, pass);
   }
 }
 
@@ -266,7 +300,7 @@ void Pool::finish_get_round(Job &j) {
   }
 }
 
-JobPtr Pool::start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags) {
+JobPtr Pool::start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags, bool may_wait) {
   auto job = new_job();
   if (job->done) return job;
   Job &j = *job;
@@ -305,22 +339,42 @@ JobPtr Pool::start_put(uint64_t ns, const uint64_t *pages, size_t n, const void 
   }
   std::sort(j.slab.begin(), j.slab.end());
   j.slab.erase(std::unique(j.slab.begin(), j.slab.end()), j.slab.end());
-  for (auto &s : j.slab) j.exclusive ? s->io.lock() : s->io.lock_shared();  // ascending address order: no deadlock
-  j.locked = true;
+  j.start_pending = true;
+  resume_put(j, may_wait);
+  return job;
+}
+
+bool Pool::resume_put(Job &j, bool may_wait) {
+  // Ascending address order, on any thread: no deadlock. A lock is held across network waits
+  // (a put waiting for its donors, a replica copy per chunk, a promotion): the JavaScript
+  // thread only tries, and leaves the rest of the start to a job thread when one is taken.
+  while (j.nlocked < j.slab.size()) {
+    Slab &s = *j.slab[j.nlocked];
+    if (may_wait) {
+      j.exclusive ? s.io.lock() : s.io.lock_shared();
+    } else if (!(j.exclusive ? s.io.try_lock() : s.io.try_lock_shared())) {
+      locks_deferred_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    j.nlocked++;
+  }
+  j.start_pending = false;
+  const size_t n = j.n;
   for (auto &s : j.slab)
     if (s->dropped) {
       // Given back while we looked it up: the control plane places the page again.
       j.rc = TS_E_NO_SPACE;
       j.done = true;
-      return job;
+      return true;
     }
   j.prepare_ops(n * kMaxReplicas);
   j.crc.resize(n);
   j.skip.assign(n, 0);
   if (staging_.is_open() && staging_.take(n, j.staged)) j.arena = &staging_;
+  PostPass pass{may_wait};
   for (size_t i = 0; i < n; i++) {
     Slab &s = *j.page_slab[i];
-    uint64_t off = pages[i] % slab_pages_;
+    uint64_t off = j.pages[i] % slab_pages_;
     if (j.exclusive && load(s.state[off]) == kPresent && load(s.dirty[off])) {
       j.skip[i] = 1;  // a copy from below never replaces a dirty one
       for (int r = 0; r < kMaxReplicas; r++) j.ops[i * kMaxReplicas + r].batch = nullptr;
@@ -348,13 +402,11 @@ JobPtr Pool::start_put(uint64_t ns, const uint64_t *pages, size_t n, const void 
       op.batch = nullptr;
       op.result = -FI_ENOENT;
       if (reps[r].state != kActive && reps[r].state != kSyncing) continue;
-      op.batch = &j.batch;
-      j.batch.pending.fetch_add(1);
-      if (!rma_.post(true, op, reps[r].conn, src, page_size_, desc, reps[r].addr + off * page_size_, reps[r].rkey))
-        j.batch.pending.fetch_sub(1);
+      Rma::set(op, reps[r].conn, src, page_size_, desc, reps[r].addr + off * page_size_, reps[r].rkey);
+      post_op(j, op, pass);
     }
   }
-  return job;
+  return true;
 }
 
 void Pool::finish_put(Job &j) {
@@ -385,13 +437,30 @@ void Pool::finish_put(Job &j) {
       lost = true;
     }
   }
-  for (auto &s : j.slab) j.exclusive ? s->io.unlock() : s->io.unlock_shared();
-  j.locked = false;
+  for (size_t k = 0; k < j.nlocked; k++) j.exclusive ? j.slab[k]->io.unlock() : j.slab[k]->io.unlock_shared();
+  j.nlocked = 0;
   j.rc = lost ? TS_E_UNAVAILABLE : TS_OK;
 }
 
 bool Pool::advance(Job &j, uint64_t deadline_ns) {
+  const bool may_wait = deadline_ns == 0;
   while (!j.done) {
+    if (j.start_pending) {
+      // A put whose start found a slab lock taken (on the JavaScript thread).
+      if (!resume_put(j, may_wait)) return false;
+      continue;
+    }
+    if (j.unposted > 0) {
+      // Posts refused on the JavaScript thread. Here they are posted as any other thread posts
+      // (waiting out EAGAIN, giving the donor up after the op timeout); on the JavaScript
+      // thread they are tried again until the deadline. An unposted op never reaches
+      // finish_get_round/finish_put: it would count as a failed replica.
+      PostPass pass{may_wait};
+      while (!post_unposted(j, pass)) {
+        if (tierstack::now_ns() > deadline_ns) return false;
+        pass = PostPass{may_wait};
+      }
+    }
     if (!rma_.wait(j.batch, j.ops.get(), j.nops, deadline_ns)) return false;
     if (j.write) {
       finish_put(j);
@@ -401,7 +470,7 @@ bool Pool::advance(Job &j, uint64_t deadline_ns) {
     finish_get_round(j);
     j.round++;
     if (j.todo > 0 && j.round < kMaxReplicas) {
-      post_get_round(j);
+      post_get_round(j, may_wait);
       continue;
     }
     for (size_t i = 0; i < j.n; i++)

@@ -36,8 +36,11 @@ namespace tsrdma {
 class Pool;
 
 // One batch in flight. It can be started on one thread (posting its operations), polled there
-// for a short while, and finished on another (a libuv worker) if it takes longer: the JS path
-// answers small batches without a thread hop when the donor is quick.
+// for a short while, and finished on another (a job thread) if it takes longer: the JS path
+// answers small batches without a thread hop when the donor is quick. Started on the
+// JavaScript thread, it waits for nothing there: a post the provider refuses (EAGAIN) is left
+// unposted (Op::result kOpUnposted, counted in `unposted`) and a slab lock that is taken stops
+// the put's start (`start_pending`); advance() picks both up where waiting is allowed.
 struct Job {
   bool write = false;
   uint32_t flags = 0;      // put: TS_PUT_DIRTY / TS_PUT_PROMOTION
@@ -61,7 +64,9 @@ struct Job {
   size_t todo = 0;
   int rc = TS_OK;
   bool done = false;
-  bool locked = false;
+  size_t nlocked = 0;          // put: slab[0..nlocked) have their io lock held
+  bool start_pending = false;  // put: locks still to take (from slab[nlocked]), then the posts
+  size_t unposted = 0;         // ops refused without waiting (result kOpUnposted), still to post
   bool counted = false;  // holds one of the pool's running-call counts
   LocalRegs regs;  // local registrations of the batch's buffers (FI_MR_LOCAL providers)
   std::vector<uint32_t> staged;     // FI_MR_LOCAL: a staging slot per page (empty: regs instead)
@@ -129,11 +134,21 @@ class Pool final : private ConnLoss {
   int abi_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags);
   int abi_remove(uint64_t ns, const uint64_t *pages, size_t n);
 
-  // Resumable batches: start (posts), then advance until done. deadline_ns = 0 waits as long
-  // as it takes (with the donor timeout); otherwise advance returns false at the deadline.
-  JobPtr start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs);
-  JobPtr start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags = 0);
+  // Resumable batches: start (posts), then advance until done. may_wait false (the JavaScript
+  // thread) never waits on a donor or on a lock held across network waits: what would wait is
+  // left to advance(). advance with deadline_ns = 0 waits as long as it takes (posting what
+  // is left with the spin-then-give-up policy, waiting with the donor timeout); otherwise it
+  // waits for nothing and returns false at the deadline, the batch not finished.
+  JobPtr start_get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, bool may_wait = true);
+  JobPtr start_put(uint64_t ns, const uint64_t *pages, size_t n, const void *const *bufs, uint32_t flags = 0, bool may_wait = true);
   bool advance(Job &job, uint64_t deadline_ns);
+
+  // What the JavaScript thread left to other threads (pool stats): ops whose post the provider
+  // refused there (EAGAIN: a full transmit queue, a stopped or dead peer), and batches or
+  // control calls that found a slab lock taken.
+  uint64_t posts_deferred() const { return posts_deferred_.load(std::memory_order_relaxed); }
+  uint64_t locks_deferred() const { return locks_deferred_.load(std::memory_order_relaxed); }
+  void count_lock_deferred() { locks_deferred_.fetch_add(1, std::memory_order_relaxed); }
 
   // Data path (any thread).
   int get(uint64_t ns, const uint64_t *pages, size_t n, void *const *bufs, int32_t *status);
@@ -143,7 +158,28 @@ class Pool final : private ConnLoss {
  private:
   // ConnLoss: the data path gave a donor up (rma.cc).
   void conn_lost(int32_t conn) override { kill_conn(conn); }
-  void post_get_round(Job &job);
+  // Conns that refused a post during one pass over a batch on a thread that may not wait: the
+  // batch's further ops to them are left unposted without asking again.
+  struct PostPass {
+    bool may_wait;
+    int nrefused = 0;
+    int32_t refused[8];
+    bool refuses(int32_t conn) const {
+      for (int i = 0; i < nrefused; i++)
+        if (refused[i] == conn) return true;
+      return false;
+    }
+    void refused_by(int32_t conn) {
+      if (nrefused < 8) refused[nrefused++] = conn;
+    }
+  };
+  // Posts one op of the job (its transfer set, op.batch = the job's batch).
+  void post_op(Job &job, Op &op, PostPass &pass);
+  // Posts the job's unposted ops; true when none is left (always so when pass.may_wait).
+  bool post_unposted(Job &job, PostPass &pass);
+  void post_get_round(Job &job, bool may_wait);
+  // The put's start from its slab locks on; false if a lock was taken and may_wait is false.
+  bool resume_put(Job &job, bool may_wait);
   void finish_get_round(Job &job);
   void finish_put(Job &job);
   friend struct Job;
@@ -172,6 +208,9 @@ class Pool final : private ConnLoss {
   Connections conns_;
   Rma rma_;
   StagingArena staging_;
+
+  std::atomic<uint64_t> posts_deferred_{0};
+  std::atomic<uint64_t> locks_deferred_{0};
 
   std::atomic<int> refs_{1};
   std::atomic<bool> closed_{false};

@@ -18,35 +18,52 @@ constexpr int kNapUs = 50;  // past the spin phase, a waiter on a CQ without a w
 using tierstack::now_ms;
 using tierstack::now_ns;
 
-bool Rma::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void *desc, uint64_t addr, uint64_t key) {
-  Conn *c = conns_.get(conn_idx);
-  op.conn = conn_idx;
+Rma::Posted Rma::post(bool write, Op &op, bool may_wait) {
+  Conn *c = conns_.get(op.conn);
   if (!c || !c->up.load()) {
     op.result = -FI_ENOTCONN;
-    return false;
+    return Posted::kFailed;
   }
   uint64_t deadline = 0;
-  for (;;) {
+  for (int tries = 0;; tries++) {
     ssize_t rc;
     {
-      std::shared_lock<std::shared_mutex> sl(c->use);
+      // Shared with other posters; held exclusively only while the connection is closed.
+      std::shared_lock<std::shared_mutex> sl(c->use, std::defer_lock);
+      if (may_wait) {
+        sl.lock();
+      } else if (!sl.try_lock()) {
+        op.result = kOpUnposted;
+        return Posted::kRefused;
+      }
       if (c->closed || !c->ep) {
         op.result = -FI_ENOTCONN;
-        return false;
+        return Posted::kFailed;
       }
-      op.result = 1;
-      rc = write ? fi_write(c->ep, buf, len, desc, c->dest, addr, key, &op.ctx) : fi_read(c->ep, buf, len, desc, c->dest, addr, key, &op.ctx);
+      op.result = kOpPending;
+      rc = write ? fi_write(c->ep, op.buf, op.len, op.desc, c->dest, op.addr, op.key, &op.ctx)
+                 : fi_read(c->ep, op.buf, op.len, op.desc, c->dest, op.addr, op.key, &op.ctx);
     }
-    if (rc == 0) return true;
+    if (rc == 0) return Posted::kYes;
     if (rc != -FI_EAGAIN) {
       op.result = static_cast<int32_t>(rc);
-      return false;
+      return Posted::kFailed;
     }
     // The transmit queue is full: complete some operations (ours or other threads') first.
+    if (!may_wait) {
+      // The JavaScript thread: one progress (unless another thread is at it) and one more try,
+      // then the op is left for a thread that may wait (Pool::advance).
+      if (tries >= 1) {
+        op.result = kOpUnposted;
+        return Posted::kRefused;
+      }
+      cq_.try_progress();
+      continue;
+    }
     cq_.progress();
     if (!c->up.load()) {
       op.result = -FI_ENOTCONN;
-      return false;
+      return Posted::kFailed;
     }
     uint64_t t = now_ms();
     if (deadline == 0) deadline = t + op_timeout_ms_;
@@ -54,11 +71,10 @@ bool Rma::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void
       // Refused for a whole donor timeout. Over ofi_rxm this is what a dead peer looks like:
       // rxm keeps reconnecting and answers EAGAIN, never an error. Give the donor up, as wait()
       // does for operations that never complete, so that later posts to it fail at once
-      // instead of each waiting out the timeout (posting runs on the JavaScript thread, which
-      // is also the one that would learn of the loss from the control connection).
-      loss_.conn_lost(conn_idx);
+      // instead of each waiting out the timeout.
+      loss_.conn_lost(op.conn);
       op.result = -FI_ETIMEDOUT;
-      return false;
+      return Posted::kFailed;
     }
   }
 }
@@ -66,7 +82,7 @@ bool Rma::post(bool write, Op &op, int32_t conn_idx, void *buf, size_t len, void
 void Rma::fail_closed_locked(Op *ops, size_t n, Batch &b) {
   for (size_t i = 0; i < n; i++) {
     Op &op = ops[i];
-    if (op.batch != &b || op.result != 1) continue;
+    if (op.batch != &b || op.result != kOpPending) continue;
     Conn *c = conns_.get(op.conn);
     if (c && c->closed) {
       op.result = -FI_ECONNABORTED;
@@ -84,12 +100,20 @@ bool Rma::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
   unsigned spins = 0;
   while (b.pending.load(std::memory_order_acquire) > 0) {
     {
-      std::lock_guard<std::mutex> lk(cq_.mutex());
-      cq_.dispatch_locked();
-      uint64_t e = conns_.close_epoch();
-      if (e != epoch) {
-        epoch = e;
-        fail_closed_locked(ops, n, b);
+      // A bounded wait never blocks on the lock: its holder is reading the queue (completing
+      // our operations too) or closing a connection; the next spin tries again.
+      std::unique_lock<std::mutex> lk(cq_.mutex(), std::defer_lock);
+      if (deadline_ns)
+        (void)lk.try_lock();
+      else
+        lk.lock();
+      if (lk.owns_lock()) {
+        cq_.dispatch_locked();
+        uint64_t e = conns_.close_epoch();
+        if (e != epoch) {
+          epoch = e;
+          fail_closed_locked(ops, n, b);
+        }
       }
     }
     if (b.pending.load(std::memory_order_acquire) == 0) break;
@@ -123,7 +147,7 @@ bool Rma::wait(Batch &b, Op *ops, size_t n, uint64_t deadline_ns) {
       {
         std::lock_guard<std::mutex> lk(cq_.mutex());
         for (size_t i = 0; i < n; i++)
-          if (ops[i].batch == &b && ops[i].result == 1) stuck.push_back(ops[i].conn);
+          if (ops[i].batch == &b && ops[i].result == kOpPending) stuck.push_back(ops[i].conn);
       }
       std::sort(stuck.begin(), stuck.end());
       stuck.erase(std::unique(stuck.begin(), stuck.end()), stuck.end());
@@ -139,7 +163,8 @@ int Rma::transfer_one(bool write, const Replica &r, char *buf, size_t len, void 
   Batch b;
   op.batch = &b;
   b.pending.store(1);
-  if (!post(write, op, r.conn, buf, len, desc, r.addr + offset, r.rkey)) b.pending.store(0);
+  set(op, r.conn, buf, len, desc, r.addr + offset, r.rkey);
+  if (post(write, op, true) != Posted::kYes) b.pending.store(0);
   wait(b, &op, 1);
   return op.result;
 }

@@ -2,6 +2,19 @@
 
 namespace tsrdma {
 
+namespace {
+// Takes s.io exclusively: waits when `busy` is null; else only tries, setting *busy on failure.
+bool lock_io(Slab &s, bool *busy) {
+  if (!busy) {
+    s.io.lock();
+    return true;
+  }
+  if (s.io.try_lock()) return true;
+  *busy = true;
+  return false;
+}
+}  // namespace
+
 std::shared_ptr<Slab> SlabMap::find(uint64_t ns, uint64_t index) {
   std::shared_lock<std::shared_mutex> lk(mu_);
   auto it = map_.find(Key{ns, index});
@@ -40,21 +53,23 @@ bool SlabMap::set_replica_state(uint64_t ns, uint64_t index, int slot, uint8_t s
   return true;
 }
 
-bool SlabMap::drop_replica(uint64_t ns, uint64_t index, int slot) {
+bool SlabMap::drop_replica(uint64_t ns, uint64_t index, int slot, bool *busy) {
   auto s = find(ns, index);
   if (!s || slot < 0 || slot >= kMaxReplicas) return false;
   // Exclusive io: no put is writing it while it goes away.
-  std::unique_lock<IoLock> io(s->io);
+  if (!lock_io(*s, busy)) return false;
+  std::unique_lock<IoLock> io(s->io, std::adopt_lock);
   std::lock_guard<std::mutex> lk(s->reps_mu);
   s->reps[slot] = Replica{};
   return true;
 }
 
-std::vector<uint64_t> SlabMap::replace_lost(uint64_t ns, uint64_t index, const Replica &rep) {
+std::vector<uint64_t> SlabMap::replace_lost(uint64_t ns, uint64_t index, const Replica &rep, bool *busy) {
   std::vector<uint64_t> lost;
   auto s = find(ns, index);
   if (!s) return lost;
-  std::unique_lock<IoLock> io(s->io);
+  if (!lock_io(*s, busy)) return lost;
+  std::unique_lock<IoLock> io(s->io, std::adopt_lock);
   {
     std::lock_guard<std::mutex> lk(s->reps_mu);
     for (auto &r : s->reps) r = Replica{};
@@ -73,11 +88,15 @@ std::vector<uint64_t> SlabMap::replace_lost(uint64_t ns, uint64_t index, const R
   return lost;
 }
 
-std::vector<Replica> SlabMap::drop_empty(uint64_t ns, uint64_t index) {
+std::vector<Replica> SlabMap::drop_empty(uint64_t ns, uint64_t index, bool *busy) {
   std::vector<Replica> out;
   auto s = find(ns, index);
   if (!s) return out;
-  std::unique_lock<IoLock> io(s->io);  // no put is writing it
+  // A slab still holding pages stays (the usual answer to a remove), said without the lock: as
+  // if this came before whatever is changing it. Otherwise the check is made under the lock.
+  if (s->present.load() != 0) return out;
+  if (!lock_io(*s, busy)) return out;
+  std::unique_lock<IoLock> io(s->io, std::adopt_lock);  // no put is writing it
   if (s->present.load() != 0) return out;
   for (uint64_t off = 0; off < slab_pages_; off++)
     if (load(s->state[off]) != kAbsent) return out;

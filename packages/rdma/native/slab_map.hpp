@@ -66,6 +66,20 @@ class IoLock {
     writer_ = false;
     cv_.notify_all();
   }
+  // Without waiting (the JavaScript thread): false when the lock would block. m_ itself is only
+  // ever held for a few instructions.
+  bool try_lock_shared() {
+    std::lock_guard<std::mutex> l(m_);
+    if (writer_ || writers_waiting_ > 0) return false;
+    readers_++;
+    return true;
+  }
+  bool try_lock() {
+    std::lock_guard<std::mutex> l(m_);
+    if (writer_ || readers_ > 0) return false;
+    writer_ = true;
+    return true;
+  }
 
  private:
   std::mutex m_;
@@ -106,11 +120,15 @@ class SlabMap {
   void add(uint64_t ns, uint64_t index, const std::vector<Replica> &reps);  // an existing slab is kept
   int add_replica(uint64_t ns, uint64_t index, const Replica &rep);         // syncing; returns slot or -1
   bool set_replica_state(uint64_t ns, uint64_t index, int slot, uint8_t state);
-  bool drop_replica(uint64_t ns, uint64_t index, int slot);
+  // The next three hold the slab's io lock exclusively, which puts and replica copies hold
+  // across network waits. With `busy` null they wait for it; otherwise (the JavaScript thread)
+  // they only try, and set *busy and do nothing when it is taken (call again where waiting is
+  // allowed: a job thread).
+  bool drop_replica(uint64_t ns, uint64_t index, int slot, bool *busy = nullptr);
   // The slab lost every replica: `rep` replaces them; pages present become Lost. Returns them.
-  std::vector<uint64_t> replace_lost(uint64_t ns, uint64_t index, const Replica &rep);
+  std::vector<uint64_t> replace_lost(uint64_t ns, uint64_t index, const Replica &rep, bool *busy = nullptr);
   // Removes a slab that holds no page from the map; its replicas, or nothing if it is not empty.
-  std::vector<Replica> drop_empty(uint64_t ns, uint64_t index);
+  std::vector<Replica> drop_empty(uint64_t ns, uint64_t index, bool *busy = nullptr);
   std::vector<SlabView> views();
   // (connection, donor slab id) of every live replica of slabs touched since the last call.
   std::vector<std::pair<int32_t, uint64_t>> take_touched();

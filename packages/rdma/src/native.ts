@@ -37,14 +37,21 @@ export interface NativePool {
   addReplica(ns: bigint, index: number, rep: NativeReplica): number;
   copyReplica(ns: bigint, index: number, slot: number): Promise<void>;
   setReplicaState(ns: bigint, index: number, slot: number, state: number): boolean;
-  dropReplica(ns: bigint, index: number, slot: number): boolean;
-  replaceLost(ns: bigint, index: number, rep: NativeReplica): Float64Array;
+  // dropReplica, replaceLost and dropEmptySlab take the slab's io lock exclusively: on the JS
+  // thread they only try it, and answer with a promise (the call finished on a job thread)
+  // when a put or a replica copy holds it. Await the result either way.
+  dropReplica(ns: bigint, index: number, slot: number): boolean | Promise<boolean>;
+  replaceLost(ns: bigint, index: number, rep: NativeReplica): Float64Array | Promise<Float64Array>;
   slabs(): NativeSlabView[];
   /** Removes a slab that holds no page; its replicas (to give back), or [] if it is not empty. */
-  dropEmptySlab(ns: bigint, index: number): Array<{ conn: number; slabId: bigint }>;
+  dropEmptySlab(ns: bigint, index: number): Array<{ conn: number; slabId: bigint }> | Promise<Array<{ conn: number; slabId: bigint }>>;
   takeTouched(): Array<[number, bigint]>;
   degradedEvents(): number;
-  /** Per-page status; with syncUs > 0 a small batch may complete on the calling thread (no promise). */
+  /**
+   * Per-page status; with syncUs > 0 a small batch may complete on the calling thread (no promise).
+   * get/put never wait on the calling (JS) thread: posts refused there and slab locks found
+   * taken are left to a job thread (counted in counters()).
+   */
   get(ns: bigint, pages: Float64Array, out: Buffer, syncUs?: number): Int32Array | Promise<Int32Array>;
   /** flags: TS_PUT_DIRTY (1) / TS_PUT_PROMOTION (2), as on the C ABI. */
   put(ns: bigint, pages: Float64Array, data: Buffer, syncUs?: number, flags?: number): void | Promise<void>;
@@ -54,6 +61,8 @@ export interface NativePool {
   setBackup(handle: NativePageStoreHandle | null): void;
   /** Refills pages from the native backup by namespace id; how many were restored. */
   restoreFromBackup(ns: bigint, pages: Float64Array): Promise<number>;
+  /** What the JS thread left to job threads: ops whose post was refused (EAGAIN), slab locks found taken. */
+  counters(): { postsDeferred: number; locksDeferred: number };
   close(): Promise<void>;
 }
 

@@ -310,7 +310,7 @@ export class RdmaPoolTier extends BasePageStore {
     // Slabs left with no page go back to their donors.
     const freed: Promise<void>[] = [];
     for (const index of new Set(pages.map((p) => Math.floor(p / this.slabPages)))) {
-      for (const r of this.native.dropEmptySlab(nsId, index)) freed.push(this.donors.free(r.conn, r.slabId));
+      for (const r of await this.native.dropEmptySlab(nsId, index)) freed.push(this.donors.free(r.conn, r.slabId));
     }
     if (this.backup) await this.backup.remove(ns, pages);
     await Promise.all(freed);
@@ -329,7 +329,16 @@ export class RdmaPoolTier extends BasePageStore {
 
   protected override extraStats(): Record<string, number> {
     const rep = this.replicaReport();
-    return { slabs: rep.slabs, underReplicated: rep.underReplicated, donorsUp: rep.donorsUp.length, repairs: this.repair?.count ?? 0 };
+    // What the JS thread left to job threads rather than wait on a donor (README: threads).
+    const c = this.native ? this.native.counters() : { postsDeferred: 0, locksDeferred: 0 };
+    return {
+      slabs: rep.slabs,
+      underReplicated: rep.underReplicated,
+      donorsUp: rep.donorsUp.length,
+      repairs: this.repair?.count ?? 0,
+      postsDeferred: c.postsDeferred,
+      locksDeferred: c.locksDeferred,
+    };
   }
 
   /** Resolves when no repair is running or pending (tests, and callers that want full redundancy). */

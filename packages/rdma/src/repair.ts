@@ -111,7 +111,7 @@ export class Repair {
     // 1. Forget replicas that died; give their slabs back to donors still up.
     for (const r of s.replicas) {
       if (r.state !== DEAD) continue;
-      native.dropReplica(s.ns, s.index, r.slot);
+      await native.dropReplica(s.ns, s.index, r.slot);
       this.evicting.delete(`${r.conn}:${r.slabId}`);
       await donors.free(r.conn, r.slabId);
     }
@@ -133,7 +133,7 @@ export class Repair {
     if (active.length === 0 && !cur.replicas.some((r) => r.state === SYNCING)) {
       const got = await placer.allocOn(new Set(), key);
       if (!got) throw new TierStackError(ErrorCode.NoSpace, `no donor can take slab ${key}`);
-      const lost = native.replaceLost(s.ns, s.index, placer.replicaOf(got.donor, got.grant));
+      const lost = await native.replaceLost(s.ns, s.index, placer.replicaOf(got.donor, got.grant));
       this.count++;
       this.o.log.warn({ slab: key, lostPages: lost.length }, 'slab lost every replica; re-created');
       if (lost.length) await this.o.restore(s.ns, lost);
@@ -160,7 +160,7 @@ export class Repair {
         this.count++;
       } catch (err) {
         this.o.log.warn({ slab: key, err: (err as Error).message }, 'replica copy failed');
-        native.dropReplica(s.ns, s.index, slot);
+        await native.dropReplica(s.ns, s.index, slot);
         await got.donor.client!.freeSlab(rep.slabId).catch(() => {});
         throw err;
       }
@@ -170,7 +170,7 @@ export class Repair {
     // 4. Evicted replicas that now have enough stand-ins go back to their donor.
     for (const r of active.filter(isEvicting)) {
       if (staying().length < this.o.replicas) break;
-      native.dropReplica(s.ns, s.index, r.slot);
+      await native.dropReplica(s.ns, s.index, r.slot);
       this.evicting.delete(`${r.conn}:${r.slabId}`);
       await donors.free(r.conn, r.slabId);
       active = active.filter((x) => x !== r);
