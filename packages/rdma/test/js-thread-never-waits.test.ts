@@ -2,9 +2,10 @@
  * The pool is a library inside someone else's Node process: its JavaScript thread (the host's
  * event loop) must never wait on a donor. Over a MSG provider (`tcp`) and an RDM one
  * (`tcp;ofi_rxm`), with replicas 2 over three real memd donors, pages are written and read in
- * a loop through the JavaScript API while one donor is stopped (SIGSTOP: its sockets stay open,
- * so its queues fill and posts to it are refused with EAGAIN — over rxm that is all a dead
- * peer ever answers) until the pool gives it up, and is then killed -9. Checked: every page
+ * a loop through the JavaScript API while one donor is stopped (SIGSTOP: its sockets stay open
+ * and nothing it is sent completes; with big reads outstanding, rxm refuses further posts to it
+ * with EAGAIN — over rxm that is all a dead peer ever answers —, while the tcp provider queues
+ * them) until the pool gives it up, and is then killed -9. Checked: every page
  * byte for byte in its last written version, replicas restored on the survivors, and the
  * deferral counters (postsDeferred / locksDeferred in tier.stats().extra) moved over rxm.
  * The event loop's worst delay during the loss is measured (perf_hooks) and printed, never
