@@ -638,14 +638,18 @@ class PageServer implements CriuPageServer {
     return this.manifest.pageSize;
   }
 
-  /** CRIU encodes dst_id as pid << 8 | type (type 1 = a process pagemap); raw pids are accepted too. */
+  /**
+   * A GET's dst_id is the pid itself: lazy-pages sends its page_read's img_id, the pid whose
+   * pagemap it opened (CRIU 3.x through 4.2; CRIU's own page server looks it up with
+   * pstree_item_by_virt). The `pid << 8 | type` encoding is only for the dump side's ADD/OPEN,
+   * never for GETs: reading a GET's dst_id that way sent pid 100's pages to pid 25677
+   * (25677 >> 8 = 100) in a real CRIU 4.2 restore.
+   */
   regionFor(vaddr: number, dstId: bigint): RegionInfo | undefined {
     if (this.dstPid !== undefined) return this.manifest.regionAt(vaddr, this.dstPid);
     if (this.pids.size <= 1) return this.manifest.regionAt(vaddr);
-    for (const pid of [Number(dstId >> 8n), Number(dstId)]) {
-      if (this.pids.has(pid)) return this.manifest.regionAt(vaddr, pid);
-    }
-    return undefined;
+    const pid = Number(dstId);
+    return this.pids.has(pid) ? this.manifest.regionAt(vaddr, pid) : undefined;
   }
 
   /** Resolves a GET to snapshot pages (clamped to the end of its mapping). */
