@@ -12,6 +12,7 @@
 namespace tsrdma {
 
 namespace {
+constexpr int kSpinPosts = 64;  // refused posts retried at full speed before napping between tries
 constexpr int kNapUs = 50;  // past the spin phase, a waiter on a CQ without a wait object naps between polls
 }
 
@@ -65,6 +66,10 @@ Rma::Posted Rma::post(bool write, Op &op, bool may_wait) {
       op.result = -FI_ENOTCONN;
       return Posted::kFailed;
     }
+    // A queue that stays full this long is a slow or dead peer (over rxm a dead one answers
+    // EAGAIN for a whole donor timeout): nap between tries instead of burning a CPU that the
+    // other job threads and the donors share.
+    if (tries >= kSpinPosts) std::this_thread::sleep_for(std::chrono::microseconds(kNapUs));
     uint64_t t = now_ms();
     if (deadline == 0) deadline = t + op_timeout_ms_;
     if (t > deadline) {
