@@ -25,7 +25,7 @@
  * `idleTimeoutMs` is closed.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { TierStackError, ErrorCode, silentLogger, pageChecksum, SnapshotReader, type Logger, type PageStore } from '@tierstack/core';
+import { TierStackError, ErrorCode, silentLogger, pageChecksum, SnapshotReader, coreAddonError, type Logger, type PageStore } from '@tierstack/core';
 import type { SnapshotCatalog } from './catalog.js';
 import type { SnapshotManifest, RegionInfo } from './manifest.js';
 import { fetchSnapshotPages } from './reader.js';
@@ -113,6 +113,9 @@ export interface CriuPageServerStats {
   /** Pages whose copy in a tier failed the manifest checksum (or could not be read) and that
    *  were served from another tier's good copy. */
   recoveredPages: number;
+  /** Connections by the header layout their GETs used: CRIU >= 4.2 (32-byte headers) / older (24). */
+  v42Connections: number;
+  legacyConnections: number;
   /** Connections waiting now on a page that no tier has a good copy of (their GET unanswered). */
   stuckConnections: number;
   /** Attempts to read such a page that found no good copy (the first and every retry). */
@@ -152,6 +155,12 @@ interface Header {
   nrPages: number;
   vaddr: number;
   dstId: bigint;
+}
+
+/** A connection's peer for log lines: its address, or what carries it (the keeper's relay: a socket pair). */
+function peerOf(sock: Socket | undefined): string | undefined {
+  if (!sock) return undefined;
+  return sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : 'a relayed connection (keeper)';
 }
 
 /** Encodes a page-server header in the given layout (exported for tests and clients). */
@@ -246,6 +255,8 @@ function cut(batch: Segment[], pages: number): Segment[] {
 class Connection {
   private buf: Buffer = Buffer.alloc(0);
   private layout: 'v42' | 'legacy' | undefined;
+  /** The layout was counted in the server's stats (once, at the first whole header). */
+  private layoutNoted = false;
   /** GETs parsed and not yet fully answered; queue[0] is being answered, `sent` pages of it so far. */
   private readonly queue: Plan[] = [];
   private sent = 0;
@@ -354,6 +365,10 @@ class Connection {
       if (this.buf.length < size) return;
       const h = decodePsHeader(this.layout, this.buf.subarray(0, size));
       this.buf = this.buf.subarray(size);
+      if (!this.layoutNoted) {
+        this.layoutNoted = true;
+        this.server.noteLayout(this.layout);
+      }
       this.inConsumed += size;
       if (h.nrPages <= 0 || h.nrPages > maxPages) throw protocolError(`malformed header: GET of ${h.nrPages} pages`);
       if (!Number.isSafeInteger(h.vaddr) || h.vaddr % this.server.pageSize !== 0) throw protocolError(`malformed header: GET at unaligned vaddr ${h.vaddr}`);
@@ -597,7 +612,7 @@ interface Limits {
 }
 
 class PageServer implements CriuPageServer {
-  readonly counters = { connections: 0, gets: 0, pagesServed: 0, rejectedConnections: 0, refusedConnections: 0, idleClosed: 0, recoveredPages: 0, unservableReads: 0 };
+  readonly counters = { connections: 0, gets: 0, pagesServed: 0, rejectedConnections: 0, refusedConnections: 0, idleClosed: 0, recoveredPages: 0, unservableReads: 0, v42Connections: 0, legacyConnections: 0 };
   readonly stuck = new Set<object>();
   lastError: string | undefined;
   lastErrorCode: string | undefined;
@@ -629,6 +644,10 @@ class PageServer implements CriuPageServer {
   ) {
     this.pids = new Set(manifest.regions.map((r) => r.pid));
     this.reader = SnapshotReader.open(catalog.stack, manifest.namespace, manifest, { logger: log });
+    if (!this.reader) {
+      // Serving still works, slower and on the JS thread: say so where an operator looks.
+      log.warn({ snapshot: manifest.id, err: (coreAddonError() as Error | undefined)?.message }, 'criu page server: core\'s native addon is not built: GETs are read in JavaScript (build it: pnpm --filter @tierstack/core run build:native)');
+    }
     this.budget = new ByteBudget(limits.maxTotalBytes);
     const fit = Math.floor(Math.min(limits.maxConnectionBytes, limits.maxTotalBytes) / manifest.pageSize);
     this.chunkPages = Math.max(1, Math.min(chunkPages, fit));
@@ -675,6 +694,10 @@ class PageServer implements CriuPageServer {
     const data = out ? out.subarray(0, pages.length * ps) : Buffer.allocUnsafe(pages.length * ps);
     let bad: number[];
     let recovered = 0;
+    // Pages of `bad` known to have had a copy that failed its checksum (rather than being read
+    // again because a whole batch or level failed): only those, and those fromTiers sees fail,
+    // count as recovered when a lower tier has a good copy.
+    let knownBad: number[];
     if (this.reader) {
       // One native batch on a job thread: zero pages, native tiers, the JS path below them,
       // checksums, and repairs level by level. The JS path is one level to it, so a page it
@@ -682,6 +705,9 @@ class PageServer implements CriuPageServer {
       const repairedBefore = this.reader.stats().repaired;
       bad = await this.readNative(this.reader, pages, data);
       recovered = this.reader.stats().repaired - repairedBefore;
+      // The reader cannot tell a bad copy from a level that failed the whole batch (the JS path
+      // rejects a batch for one bad page): fromTiers finds out page by page.
+      knownBad = [];
       if (bad.length === 0) {
         this.noteRecovered(recovered);
         return { data, bad };
@@ -693,8 +719,10 @@ class PageServer implements CriuPageServer {
         const badPages = new Set(r.bad.map((b) => b.page));
         bad = [];
         pages.forEach((p, i) => badPages.has(p) && bad.push(i));
+        knownBad = bad;
       } catch (err) {
         this.log.warn({ snapshot: m.id, err: (err as Error).message, code: (err as { code?: string }).code }, 'criu page server: the stack failed a read; reading tier by tier');
+        knownBad = [];
         bad = [];
         pages.forEach((p, i) => {
           if (m.isZero(p)) data.fill(0, i * ps, (i + 1) * ps);
@@ -702,10 +730,9 @@ class PageServer implements CriuPageServer {
         });
       }
     }
-    const before = bad.length;
-    bad = await this.fromTiers(pages, bad, data);
-    this.noteRecovered(recovered + before - bad.length);
-    return { data, bad };
+    const walked = await this.fromTiers(pages, bad, data, knownBad);
+    this.noteRecovered(recovered + walked.recovered);
+    return { data, bad: walked.left };
   }
 
   /**
@@ -741,13 +768,19 @@ class PageServer implements CriuPageServer {
     this.log.warn({ snapshot: this.manifest.id, recovered }, 'criu page server: served pages from a lower tier (the copy above was bad or unreadable)');
   }
 
-  /** Reads the `idx` pages from each tier in turn; returns those no tier had a good copy of. */
-  private async fromTiers(pages: Float64Array, idx: number[], data: Buffer): Promise<number[]> {
+  /**
+   * Reads the `idx` pages from each tier in turn. `left`: those no tier had a good copy of;
+   * `recovered`: pages served whose copy was bad or unreadable somewhere above (`knownBad`: those
+   * of `idx` already known to be) — a page a cache merely missed is not a recovery.
+   */
+  private async fromTiers(pages: Float64Array, idx: number[], data: Buffer, knownBad: readonly number[]): Promise<{ left: number[]; recovered: number }> {
     const m = this.manifest;
     const ps = m.pageSize;
     const stack = this.catalog.stack as { tiers?: readonly PageStore[] };
     const tiers: readonly PageStore[] = Array.isArray(stack.tiers) && stack.tiers.length > 0 ? stack.tiers : [this.catalog.stack];
     let left = idx;
+    const sawBad = new Set<number>(knownBad);
+    let recovered = 0;
     for (const tier of tiers) {
       if (left.length === 0) break;
       const want = left.map((i) => pages[i]!);
@@ -757,25 +790,31 @@ class PageServer implements CriuPageServer {
         want.forEach((_, k) => copies.push(r.found[k] ? r.data.subarray(k * ps, (k + 1) * ps) : undefined));
       } catch {
         // One bad page fails a batch in some tiers: ask for each page alone.
-        for (const p of want) {
+        for (const [k, p] of want.entries()) {
           try {
             const r = await tier.get(m.namespace, [p]);
             copies.push(r.found[0] ? r.data : undefined);
           } catch {
             copies.push(undefined);
+            sawBad.add(left[k]!);
           }
         }
       }
       const still: number[] = [];
       left.forEach((i, k) => {
         const c = copies[k];
-        if (c && pageChecksum(c) === m.checksum(pages[i]!)) c.copy(data, i * ps);
-        else still.push(i);
+        if (c && pageChecksum(c) === m.checksum(pages[i]!)) {
+          c.copy(data, i * ps);
+          if (sawBad.has(i)) recovered++;
+        } else {
+          if (c) sawBad.add(i);
+          still.push(i);
+        }
       });
       left = still;
     }
     for (const i of left) data.fill(0, i * ps, (i + 1) * ps);
-    return left;
+    return { left, recovered };
   }
 
   /**
@@ -793,6 +832,13 @@ class PageServer implements CriuPageServer {
     if (buf.length === this.chunkPages * this.pageSize && this.spare.length < MAX_SPARE_BUFFERS) this.spare.push(buf);
   }
 
+  /** A connection's first GET said which header layout it speaks (detected with 'auto', or forced). */
+  noteLayout(layout: 'v42' | 'legacy'): void {
+    if (layout === 'v42') this.counters.v42Connections++;
+    else this.counters.legacyConnections++;
+    this.log.debug({ snapshot: this.manifest.id, layout }, 'criu page server: a client speaks this header layout');
+  }
+
   noteConnectionPeak(bytes: number): void {
     if (bytes > this.peakConnectionBytes) this.peakConnectionBytes = bytes;
   }
@@ -801,7 +847,7 @@ class PageServer implements CriuPageServer {
     this.counters.rejectedConnections++;
     this.lastError = err.message;
     this.lastErrorCode = err.code;
-    this.log.warn({ snapshot: this.manifest.id, code: err.code, reason: err.message, peer: sock ? `${sock.remoteAddress}:${sock.remotePort}` : undefined }, 'criu page server: closing a connection');
+    this.log.warn({ snapshot: this.manifest.id, code: err.code, reason: err.message, peer: peerOf(sock) }, 'criu page server: closing a connection');
   }
 
   stats(): CriuPageServerStats {
